@@ -1,0 +1,136 @@
+//! Errors of the content store, each with a [`Code`] class that survives the wire.
+
+use std::path::PathBuf;
+
+/// Error class, as containerd's errdefs. The `protocol` crate will own the project-wide enum (same
+/// variant names); this one keeps `content` buildable on its own until then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+    Unimplemented,
+    OutOfRange,
+    Internal,
+    DataLoss,
+    Aborted,
+}
+
+/// Every error a [`crate::ContentStore`] returns. Messages name the object and the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid digest {input:?}: {reason}")]
+    InvalidDigest { input: String, reason: &'static str },
+
+    #[error("content {0} not found")]
+    NotFound(crate::Digest),
+
+    #[error("content {0} already exists")]
+    AlreadyExists(crate::Digest),
+
+    #[error("ingest ref {0:?} not found")]
+    RefNotFound(String),
+
+    #[error("ingest ref {0:?} is locked by another writer")]
+    RefLocked(String),
+
+    #[error("unexpected commit size for ref {ref_:?}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        ref_: String,
+        expected: u64,
+        actual: u64,
+    },
+
+    #[error("unexpected commit digest for ref {ref_:?}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        ref_: String,
+        expected: crate::Digest,
+        actual: crate::Digest,
+    },
+
+    #[error("ref {ref_:?} was opened with {what} {stored}, now given {given}")]
+    ExpectationConflict {
+        ref_: String,
+        what: &'static str,
+        stored: String,
+        given: String,
+    },
+
+    #[error("write to ref {ref_:?} at offset {offset}, but it holds {current} bytes")]
+    WriteOffset {
+        ref_: String,
+        offset: u64,
+        current: u64,
+    },
+
+    #[error("read of {digest} at offset {offset} is past its end ({size} bytes)")]
+    ReadPastEnd {
+        digest: crate::Digest,
+        offset: u64,
+        size: u64,
+    },
+
+    #[error("writer for ref {0:?} is closed (already committed)")]
+    WriterClosed(String),
+
+    #[error("truncate of ref {ref_:?} to {size} bytes: only truncation to 0 is supported")]
+    TruncateUnsupported { ref_: String, size: u64 },
+
+    #[error("invalid filter {filter:?}: {reason}")]
+    InvalidFilter { filter: String, reason: String },
+
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("label database {}: {message}", path.display())]
+    Database { path: PathBuf, message: String },
+
+    #[error("content root {} holds {what}", path.display())]
+    Corrupt { path: PathBuf, what: String },
+}
+
+impl Error {
+    /// The class of this error, for the service layer to turn into a ttrpc/gRPC status.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidDigest { .. }
+            | Error::InvalidFilter { .. }
+            | Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotFound(_) | Error::RefNotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::RefLocked(_) => Code::Unavailable,
+            // containerd answers "unexpected commit size/digest" with FailedPrecondition.
+            Error::SizeMismatch { .. }
+            | Error::DigestMismatch { .. }
+            | Error::ExpectationConflict { .. }
+            | Error::WriterClosed(_) => Code::FailedPrecondition,
+            Error::WriteOffset { .. } | Error::ReadPastEnd { .. } => Code::OutOfRange,
+            Error::TruncateUnsupported { .. } => Code::Unimplemented,
+            Error::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound => Code::NotFound,
+                _ => Code::Internal,
+            },
+            Error::Database { .. } => Code::Internal,
+            Error::Corrupt { .. } => Code::DataLoss,
+        }
+    }
+
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { op, path, source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
