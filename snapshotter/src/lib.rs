@@ -1,0 +1,34 @@
+//! Snapshotters: filesystem snapshots arranged in parent chains, handed out as mounts.
+//!
+//! This crate holds the [`Snapshotter`] contract (containerd's semantics: active, view and
+//! committed snapshots sharing one key space; mounts returned as data, never performed), two
+//! backends sharing one redb-backed engine — [`OverlaySnapshotter`] (one overlayfs layer per
+//! snapshot) and [`NativeSnapshotter`] (plain copies, for hosts without overlay) — and the
+//! conformance suite both pass. It holds no namespaces, leases or garbage collection: the
+//! supervisor maps its namespaced keys onto a snapshotter and decides what to remove.
+//!
+//! ```text
+//! prepare("a", None)  ──commit("L1","a")──▶ L1 (committed)
+//!                                            │ parent
+//! prepare("b", L1)    ──commit("L2","b")──▶ L2 (committed)
+//!                                            │ parent
+//! prepare("ctr", L2)  ─▶ active "ctr": mounts = overlay upper=ctr lower=L2:L1
+//! view("v", L2)       ─▶ view "v":     mounts = overlay lower=L2:L1 (read-only)
+//! ```
+pub mod error;
+mod metadata;
+pub mod mount;
+pub mod native;
+pub mod overlay;
+mod snapshotter;
+#[doc(hidden)]
+pub mod testsuite;
+
+pub use error::{Code, Error, Result};
+#[doc(hidden)]
+pub use metadata::Failpoint;
+pub use metadata::Options;
+pub use mount::{Mount, MountError, MountGuard};
+pub use native::NativeSnapshotter;
+pub use overlay::OverlaySnapshotter;
+pub use snapshotter::{Filter, Info, Kind, Labels, MAX_LABEL_SIZE, Snapshotter, Usage};
