@@ -17,6 +17,8 @@
 //! ```
 pub mod error;
 mod metadata;
+pub mod apply;
+pub mod diff;
 pub mod mount;
 pub mod native;
 pub mod overlay;

@@ -1,0 +1,106 @@
+//! Errors of layer apply and diff.
+
+use std::io;
+
+use crate::error::Code;
+
+/// Why a layer could not be applied (or a diff not produced).
+///
+/// Every variant names the offending path or object; `code()` classifies it for the wire.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A path in the layer is unusable: `..`, escaping absolute path, overlong, NUL, empty name.
+    #[error("invalid path {path:?} in layer: {reason}")]
+    InvalidPath { path: String, reason: &'static str },
+    /// A parent component of an entry (or of a hardlink target) is a symlink; we never follow them.
+    #[error(
+        "refusing {path:?}: component {component:?} is a symlink (writes through symlinks are not allowed)"
+    )]
+    SymlinkInPath { path: String, component: String },
+    /// A parent component exists but is not a directory.
+    #[error("refusing {path:?}: component {component:?} is not a directory")]
+    NotADirectory { path: String, component: String },
+    /// A hardlink entry points at something we refuse to link.
+    #[error("invalid hardlink {path:?} -> {target:?}: {reason}")]
+    BadHardlink {
+        path: String,
+        target: String,
+        reason: String,
+    },
+    /// Creating this entry needs privileges we do not have.
+    #[error("{what} {path:?} requires running as root")]
+    NeedsRoot { what: &'static str, path: String },
+    /// The layer holds an entry type we do not extract.
+    #[error("unsupported tar entry type {kind} for {path:?}")]
+    UnsupportedEntry { path: String, kind: String },
+    /// The media type names a format we do not decode.
+    #[error("unsupported layer media type {media_type:?}")]
+    UnsupportedMediaType { media_type: String },
+    /// The media type and the stream's magic bytes disagree.
+    #[error("layer media type {media_type:?} says {expected} but the data looks like {found}")]
+    MediaTypeMismatch {
+        media_type: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    /// The stream is not a valid (compressed) tar.
+    #[error("corrupt layer: {context}: {source}")]
+    Corrupt {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    /// Reading the layer stream failed (not a format problem).
+    #[error("reading layer stream: {0}")]
+    Read(#[source] io::Error),
+    /// Writing the diff stream failed.
+    #[error("writing diff stream: {0}")]
+    Write(#[source] io::Error),
+    /// The mounts cannot be used as an apply/diff target.
+    #[error("unsupported mounts for {op}: {reason}")]
+    BadMounts { op: &'static str, reason: String },
+    /// A filesystem operation failed.
+    #[error("{op} {path:?}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ApplyError {
+    /// The error class, for mapping onto the wire.
+    pub fn code(&self) -> Code {
+        match self {
+            ApplyError::InvalidPath { .. }
+            | ApplyError::SymlinkInPath { .. }
+            | ApplyError::NotADirectory { .. }
+            | ApplyError::BadHardlink { .. }
+            | ApplyError::MediaTypeMismatch { .. }
+            | ApplyError::Corrupt { .. }
+            | ApplyError::BadMounts { .. } => Code::InvalidArgument,
+            ApplyError::NeedsRoot { .. } => Code::FailedPrecondition,
+            ApplyError::UnsupportedEntry { .. } | ApplyError::UnsupportedMediaType { .. } => {
+                Code::Unimplemented
+            }
+            ApplyError::Read(_) | ApplyError::Write(_) => Code::Unavailable,
+            ApplyError::Io { source, .. } => match source.kind() {
+                io::ErrorKind::NotFound => Code::NotFound,
+                io::ErrorKind::AlreadyExists => Code::AlreadyExists,
+                _ => Code::Internal,
+            },
+        }
+    }
+
+    pub(crate) fn io(op: &'static str, path: impl AsRef<[u8]>, source: io::Error) -> Self {
+        ApplyError::Io {
+            op,
+            path: String::from_utf8_lossy(path.as_ref()).into_owned(),
+            source,
+        }
+    }
+}
+
+/// Shorthand for results of this module.
+pub type Result<T, E = ApplyError> = std::result::Result<T, E>;
