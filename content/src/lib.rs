@@ -144,7 +144,7 @@ pub struct Quarantined {
 /// | `writer` | InvalidArgument (empty ref); Unavailable (ref held by another writer); AlreadyExists (`expected` is already stored); FailedPrecondition (`total`/`expected` differ from those the ingest was opened with) |
 /// | `ContentWriter::write_at` | OutOfRange (offset ≠ current offset) |
 /// | `ContentWriter::truncate` | Unimplemented (size ≠ 0) |
-/// | `ContentWriter::commit` | FailedPrecondition (size or digest mismatch: names expected and actual; the ingest is kept so it can be truncated, resumed or aborted; also a writer already committed); AlreadyExists (the blob exists: the ingest is removed, the old blob kept) |
+/// | `ContentWriter::commit` | InvalidArgument (oversized label); FailedPrecondition (size or digest mismatch: names expected and actual; the ingest is kept so it can be truncated, resumed or aborted; also a writer already committed); AlreadyExists (the blob exists: the ingest is removed, the old blob kept) |
 /// | `status`, `abort` | NotFound (no such ref); `abort` also Unavailable (a writer holds the ref) |
 /// | `list_statuses` | InvalidArgument (filter syntax; field `ref`) |
 ///

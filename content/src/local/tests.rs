@@ -186,8 +186,9 @@ fn concurrent_writers_of_one_ref_get_unavailable() {
 const CHILD_ROOT: &str = "CONTENT_CRASH_CHILD_ROOT";
 const CHILD_MODE: &str = "CONTENT_CRASH_CHILD_MODE";
 const CRASH_REF: &str = "crash/ref";
-const CRASH_LEN: usize = 5 << 20;
-const CRASH_PART: usize = 3 << 20;
+// Not multiples of the chunk size, so the resume offset is an arbitrary byte position.
+const CRASH_LEN: usize = (2 << 20) + 12_345;
+const CRASH_PART: usize = (1 << 20) + 777;
 
 /// Kills and reaps the child on drop, so a failing test leaves no process behind.
 struct ChildGuard(Child);
