@@ -17,7 +17,7 @@
 //! supervisor calls it through `spawn_blocking`.
 //!
 //! - [`ContentStore`], [`ContentWriter`], [`ReaderAt`]: the contract every backend honours,
-//!   checked by the [`testsuite`] (feature `testsuite`).
+//!   checked by the conformance suite in `testsuite` (feature `testsuite`).
 //! - [`local::LocalStore`]: the on-disk backend (`<root>/blobs/sha256/<hex>`).
 //! - [`filter`]: the containerd filter language used by `walk` and `list_statuses`.
 
@@ -217,6 +217,37 @@ pub trait ReaderAt: Send + Sync {
 
     /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end. OutOfRange past the end.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize>;
+}
+
+/// Sequential [`std::io::Read`] over a [`ReaderAt`] from a start offset (for streaming a blob, e.g.
+/// into a decompressor when applying a layer).
+pub struct BlobReader {
+    inner: Box<dyn ReaderAt>,
+    pos: u64,
+}
+
+impl BlobReader {
+    /// OutOfRange if `offset` is beyond the blob's size.
+    pub fn new(inner: Box<dyn ReaderAt>, offset: u64) -> Result<BlobReader> {
+        // A zero-length read checks the offset the same way every backend does.
+        inner.read_at(&mut [], offset)?;
+        Ok(BlobReader { inner, pos: offset })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.inner.size()
+    }
+}
+
+impl std::io::Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self
+            .inner
+            .read_at(buf, self.pos)
+            .map_err(std::io::Error::other)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 /// The single writer of one ingest. Dropping it releases the ref; the data stays.

@@ -298,6 +298,13 @@ pub fn read_at_offsets(store: &dyn ContentStore) {
         "{err}"
     );
     assert_eq!(code(r.read_at(&mut buf, u64::MAX)), Code::OutOfRange);
+    // Streaming from an offset.
+    let mut rest = Vec::new();
+    let mut s = crate::BlobReader::new(store.reader_at(&d).unwrap(), 250_000).unwrap();
+    std::io::Read::read_to_end(&mut s, &mut rest).unwrap();
+    assert_eq!(rest, &data[250_000..]);
+    let past = crate::BlobReader::new(store.reader_at(&d).unwrap(), 300_001);
+    assert_eq!(code(past.map(|_| ())), Code::OutOfRange);
 }
 
 pub fn writer_resumes_at_offset(store: &dyn ContentStore) {
