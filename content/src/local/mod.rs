@@ -69,6 +69,10 @@ impl LocalStore {
         for dir in [&blobs, &ingest] {
             fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
         }
+        // The directories' own entries must be durable before any blob is renamed into them.
+        for dir in [root.as_path(), &root.join("blobs")] {
+            fsutil::fsync_dir(dir).map_err(Error::io("fsync", dir))?;
+        }
         let labels = LabelDb::open(&root.join("labels.redb"))?;
         let inner = Inner {
             root,
