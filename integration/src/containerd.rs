@@ -1,0 +1,441 @@
+//! A private containerd 1.6 per test, as an RAII guard.
+//!
+//! Layout of the guard's temp dir (`/tmp/corral-it-XXXXXX/`):
+//!
+//! ```text
+//! config.toml       version 2, root/state below, CRI disabled, debug logging
+//! c.sock            gRPC socket (c.sock.ttrpc: the ttrpc socket shims publish events to)
+//! root/ state/      containerd --root / --state
+//! bin/              prepended to containerd's PATH; holds containerd-shim-corral-v1 → our shim
+//! fifo/             --fifo-dir for every `ctr run` / `ctr tasks exec` (ctr leaves -d FIFOs behind)
+//! containerd.log    containerd's stdout+stderr, including the shims' log lines
+//! ```
+//!
+//! Drop tears everything down even when the test failed: tasks are killed and deleted and
+//! containers removed through ctr (best effort), containerd gets SIGTERM then SIGKILL, shims of
+//! the namespace still alive are killed, leftover runc state is force-deleted, mounts under the
+//! temp dir are detached, and the dir is removed. If the test is panicking, the tail of
+//! containerd's log is printed and the whole log is copied to `$TMPDIR/corral-it-logs/<ns>.log`.
+
+use std::collections::BTreeSet;
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::ctr::{Ctr, CtrOutput};
+use crate::image::{IMAGE_REF, test_image_tar};
+use crate::{Runtime, cmd, corral_shim_path, leaks, try_wait_until, unique_namespace};
+
+/// How long containerd may take to answer `ctr version` after being started.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long containerd may take to exit after SIGTERM before it gets SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of each best-effort cleanup `ctr` call in Drop.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A running private containerd; see the module docs.
+pub struct Containerd {
+    runtime: Runtime,
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+    namespace: String,
+    child: Option<Child>,
+    ctr: Ctr,
+    ids: Mutex<BTreeSet<String>>,
+    next_id: AtomicU32,
+}
+
+impl Containerd {
+    /// Starts a private containerd for tests of `runtime`, waits until it answers, and imports
+    /// the busybox test image ([`IMAGE_REF`]) into a fresh namespace.
+    ///
+    /// Panics (with the daemon's log) if anything fails, and first if `runtime`'s shim is missing.
+    pub fn start(runtime: Runtime) -> Containerd {
+        runtime.ensure_available();
+        let dir = tempfile::Builder::new()
+            .prefix("corral-it-")
+            .tempdir()
+            .expect("cannot create a temp dir for containerd");
+        let path = dir.path().to_path_buf();
+        for sub in ["root", "state", "bin", "fifo"] {
+            fs::create_dir_all(path.join(sub)).expect("cannot create containerd dirs");
+        }
+        let shim = corral_shim_path();
+        if shim.is_file() {
+            std::os::unix::fs::symlink(&shim, path.join("bin").join(Runtime::Corral.binary_name()))
+                .expect("cannot link the corral shim");
+        }
+        let config = format!(
+            "version = 2\n\
+             root = \"{root}\"\n\
+             state = \"{state}\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             \n\
+             [grpc]\n  address = \"{sock}\"\n\
+             \n\
+             [debug]\n  level = \"debug\"\n",
+            root = path.join("root").display(),
+            state = path.join("state").display(),
+            sock = path.join("c.sock").display(),
+        );
+        fs::write(path.join("config.toml"), config).expect("cannot write containerd config");
+
+        let namespace = unique_namespace();
+        let ctr = Ctr::new(&path.join("c.sock"), &namespace);
+        let mut me = Containerd {
+            runtime,
+            dir: Some(dir),
+            path,
+            namespace,
+            child: None,
+            ctr,
+            ids: Mutex::new(BTreeSet::new()),
+            next_id: AtomicU32::new(0),
+        };
+        me.spawn();
+        me.import_test_image();
+        me
+    }
+
+    /// The runtime this daemon's tests use for `ctr run`.
+    pub fn runtime(&self) -> Runtime {
+        self.runtime
+    }
+
+    /// The gRPC socket path, as containerd passes it to shims in `-address`.
+    pub fn address(&self) -> PathBuf {
+        self.path.join("c.sock")
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// containerd's `--root`.
+    pub fn root(&self) -> PathBuf {
+        self.path.join("root")
+    }
+
+    /// containerd's `--state`.
+    pub fn state(&self) -> PathBuf {
+        self.path.join("state")
+    }
+
+    /// The temp dir holding everything of this daemon.
+    pub fn dir(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bundle directory of container `id`.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.state()
+            .join("io.containerd.runtime.v2.task")
+            .join(&self.namespace)
+            .join(id)
+    }
+
+    /// `ctr` bound to this daemon's socket and namespace.
+    pub fn ctr(&self) -> &Ctr {
+        &self.ctr
+    }
+
+    /// pid of the running containerd, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// A fresh container id `<prefix>-<n>`, remembered for the leak checks.
+    pub fn new_id(&self, prefix: &str) -> String {
+        let id = format!("{prefix}-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        self.register_id(&id);
+        id
+    }
+
+    /// Remembers a container id chosen by the test, for the leak checks.
+    pub fn register_id(&self, id: &str) {
+        self.ids.lock().unwrap().insert(id.to_string());
+    }
+
+    /// Container ids used by the test so far.
+    pub fn ids(&self) -> Vec<String> {
+        self.ids.lock().unwrap().iter().cloned().collect()
+    }
+
+    /// Arguments of `ctr run` with this runtime and our FIFO dir:
+    /// `run --runtime <rt> --fifo-dir <dir> <flags…> <IMAGE_REF> <id> <cmd…>`.
+    pub fn run_args(&self, flags: &[&str], id: &str, command: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--runtime".into(),
+            self.runtime.name().into(),
+            "--fifo-dir".into(),
+            self.path.join("fifo").display().to_string(),
+        ];
+        args.extend(flags.iter().map(|s| s.to_string()));
+        args.push(IMAGE_REF.into());
+        args.push(id.into());
+        args.extend(command.iter().map(|s| s.to_string()));
+        args
+    }
+
+    /// `ctr run` (see [`Containerd::run_args`]).
+    pub fn ctr_run(&self, flags: &[&str], id: &str, command: &[&str]) -> CtrOutput {
+        self.register_id(id);
+        self.ctr.run(&self.run_args(flags, id, command))
+    }
+
+    /// Arguments of `ctr tasks exec --fifo-dir <dir> --exec-id <exec_id> <flags…> <id> <cmd…>`.
+    pub fn exec_args(
+        &self,
+        flags: &[&str],
+        id: &str,
+        exec_id: &str,
+        command: &[&str],
+    ) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "tasks".into(),
+            "exec".into(),
+            "--fifo-dir".into(),
+            self.path.join("fifo").display().to_string(),
+            "--exec-id".into(),
+            exec_id.into(),
+        ];
+        args.extend(flags.iter().map(|s| s.to_string()));
+        args.push(id.into());
+        args.extend(command.iter().map(|s| s.to_string()));
+        args
+    }
+
+    /// `ctr tasks exec` (see [`Containerd::exec_args`]).
+    pub fn ctr_exec(&self, flags: &[&str], id: &str, exec_id: &str, command: &[&str]) -> CtrOutput {
+        self.ctr.run(&self.exec_args(flags, id, exec_id, command))
+    }
+
+    /// Kills containerd with SIGKILL (shims and containers stay up) and reaps it.
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts containerd again on the same paths and waits until it answers. A daemon still
+    /// running is first stopped with SIGTERM.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Last `lines` lines of containerd's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = fs::read(self.log_path()).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Panics unless the test left nothing behind; see [`leaks::find_leaks`]. Leaks that go away
+    /// on their own (a shim exits shortly after its last Delete) are waited for up to 10 s.
+    pub fn assert_no_leaks(&self) {
+        let ids = self.ids();
+        let mut last = Vec::new();
+        let clean = try_wait_until(Duration::from_secs(10), || {
+            last = leaks::find_leaks(self, &ids);
+            last.is_empty().then_some(())
+        });
+        assert!(
+            clean.is_some(),
+            "leaks after the test (namespace {}):\n  {}",
+            self.namespace,
+            last.join("\n  ")
+        );
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.path.join("containerd.log")
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "containerd is already running");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("cannot open containerd log");
+        let log2 = log.try_clone().expect("cannot dup containerd log");
+        let path_env = match std::env::var_os("PATH") {
+            Some(p) => {
+                let mut v = self.path.join("bin").into_os_string();
+                v.push(":");
+                v.push(p);
+                v
+            }
+            None => self.path.join("bin").into_os_string(),
+        };
+        let mut c = Command::new("containerd");
+        c.arg("--config")
+            .arg(self.path.join("config.toml"))
+            .env("PATH", path_env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2));
+        cmd::die_with_parent(&mut c);
+        let child = c
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start containerd (is it installed?): {e}"));
+        self.child = Some(child);
+
+        let probe = self.ctr.with_timeout(Duration::from_secs(5));
+        let mut exited = None;
+        let ready = try_wait_until(STARTUP_TIMEOUT, || {
+            if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
+                exited = Some(status);
+                return Some(false);
+            }
+            probe.run(&["version"]).success().then_some(true)
+        });
+        match (ready, exited) {
+            (Some(true), _) => {}
+            (_, Some(status)) => {
+                self.child = None;
+                panic!(
+                    "containerd exited during startup ({status}); log tail:\n{}",
+                    self.log_tail(40)
+                )
+            }
+            _ => panic!(
+                "containerd did not answer `ctr version` within {STARTUP_TIMEOUT:?}; log tail:\n{}",
+                self.log_tail(40)
+            ),
+        }
+    }
+
+    fn import_test_image(&self) {
+        let tar = self.path.join("image.tar");
+        fs::write(&tar, test_image_tar()).expect("cannot write the test image tar");
+        self.ctr
+            .ok(&["images", "import", &tar.display().to_string()]);
+        let names = self.ctr.ok(&["images", "ls", "-q"]);
+        assert!(
+            names.lines().any(|l| l.trim() == IMAGE_REF),
+            "imported image is not named {IMAGE_REF}; images:\n{names}"
+        );
+    }
+
+    /// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`].
+    fn stop(&mut self) {
+        let Some(child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: kill(2) on our own child, which has not been reaped (we still own `child`).
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = cmd::wait_with_timeout(child, STOP_TIMEOUT);
+    }
+
+    /// Best effort: delete every task and container of the namespace through ctr.
+    /// Never panics (it runs in Drop).
+    fn remove_all_through_ctr(&self) {
+        let ctr = self.ctr.with_timeout(CLEANUP_TIMEOUT);
+        let run =
+            |args: &[&str]| cmd::output_with_timeout(&mut ctr.command(args), CLEANUP_TIMEOUT).ok();
+        if let Some(out) = run(&["tasks", "ls"]) {
+            let tasks = crate::ctr::parse_tasks_ls(&String::from_utf8_lossy(&out.stdout));
+            for t in tasks {
+                if t.status == "PAUSED" {
+                    run(&["tasks", "resume", &t.id]);
+                }
+                run(&["tasks", "rm", "-f", &t.id]);
+            }
+        }
+        if let Some(out) = run(&["containers", "ls", "-q"]) {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                run(&["containers", "rm", id]);
+            }
+        }
+    }
+
+    /// Kills what containerd could not clean up: shims of our namespace, runc containers, shim
+    /// sockets, mounts. Never panics.
+    fn remove_leftovers(&self) {
+        for p in leaks::shim_processes(&self.namespace, None) {
+            // SAFETY: plain kill(2); the pid was just read from /proc and names a shim of our
+            // namespace (a recycled pid in the meantime is practically impossible).
+            unsafe { libc::kill(p.pid as libc::pid_t, libc::SIGKILL) };
+        }
+        let runc_root = leaks::runc_state_dir(&self.namespace);
+        if let Ok(entries) = fs::read_dir(&runc_root) {
+            for e in entries.flatten() {
+                let _ = cmd::output_with_timeout(
+                    Command::new("runc")
+                        .arg("--root")
+                        .arg(&runc_root)
+                        .args(["delete", "--force"])
+                        .arg(e.file_name()),
+                    CLEANUP_TIMEOUT,
+                );
+            }
+        }
+        // runc-v2 leaves the (empty) per-namespace runc root behind; remove it if empty.
+        let _ = fs::remove_dir(&runc_root);
+        for id in self.ids() {
+            let _ = fs::remove_file(leaks::shim_socket_path(
+                &self.address(),
+                &self.namespace,
+                &id,
+            ));
+        }
+        // runc removes a container's cgroups but not the per-namespace parent ctr asked for.
+        for root in leaks::cgroup_roots() {
+            let ns_cg = root.join(&self.namespace);
+            if ns_cg.is_dir() {
+                for id in self.ids() {
+                    let _ = fs::remove_dir(ns_cg.join(id));
+                }
+                let _ = fs::remove_dir(&ns_cg);
+            }
+        }
+        let mut mounts = leaks::mounts_under(&self.path);
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    fn save_log_for_failure(&self) {
+        eprintln!(
+            "---- containerd log tail (namespace {}) ----\n{}\n---- end of containerd log ----",
+            self.namespace,
+            self.log_tail(80)
+        );
+        let keep = std::env::temp_dir().join("corral-it-logs");
+        let dest = keep.join(format!("{}.log", self.namespace));
+        if fs::create_dir_all(&keep).is_ok() && fs::copy(self.log_path(), &dest).is_ok() {
+            eprintln!("full containerd log kept at {}", dest.display());
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.save_log_for_failure();
+        }
+        let alive = match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        };
+        if alive {
+            self.remove_all_through_ctr();
+        }
+        self.stop();
+        self.remove_leftovers();
+        if let Some(dir) = self.dir.take()
+            && let Err(e) = dir.close()
+        {
+            eprintln!("warning: cannot remove {}: {e}", self.path.display());
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! A busybox test image, built at test time without network.
+//!
+//! The image is an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/…`) packed in a tar
+//! that `ctr images import` accepts. Its single gzip layer holds the host's static busybox as
+//! `/bin/busybox` plus one symlink per applet the tests use, `/etc/passwd`, `/etc/group` and the
+//! usual empty directories. Everything is deterministic (fixed mtimes, sorted entries), so the
+//! digests are stable for a given busybox binary.
+//!
+//! The index entry carries two annotations: `io.containerd.image.name` (which containerd's importer
+//! uses verbatim as the image name) and `org.opencontainers.image.ref.name` (the tag, for tools
+//! that only know the OCI annotation).
+//!
+//! ```text
+//! index.json ──► manifest ──► config  (os/arch, Cmd ["sh"], rootfs.diff_ids = [sha256(layer tar)])
+//!                        └──► layer   (tar+gzip: bin/busybox, bin/sh → busybox, …, etc/passwd, tmp/)
+//! ```
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use sha2::{Digest, Sha256};
+
+/// Name under which the harness imports the test image.
+pub const IMAGE_REF: &str = "docker.io/library/busybox:test";
+
+/// Busybox applets linked into `/bin` of the image.
+pub const APPLETS: &[&str] = &[
+    "[",
+    "awk",
+    "cat",
+    "cp",
+    "cut",
+    "date",
+    "dd",
+    "echo",
+    "env",
+    "false",
+    "grep",
+    "head",
+    "hostname",
+    "id",
+    "kill",
+    "ln",
+    "ls",
+    "md5sum",
+    "mkdir",
+    "mkfifo",
+    "mount",
+    "mv",
+    "nproc",
+    "pidof",
+    "printf",
+    "ps",
+    "pwd",
+    "readlink",
+    "rm",
+    "sed",
+    "seq",
+    "sh",
+    "sha256sum",
+    "sleep",
+    "sort",
+    "stat",
+    "stty",
+    "tail",
+    "tee",
+    "test",
+    "timeout",
+    "touch",
+    "tr",
+    "true",
+    "tty",
+    "uname",
+    "uniq",
+    "wc",
+    "xargs",
+    "yes",
+];
+
+/// Fixed mtime of every entry (2023-11-14), so the layer digest does not depend on the clock.
+const MTIME: u64 = 1_700_000_000;
+
+const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const MEDIA_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+/// Path of the static busybox put into the image: `$CORRAL_TEST_BUSYBOX` or `/bin/busybox`.
+pub fn busybox_path() -> PathBuf {
+    std::env::var_os("CORRAL_TEST_BUSYBOX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/bin/busybox"))
+}
+
+/// The image tar for [`IMAGE_REF`], built once per process and shared by all tests.
+///
+/// Panics with a message naming the busybox path if the image cannot be built.
+pub fn test_image_tar() -> &'static [u8] {
+    static TAR: OnceLock<Vec<u8>> = OnceLock::new();
+    TAR.get_or_init(|| {
+        let busybox = busybox_path();
+        build_image_tar(&busybox, IMAGE_REF).unwrap_or_else(|e| {
+            panic!(
+                "cannot build the busybox test image from {}: {e} \
+                 (install busybox-static or set CORRAL_TEST_BUSYBOX to a static busybox)",
+                busybox.display()
+            )
+        })
+    })
+}
+
+/// GOARCH-style name of the architecture this test binary runs on.
+pub fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// Builds an OCI image layout tar named `reference` around the static busybox at `busybox`.
+pub fn build_image_tar(busybox: &Path, reference: &str) -> io::Result<Vec<u8>> {
+    let busybox_bytes = std::fs::read(busybox)?;
+    if !busybox_bytes.starts_with(b"\x7fELF") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not an ELF executable", busybox.display()),
+        ));
+    }
+
+    let layer_tar = layer_tar(&busybox_bytes)?;
+    let diff_id = sha256_digest(&layer_tar);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&layer_tar)?;
+    let layer = gz.finish()?;
+
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": oci_arch(),
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["sh"],
+            "WorkingDir": "/",
+        },
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+        "history": [{ "created_by": "corral integration harness (busybox)" }],
+    }))?;
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": descriptor(MEDIA_CONFIG, &config),
+        "layers": [descriptor(MEDIA_LAYER, &layer)],
+    }))?;
+    let tag = reference
+        .rsplit_once(':')
+        .map(|(_, t)| t)
+        .unwrap_or("latest");
+    let mut manifest_desc = descriptor(MEDIA_MANIFEST, &manifest);
+    manifest_desc["annotations"] = serde_json::json!({
+        "io.containerd.image.name": reference,
+        "org.opencontainers.image.ref.name": tag,
+    });
+    manifest_desc["platform"] = serde_json::json!({ "architecture": oci_arch(), "os": "linux" });
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [manifest_desc],
+    }))?;
+
+    let mut out = tar::Builder::new(Vec::new());
+    add_dir(&mut out, "blobs/", 0o755)?;
+    add_dir(&mut out, "blobs/sha256/", 0o755)?;
+    for blob in [&layer, &config, &manifest] {
+        let hex = hex::encode(Sha256::digest(blob));
+        add_file(&mut out, &format!("blobs/sha256/{hex}"), 0o644, blob)?;
+    }
+    add_file(&mut out, "index.json", 0o644, &index)?;
+    add_file(
+        &mut out,
+        "oci-layout",
+        0o644,
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
+    out.into_inner()
+}
+
+fn layer_tar(busybox: &[u8]) -> io::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (dir, mode) in [
+        ("bin/", 0o755),
+        ("dev/", 0o755),
+        ("etc/", 0o755),
+        ("home/", 0o755),
+        ("proc/", 0o555),
+        ("root/", 0o700),
+        ("run/", 0o755),
+        ("sys/", 0o555),
+        ("tmp/", 0o1777),
+        ("var/", 0o755),
+    ] {
+        add_dir(&mut b, dir, mode)?;
+    }
+    add_file(&mut b, "bin/busybox", 0o755, busybox)?;
+    for applet in APPLETS {
+        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+        h.set_link_name("busybox")?;
+        b.append_data(&mut h, format!("bin/{applet}"), io::empty())?;
+    }
+    add_file(
+        &mut b,
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n",
+    )?;
+    add_file(&mut b, "etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")?;
+    b.into_inner()
+}
+
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(MTIME);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+fn add_dir(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32) -> io::Result<()> {
+    let mut h = header(tar::EntryType::Directory, mode, 0);
+    b.append_data(&mut h, path, io::empty())
+}
+
+fn add_file(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) -> io::Result<()> {
+    let mut h = header(tar::EntryType::Regular, mode, data.len() as u64);
+    b.append_data(&mut h, path, data)
+}
+
+fn sha256_digest(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+fn descriptor(media_type: &str, blob: &[u8]) -> serde_json::Value {
+    serde_json::json!({
+        "mediaType": media_type,
+        "digest": sha256_digest(blob),
+        "size": blob.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_layout_is_consistent_and_deterministic() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("busybox");
+        std::fs::write(&fake, b"\x7fELF fake busybox").unwrap();
+        let a = build_image_tar(&fake, "example.com/x:t1").unwrap();
+        let b = build_image_tar(&fake, "example.com/x:t1").unwrap();
+        assert_eq!(a, b, "image tar must be deterministic");
+
+        let mut files = std::collections::BTreeMap::new();
+        for e in tar::Archive::new(&a[..]).entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            io::Read::read_to_end(&mut e, &mut data).unwrap();
+            files.insert(path, data);
+        }
+        // Every blob is stored under its own digest.
+        for (path, data) in &files {
+            if let Some(hex) = path.strip_prefix("blobs/sha256/").filter(|h| !h.is_empty()) {
+                assert_eq!(hex, hex::encode(Sha256::digest(data)), "blob {path}");
+            }
+        }
+        let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+        let m = &index["manifests"][0];
+        assert_eq!(
+            m["annotations"]["io.containerd.image.name"],
+            "example.com/x:t1"
+        );
+        assert_eq!(m["annotations"]["org.opencontainers.image.ref.name"], "t1");
+        let blob = |d: &serde_json::Value| {
+            let d = d.as_str().unwrap().strip_prefix("sha256:").unwrap();
+            files[&format!("blobs/sha256/{d}")].clone()
+        };
+        let manifest: serde_json::Value = serde_json::from_slice(&blob(&m["digest"])).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_slice(&blob(&manifest["config"]["digest"])).unwrap();
+        let layer_gz = blob(&manifest["layers"][0]["digest"]);
+        let mut layer = Vec::new();
+        io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&layer_gz[..]), &mut layer)
+            .unwrap();
+        assert_eq!(config["rootfs"]["diff_ids"][0], sha256_digest(&layer));
+        assert_eq!(config["config"]["Cmd"][0], "sh");
+
+        let mut names = Vec::new();
+        for e in tar::Archive::new(&layer[..]).entries().unwrap() {
+            let e = e.unwrap();
+            names.push(e.path().unwrap().to_string_lossy().into_owned());
+        }
+        assert!(names.iter().any(|n| n == "bin/busybox"));
+        assert!(names.iter().any(|n| n == "bin/sh"));
+        assert!(names.iter().any(|n| n == "etc/passwd"));
+    }
+
+    #[test]
+    fn rejects_a_non_elf_busybox() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("busybox");
+        std::fs::write(&fake, b"#!/bin/sh\n").unwrap();
+        let err = build_image_tar(&fake, IMAGE_REF).unwrap_err();
+        assert!(err.to_string().contains("not an ELF"), "{err}");
+    }
+}
