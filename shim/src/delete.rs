@@ -1,0 +1,85 @@
+//! The `delete` action: clean up after a shim without talking to it.
+//!
+//! containerd runs it after every normal teardown and for shims it cannot reach. It must be
+//! idempotent, finish within containerd's 5 s, and print only the encoded DeleteResponse.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use protobuf::{Message, MessageField};
+use protocol::shim::DeleteResponse;
+
+use crate::flags::Flags;
+use crate::service::{BUNDLE_RECORD, BundleRecord, DEFAULT_RUNC_ROOT};
+use crate::{mount, start, util};
+
+const RUNC_DEADLINE: Duration = Duration::from_secs(3);
+
+pub fn delete(flags: &Flags) -> Result<Vec<u8>, String> {
+    let bundle = start::bundle_dir(flags).map_err(|e| format!("bundle directory: {e}"))?;
+    let record: Option<BundleRecord> = std::fs::read(bundle.join(BUNDLE_RECORD))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let (binary, root, systemd) = match record {
+        Some(r) => (r.runc_binary, r.runc_root, r.systemd_cgroup),
+        None => (
+            "runc".to_string(),
+            Path::new(DEFAULT_RUNC_ROOT).join(&flags.namespace),
+            false,
+        ),
+    };
+    let pid = util::read_pid_file(&bundle.join("init.pid")).unwrap_or(0);
+    if root.join(&flags.id).exists() {
+        force_delete(&binary, &root, systemd, &bundle, &flags.id);
+    }
+    if let Err(e) = mount::unmount_all(&bundle.join("rootfs")) {
+        eprintln!("{e}");
+    }
+    let resp = DeleteResponse {
+        pid,
+        // As containerd's shim: whatever ran was killed.
+        exit_status: 128 + 9,
+        exited_at: MessageField::some(util::now()),
+        ..Default::default()
+    };
+    resp.write_to_bytes().map_err(|e| e.to_string())
+}
+
+/// `runc delete --force`, bounded in time; warnings go to stderr, which containerd logs.
+fn force_delete(binary: &str, root: &Path, systemd: bool, bundle: &Path, id: &str) {
+    let mut cmd = Command::new(binary);
+    cmd.arg("--root").arg(root);
+    cmd.arg("--log").arg(bundle.join("log.json"));
+    cmd.args(["--log-format", "json"]);
+    if systemd {
+        cmd.arg("--systemd-cgroup");
+    }
+    cmd.args(["delete", "--force", id]);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("run {binary}: {e}");
+            return;
+        }
+    };
+    let deadline = Instant::now() + RUNC_DEADLINE;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                if !status.success() {
+                    eprintln!("runc delete --force {id}: {status}");
+                }
+                return;
+            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                eprintln!("runc delete --force {id}: timed out");
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,653 @@
+//! Standard streams of container processes.
+//!
+//! The client (ctr, CRI) names where the streams go; the shim owns the pipes to the process and
+//! copies between them, so the process never blocks or dies of SIGPIPE because the client went
+//! away or the daemon restarted (shared/protocol.md §1.7).
+//!
+//! - A path without scheme, or `fifo://path`: a FIFO the client created. Outputs are opened
+//!   read-write: being a reader ourselves, a write never fails with EPIPE and the open never
+//!   waits for the client. If nobody reads for [`STALL`], the oldest buffered bytes are
+//!   dropped so the process keeps running (containerd's shim blocks the container instead).
+//!   stdin is opened for reading plus a kept write end, so the client closing its side is not
+//!   EOF until `CloseIO` drops the kept end.
+//! - `file:///abs/path`: stdout and stderr are appended to that file, given to the process
+//!   directly (no copy).
+//! - `binary:///abs/path?k=v`: a logger process gets the read ends of the process's pipes as
+//!   fds 3 and 4 and closes fd 5 when it is ready.
+//! - A terminal: runc hands us the pty master through a console socket; stdin is copied to
+//!   it, its output to stdout.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+use tokio::io::unix::AsyncFd;
+use tokio::task::JoinHandle;
+
+use crate::runc::ProcStdio;
+
+/// How long an output FIFO may stay full before we drop its oldest bytes.
+const STALL: Duration = Duration::from_secs(2);
+const BUF: usize = 32 * 1024;
+
+/// The stdio a client asked for.
+#[derive(Debug, Clone, Default)]
+pub struct StdioPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// The shim's side of a process's streams.
+#[derive(Default)]
+pub struct ProcessIo {
+    outputs: Vec<JoinHandle<()>>,
+    stdin: Option<JoinHandle<()>>,
+    stdin_keeper: Option<OwnedFd>,
+    console: Option<Arc<OwnedFd>>,
+}
+
+enum Dest {
+    Fifo(PathBuf),
+    File(PathBuf),
+    Binary(PathBuf, Vec<String>),
+}
+
+fn parse_dest(uri: &str) -> io::Result<Dest> {
+    if let Some(rest) = uri.strip_prefix("fifo://") {
+        return Ok(Dest::Fifo(rest.into()));
+    }
+    if let Some(rest) = uri.strip_prefix("file://") {
+        return Ok(Dest::File(rest.into()));
+    }
+    if let Some(rest) = uri.strip_prefix("binary://") {
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut args = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            args.push(percent_decode(k));
+            if !v.is_empty() {
+                args.push(percent_decode(v));
+            }
+        }
+        return Ok(Dest::Binary(path.into(), args));
+    }
+    if let Some((scheme, _)) = uri.split_once("://") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("unsupported stdio scheme {scheme:?} in {uri:?}"),
+        ));
+    }
+    Ok(Dest::Fifo(uri.into()))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    Ok((r, w))
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    Ok(())
+}
+
+fn open_fifo(path: &Path, flags: i32) -> io::Result<OwnedFd> {
+    let f = std::fs::OpenOptions::new()
+        .read(flags == libc::O_RDONLY || flags == libc::O_RDWR)
+        .write(flags == libc::O_WRONLY || flags == libc::O_RDWR)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("open {}: {e}", path.display())))?;
+    Ok(f.into())
+}
+
+fn chown(fd: &OwnedFd, uid: u32, gid: u32) {
+    if uid != 0 || gid != 0 {
+        let _ = nix::unistd::fchown(fd, Some(uid.into()), Some(gid.into()));
+    }
+}
+
+/// Everything needed to wire a process's streams.
+pub struct IoSetup<'a> {
+    pub paths: &'a StdioPaths,
+    pub container_id: &'a str,
+    pub namespace: &'a str,
+    pub io_uid: u32,
+    pub io_gid: u32,
+}
+
+impl ProcessIo {
+    /// Opens the client's destinations and creates the process's pipes. Returns the ends to
+    /// hand to runc; copying starts at once, so output written before `runc start` is kept.
+    pub async fn open(s: &IoSetup<'_>) -> io::Result<(ProcStdio, ProcessIo)> {
+        let mut io = ProcessIo::default();
+        let mut child = ProcStdio::default();
+        let p = s.paths;
+        if !p.stdin.is_empty() {
+            let fifo = p.stdin.strip_prefix("fifo://").unwrap_or(&p.stdin);
+            let reader = open_fifo(Path::new(fifo), libc::O_RDONLY)?;
+            // Kept so that the client closing its writer is not EOF; dropped by CloseIO.
+            io.stdin_keeper = Some(open_fifo(Path::new(fifo), libc::O_WRONLY)?);
+            if !p.terminal {
+                let (r, w) = pipe()?;
+                chown(&r, s.io_uid, s.io_gid);
+                set_nonblocking(&w)?;
+                child.stdin = Some(r);
+                io.stdin = Some(tokio::spawn(copy_stdin(reader, w)));
+            } else {
+                // Copied into the console once runc hands it over (see `attach_console`).
+                io.stdin = Some(tokio::spawn(park_fd(reader)));
+            }
+        }
+        if p.terminal {
+            return Ok((child, io));
+        }
+        let stdout = (!p.stdout.is_empty())
+            .then(|| parse_dest(&p.stdout))
+            .transpose()?;
+        let stderr = (!p.stderr.is_empty())
+            .then(|| parse_dest(&p.stderr))
+            .transpose()?;
+        match (&stdout, &stderr) {
+            (Some(Dest::File(path)), _) | (None, Some(Dest::File(path))) => {
+                // Both streams are appended to the one file, as containerd's shim does.
+                let f = open_log_file(path)?;
+                let f2 = f.try_clone()?;
+                child.stdout = stdout.as_ref().map(|_| f.into());
+                child.stderr = stderr.as_ref().map(|_| f2.into());
+            }
+            (Some(Dest::Binary(path, args)), _) | (None, Some(Dest::Binary(path, args))) => {
+                let (out_r, out_w) = pipe()?;
+                let (err_r, err_w) = pipe()?;
+                chown(&out_w, s.io_uid, s.io_gid);
+                chown(&err_w, s.io_uid, s.io_gid);
+                start_logger(s, path, args, out_r, err_r).await?;
+                child.stdout = Some(out_w);
+                child.stderr = Some(err_w);
+            }
+            _ => {
+                for (dest, slot) in [(stdout, &mut child.stdout), (stderr, &mut child.stderr)] {
+                    if let Some(Dest::Fifo(path)) = dest {
+                        let fifo = open_fifo(&path, libc::O_RDWR)?;
+                        let (r, w) = pipe()?;
+                        chown(&w, s.io_uid, s.io_gid);
+                        set_nonblocking(&r)?;
+                        *slot = Some(w);
+                        io.outputs.push(tokio::spawn(copy_out(r, fifo, false)));
+                    }
+                }
+            }
+        }
+        Ok((child, io))
+    }
+
+    /// Starts copying between the client's FIFOs and a pty master received from runc.
+    pub fn attach_console(&mut self, master: OwnedFd, paths: &StdioPaths) -> io::Result<()> {
+        set_nonblocking(&master)?;
+        let master = Arc::new(master);
+        if !paths.stdout.is_empty() {
+            let path = paths.stdout.strip_prefix("fifo://").unwrap_or(&paths.stdout);
+            let fifo = open_fifo(Path::new(path), libc::O_RDWR)?;
+            let m = dup(&master)?;
+            self.outputs.push(tokio::spawn(copy_out(m, fifo, true)));
+        }
+        if let Some(parked) = self.stdin.take() {
+            parked.abort();
+            let path = paths.stdin.strip_prefix("fifo://").unwrap_or(&paths.stdin);
+            let reader = open_fifo(Path::new(path), libc::O_RDONLY)?;
+            let m = dup(&master)?;
+            self.stdin = Some(tokio::spawn(copy_stdin(reader, m)));
+        }
+        self.console = Some(master);
+        Ok(())
+    }
+
+    /// `CloseIO{stdin}`: drop the kept writer, so stdin ends once the client's side closes.
+    pub fn close_stdin(&mut self) {
+        self.stdin_keeper = None;
+    }
+
+    /// `ResizePty`: set the console's window size. A process without a console ignores it.
+    pub fn resize(&self, width: u32, height: u32) -> io::Result<()> {
+        let Some(master) = &self.console else {
+            return Ok(());
+        };
+        let ws = libc::winsize {
+            ws_row: height as u16,
+            ws_col: width as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize struct that lives across the call.
+        let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits up to `limit` for the output copiers to drain (they end at the process pipes' EOF),
+    /// then stops everything and closes the client's FIFOs.
+    pub async fn close(mut self, limit: Duration) {
+        let outputs = std::mem::take(&mut self.outputs);
+        let aborts: Vec<_> = outputs.iter().map(|h| h.abort_handle()).collect();
+        let _ = tokio::time::timeout(limit, async {
+            for h in outputs {
+                let _ = h.await;
+            }
+        })
+        .await;
+        for a in aborts {
+            a.abort();
+        }
+    }
+}
+
+impl Drop for ProcessIo {
+    fn drop(&mut self) {
+        if let Some(h) = self.stdin.take() {
+            h.abort();
+        }
+        for h in &self.outputs {
+            h.abort();
+        }
+    }
+}
+
+/// Registers an fd we own exclusively with the runtime.
+pub fn async_fd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the OwnedFd moves into the AsyncFd, so nothing else closes or reuses it while
+    // it is registered.
+    unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)
+}
+
+fn dup(fd: &OwnedFd) -> io::Result<OwnedFd> {
+    Ok(fd.try_clone()?)
+}
+
+fn open_log_file(path: &Path) -> io::Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("open log file {}: {e}", path.display())))
+}
+
+async fn start_logger(
+    s: &IoSetup<'_>,
+    path: &Path,
+    args: &[String],
+    out_r: OwnedFd,
+    err_r: OwnedFd,
+) -> io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let (ready_r, ready_w) = pipe()?;
+    let fds: [RawFd; 3] = [out_r.as_raw_fd(), err_r.as_raw_fd(), ready_w.as_raw_fd()];
+    let mut cmd = Command::new(path);
+    cmd.args(args)
+        .env("CONTAINER_ID", s.container_id)
+        .env("CONTAINER_NAMESPACE", s.namespace)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Move the fds out of the way first, in case one of them already is 3, 4 or 5.
+            let mut tmp = [0; 3];
+            for (i, fd) in fds.iter().enumerate() {
+                tmp[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10);
+                if tmp[i] < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for (i, fd) in tmp.iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as i32) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    // The logger lives as long as the process's output; the reaper collects its exit.
+    cmd
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("start logger {}: {e}", path.display())))?;
+    drop(cmd);
+    drop((out_r, err_r, ready_w));
+    // Wait until the logger closes its ready pipe.
+    set_nonblocking(&ready_r)?;
+    let ready = async_fd(ready_r)?;
+    let mut buf = [0u8; 16];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while read_some(&ready, &mut buf).await.unwrap_or(0) > 0 {}
+    })
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "logger did not become ready"))
+}
+
+async fn park_fd(fd: OwnedFd) {
+    std::future::pending::<()>().await;
+    drop(fd);
+}
+
+/// Reads what is there; 0 is end of file. A pty master answers EIO once the terminal closed:
+/// that is end of file too.
+async fn read_some(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        let mut guard = fd.readable().await?;
+        match guard.try_io(|inner| {
+            // SAFETY: buf is valid for writes of buf.len() bytes.
+            let n = unsafe { libc::read(inner.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        }) {
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return Ok(0),
+            Ok(r) => return r,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+fn try_write(fd: &AsyncFd<OwnedFd>, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: data is valid for reads of data.len() bytes.
+    let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Writes to an output FIFO of which we are also a reader.
+///
+/// When the FIFO stays full for [`STALL`], nobody else reads it: from then on ("abandoned"),
+/// a full FIFO is emptied at once so the process never waits. If the level drops while we
+/// did not read (a client came back and reads), normal blocking writes resume.
+struct FifoWriter {
+    fd: AsyncFd<OwnedFd>,
+    drop_on_stall: bool,
+    abandoned: bool,
+    written_since_drain: usize,
+    dropped: u64,
+}
+
+impl FifoWriter {
+    fn new(fd: AsyncFd<OwnedFd>, drop_on_stall: bool) -> FifoWriter {
+        FifoWriter {
+            fd,
+            drop_on_stall,
+            abandoned: false,
+            written_since_drain: 0,
+            dropped: 0,
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int.
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+        if rc < 0 { 0 } else { n as usize }
+    }
+
+    /// Empties the FIFO (we are a reader of it): its oldest bytes are lost.
+    fn drain(&mut self) {
+        let mut sink = [0u8; 4096];
+        loop {
+            // SAFETY: sink is valid for writes of its length.
+            let n =
+                unsafe { libc::read(self.fd.as_raw_fd(), sink.as_mut_ptr().cast(), sink.len()) };
+            if n <= 0 {
+                break;
+            }
+            if self.dropped == 0 {
+                log::warn!("output FIFO has no reader; dropping its oldest bytes");
+            }
+            self.dropped += n as u64;
+        }
+        self.written_since_drain = 0;
+    }
+
+    async fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            match try_write(&self.fd, data) {
+                Ok(n) => {
+                    data = &data[n..];
+                    self.written_since_drain += n;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                Err(_) => {}
+            }
+            if self.abandoned && self.buffered() >= self.written_since_drain {
+                self.drain();
+                continue;
+            }
+            // Someone reads (or we do not know yet): wait for room.
+            self.abandoned = false;
+            let wait = async {
+                let mut g = self.fd.writable().await?;
+                g.clear_ready();
+                Ok::<_, io::Error>(())
+            };
+            if !self.drop_on_stall {
+                wait.await?;
+            } else if tokio::time::timeout(STALL, wait).await.is_err() {
+                self.abandoned = true;
+                self.drain();
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn write_all(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match try_write(fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut g = fd.writable().await?;
+                g.clear_ready();
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Process output pipe (or pty master) → client FIFO, until the process side ends.
+async fn copy_out(src: OwnedFd, fifo: OwnedFd, _pty: bool) {
+    let run = async {
+        let src = async_fd(src)?;
+        let mut dst = FifoWriter::new(async_fd(fifo)?, true);
+        let mut buf = vec![0u8; BUF];
+        loop {
+            let n = read_some(&src, &mut buf).await?;
+            if n == 0 {
+                return Ok::<_, io::Error>(());
+            }
+            dst.write_all(&buf[..n]).await?;
+        }
+    };
+    if let Err(e) = run.await {
+        log::warn!("copy process output: {e}");
+    }
+}
+
+/// Client stdin FIFO → process stdin pipe (or pty master), until EOF or the process is gone.
+async fn copy_stdin(fifo: OwnedFd, dst: OwnedFd) {
+    let run = async {
+        let src = async_fd(fifo)?;
+        let dst = async_fd(dst)?;
+        let mut buf = vec![0u8; BUF];
+        loop {
+            let n = read_some(&src, &mut buf).await?;
+            if n == 0 {
+                return Ok::<_, io::Error>(());
+            }
+            write_all(&dst, &buf[..n]).await?;
+        }
+    };
+    match run.await {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
+        Err(e) => log::warn!("copy stdin: {e}"),
+    }
+}
+
+/// A console socket for `runc --console-socket`: runc connects and sends the pty master.
+pub struct ConsoleSocket {
+    dir: PathBuf,
+    path: PathBuf,
+    listener: tokio::net::UnixListener,
+}
+
+impl ConsoleSocket {
+    pub fn new() -> io::Result<ConsoleSocket> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "corral-pty-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("pty.sock");
+        let listener = tokio::net::UnixListener::bind(&path)?;
+        Ok(ConsoleSocket {
+            dir,
+            path,
+            listener,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Accepts runc's connection and takes the fd it sends.
+    pub async fn receive(&self) -> io::Result<OwnedFd> {
+        let (stream, _) = self.listener.accept().await?;
+        loop {
+            stream.readable().await?;
+            match stream.try_io(tokio::io::Interest::READABLE, || recv_fd(stream.as_raw_fd())) {
+                Ok(fd) => return Ok(fd),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut name = [0u8; 4096];
+    let mut iov = [io::IoSliceMut::new(&mut name)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg
+            && let Some(fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed this fd in our table and nothing else owns it.
+            return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "console socket message carried no file descriptor",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations() {
+        assert!(matches!(parse_dest("/run/f/x-stdout").unwrap(), Dest::Fifo(p) if p == Path::new("/run/f/x-stdout")));
+        assert!(matches!(parse_dest("fifo:///a").unwrap(), Dest::Fifo(p) if p == Path::new("/a")));
+        assert!(matches!(parse_dest("file:///var/log/c.log").unwrap(), Dest::File(p) if p == Path::new("/var/log/c.log")));
+        match parse_dest("binary:///usr/bin/logger?id=a%20b&flag").unwrap() {
+            Dest::Binary(p, args) => {
+                assert_eq!(p, Path::new("/usr/bin/logger"));
+                assert_eq!(args, vec!["id", "a b", "flag"]);
+            }
+            _ => panic!("not binary"),
+        }
+        let e = parse_dest("tcp://1.2.3.4:5").err().unwrap();
+        assert!(e.to_string().contains("tcp"));
+    }
+
+    #[test]
+    fn output_fifo_keeps_flowing_without_a_reader() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let fifo = dir.path().join("out");
+            nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+            let dst = open_fifo(&fifo, libc::O_RDWR).unwrap();
+            let (r, w) = pipe().unwrap();
+            set_nonblocking(&r).unwrap();
+            let copier = tokio::spawn(copy_out(r, dst, false));
+            // Write far more than a FIFO holds, with nobody reading: it must not block forever.
+            let writer = std::thread::spawn(move || {
+                use std::io::Write;
+                let mut f = std::fs::File::from(w);
+                let chunk = vec![b'x'; 64 * 1024];
+                for _ in 0..4 {
+                    f.write_all(&chunk).unwrap();
+                }
+            });
+            tokio::time::timeout(Duration::from_secs(30), copier)
+                .await
+                .expect("copier stalled")
+                .unwrap();
+            writer.join().unwrap();
+        });
+    }
+}

@@ -1,0 +1,253 @@
+//! The runc command line, as the shim drives it.
+//!
+//! Every call carries `--root <root> --log <bundle>/log.json --log-format json`. runc is spawned
+//! through the [`Reaper`] and its exit is observed there, never by a second `wait`. When runc
+//! fails, the error carries runc's own message from the JSON log (the last `"level":"error"`
+//! entry written by this call), not a scraped stderr.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::error::{Error, Result};
+use crate::reaper::Reaper;
+use protocol::Code;
+
+/// Where and how to run runc for one container.
+#[derive(Debug, Clone)]
+pub struct Runc {
+    pub binary: String,
+    /// `--root`: runc's state directory, `<options.root or /run/containerd/runc>/<namespace>`.
+    pub root: PathBuf,
+    pub log: PathBuf,
+    pub systemd_cgroup: bool,
+}
+
+/// The standard streams given to the process runc starts.
+#[derive(Default)]
+pub struct ProcStdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// Options of `runc create` and `runc exec`.
+pub struct CreateOpts<'a> {
+    pub pid_file: &'a Path,
+    pub console_socket: Option<&'a Path>,
+    pub no_pivot: bool,
+    pub no_new_keyring: bool,
+}
+
+impl Runc {
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.root);
+        cmd.arg("--log").arg(&self.log).args(["--log-format", "json"]);
+        if self.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
+        }
+        cmd
+    }
+
+    /// Runs runc with `args`; returns its stdout. `input` goes to its stdin.
+    async fn run(
+        &self,
+        reaper: &Reaper,
+        args: &[&str],
+        stdio: Option<ProcStdio>,
+        input: Option<Vec<u8>>,
+        capture: bool,
+    ) -> Result<Vec<u8>> {
+        let mut cmd = self.command();
+        cmd.args(args);
+        let log_offset = fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
+        match stdio {
+            Some(s) => {
+                cmd.stdin(s.stdin.map(Stdio::from).unwrap_or_else(Stdio::null));
+                cmd.stdout(s.stdout.map(Stdio::from).unwrap_or_else(Stdio::null));
+                cmd.stderr(s.stderr.map(Stdio::from).unwrap_or_else(Stdio::null));
+            }
+            None => {
+                cmd.stdin(if input.is_some() {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                });
+                cmd.stdout(if capture {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                });
+                cmd.stderr(Stdio::piped());
+            }
+        }
+        let (mut child, exited) = reaper.spawn(&mut cmd).map_err(|e| {
+            Error::new(Code::Unknown, format!("failed to run {}: {e}", self.binary))
+        })?;
+        // The command holds the child's ends of the process pipes: drop them now, or the
+        // process's output never reaches EOF.
+        drop(cmd);
+        if let (Some(mut stdin), Some(data)) = (child.stdin.take(), input) {
+            // Small JSON documents: far below a pipe buffer, so this cannot block for long.
+            use std::io::Write;
+            let _ = stdin.write_all(&data);
+        }
+        let stdout = child.stdout.take().map(read_pipe);
+        let stderr = child.stderr.take().map(read_pipe);
+        let out = match stdout {
+            Some(f) => f.await,
+            None => Vec::new(),
+        };
+        let err = match stderr {
+            Some(f) => f.await,
+            None => Vec::new(),
+        };
+        let exit = exited
+            .await
+            .map_err(|_| Error::new(Code::Internal, "reaper stopped"))?;
+        if exit.status != 0 {
+            let msg = self
+                .log_error_since(log_offset)
+                .or_else(|| {
+                    let s = String::from_utf8_lossy(&err).trim().to_string();
+                    (!s.is_empty()).then_some(s)
+                })
+                .unwrap_or_else(|| format!("exit status {}", exit.status));
+            return Err(Error::runc(args.first().copied().unwrap_or(""), msg));
+        }
+        Ok(out)
+    }
+
+    /// The message of the last error runc logged after `offset` in its JSON log.
+    fn log_error_since(&self, offset: u64) -> Option<String> {
+        let mut f = fs::File::open(&self.log).ok()?;
+        f.seek(SeekFrom::Start(offset)).ok()?;
+        let mut text = String::new();
+        f.take(1 << 20).read_to_string(&mut text).ok()?;
+        text.lines().rev().find_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            (v.get("level")?.as_str()? == "error")
+                .then(|| v.get("msg")?.as_str().map(str::to_string))?
+        })
+    }
+
+    pub async fn create(
+        &self,
+        reaper: &Reaper,
+        id: &str,
+        bundle: &Path,
+        opts: &CreateOpts<'_>,
+        stdio: ProcStdio,
+    ) -> Result<()> {
+        let bundle = bundle.to_string_lossy();
+        let pid_file = opts.pid_file.to_string_lossy();
+        let mut args = vec!["create", "--bundle", &bundle, "--pid-file", &pid_file];
+        let console = opts.console_socket.map(|p| p.to_string_lossy().into_owned());
+        if let Some(c) = &console {
+            args.extend(["--console-socket", c]);
+        }
+        if opts.no_pivot {
+            args.push("--no-pivot");
+        }
+        if opts.no_new_keyring {
+            args.push("--no-new-keyring");
+        }
+        args.push(id);
+        self.run(reaper, &args, Some(stdio), None, false).await.map(drop)
+    }
+
+    pub async fn exec(
+        &self,
+        reaper: &Reaper,
+        id: &str,
+        process_json: &Path,
+        opts: &CreateOpts<'_>,
+        stdio: ProcStdio,
+    ) -> Result<()> {
+        let process = process_json.to_string_lossy();
+        let pid_file = opts.pid_file.to_string_lossy();
+        let mut args = vec![
+            "exec",
+            "--process",
+            &process,
+            "--detach",
+            "--pid-file",
+            &pid_file,
+        ];
+        let console = opts.console_socket.map(|p| p.to_string_lossy().into_owned());
+        if let Some(c) = &console {
+            args.extend(["--console-socket", c]);
+        }
+        args.push(id);
+        self.run(reaper, &args, Some(stdio), None, false).await.map(drop)
+    }
+
+    pub async fn start(&self, reaper: &Reaper, id: &str) -> Result<()> {
+        self.run(reaper, &["start", id], None, None, false).await.map(drop)
+    }
+
+    pub async fn kill(&self, reaper: &Reaper, id: &str, signal: u32, all: bool) -> Result<()> {
+        let sig = signal.to_string();
+        let mut args = vec!["kill"];
+        if all {
+            args.push("--all");
+        }
+        args.extend([id, &sig]);
+        self.run(reaper, &args, None, None, false).await.map(drop)
+    }
+
+    pub async fn delete(&self, reaper: &Reaper, id: &str, force: bool) -> Result<()> {
+        let args: &[&str] = if force {
+            &["delete", "--force", id]
+        } else {
+            &["delete", id]
+        };
+        self.run(reaper, args, None, None, false).await.map(drop)
+    }
+
+    pub async fn pause(&self, reaper: &Reaper, id: &str) -> Result<()> {
+        self.run(reaper, &["pause", id], None, None, false).await.map(drop)
+    }
+
+    pub async fn resume(&self, reaper: &Reaper, id: &str) -> Result<()> {
+        self.run(reaper, &["resume", id], None, None, false).await.map(drop)
+    }
+
+    pub async fn ps(&self, reaper: &Reaper, id: &str) -> Result<Vec<u32>> {
+        let out = self
+            .run(reaper, &["ps", "--format", "json", id], None, None, true)
+            .await?;
+        let pids: Option<Vec<u32>> = serde_json::from_slice(&out).map_err(|e| {
+            Error::new(Code::Internal, format!("runc ps printed invalid JSON: {e}"))
+        })?;
+        Ok(pids.unwrap_or_default())
+    }
+
+    pub async fn update(&self, reaper: &Reaper, id: &str, resources_json: Vec<u8>) -> Result<()> {
+        self.run(
+            reaper,
+            &["update", "--resources", "-", id],
+            None,
+            Some(resources_json),
+            false,
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// Reads a runc pipe to its end without blocking the runtime.
+async fn read_pipe(p: impl Into<OwnedFd>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    match tokio::net::unix::pipe::Receiver::from_owned_fd(p.into()) {
+        Ok(mut rx) => {
+            let _ = rx.read_to_end(&mut out).await;
+        }
+        Err(e) => log::warn!("read runc output: {e}"),
+    }
+    out
+}
