@@ -240,17 +240,25 @@ impl Containerd {
     /// Panics unless the test left nothing behind; see [`leaks::find_leaks`]. Leaks that go away
     /// on their own (a shim exits shortly after its last Delete) are waited for up to 10 s.
     pub fn assert_no_leaks(&self) {
+        self.assert_no_leaks_except(&[]);
+    }
+
+    /// Like [`Containerd::assert_no_leaks`], tolerating leaks of the `allowed` kinds (for a
+    /// documented shortcoming of the reference shim; Drop still cleans them up).
+    pub fn assert_no_leaks_except(&self, allowed: &[leaks::LeakKind]) {
         let ids = self.ids();
         let mut last = Vec::new();
         let clean = try_wait_until(Duration::from_secs(10), || {
             last = leaks::find_leaks(self, &ids);
+            last.retain(|l| !allowed.contains(&l.kind));
             last.is_empty().then_some(())
         });
+        let lines: Vec<String> = last.iter().map(|l| l.to_string()).collect();
         assert!(
             clean.is_some(),
             "leaks after the test (namespace {}):\n  {}",
             self.namespace,
-            last.join("\n  ")
+            lines.join("\n  ")
         );
     }
 

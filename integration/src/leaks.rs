@@ -203,45 +203,76 @@ pub fn container_processes(ns: &str, id: &str) -> Vec<u32> {
     pids
 }
 
-/// Everything `ctrd`'s test left behind for container `ids`, one line each; empty when clean.
-pub fn find_leaks(ctrd: &Containerd, ids: &[String]) -> Vec<String> {
+/// What kind of thing a [`Leak`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeakKind {
+    ShimProcess,
+    ContainerProcess,
+    Cgroup,
+    ShimSocket,
+    RuncState,
+    Bundle,
+    Mount,
+}
+
+/// One thing a test left behind.
+#[derive(Clone, Debug)]
+pub struct Leak {
+    pub kind: LeakKind,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Leak {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.detail)
+    }
+}
+
+/// Everything `ctrd`'s test left behind for container `ids`; empty when clean.
+pub fn find_leaks(ctrd: &Containerd, ids: &[String]) -> Vec<Leak> {
     let ns = ctrd.namespace();
     let mut leaks = Vec::new();
+    let mut push = |kind, detail: String| leaks.push(Leak { kind, detail });
     for p in shim_processes(ns, None) {
-        leaks.push(format!(
-            "shim process {} still running: {}",
-            p.pid,
-            p.args.join(" ")
-        ));
+        push(
+            LeakKind::ShimProcess,
+            format!("pid {} still running: {}", p.pid, p.args.join(" ")),
+        );
     }
     for id in ids {
         for pid in container_processes(ns, id) {
-            leaks.push(format!("process {pid} of container {id} still running"));
+            push(
+                LeakKind::ContainerProcess,
+                format!("pid {pid} of container {id} still running"),
+            );
         }
         for cg in container_cgroups(ns, id) {
-            leaks.push(format!("cgroup of container {id} left: {}", cg.display()));
+            push(
+                LeakKind::Cgroup,
+                format!("{} (container {id})", cg.display()),
+            );
         }
         let sock = shim_socket_path(&ctrd.address(), ns, id);
         if sock.exists() {
-            leaks.push(format!(
-                "shim socket of container {id} left: {}",
-                sock.display()
-            ));
+            push(
+                LeakKind::ShimSocket,
+                format!("{} (container {id})", sock.display()),
+            );
         }
     }
     if let Ok(entries) = fs::read_dir(runc_state_dir(ns)) {
         for e in entries.flatten() {
-            leaks.push(format!("runc state left: {}", e.path().display()));
+            push(LeakKind::RuncState, e.path().display().to_string());
         }
     }
     let bundles = ctrd.state().join("io.containerd.runtime.v2.task").join(ns);
     if let Ok(entries) = fs::read_dir(&bundles) {
         for e in entries.flatten() {
-            leaks.push(format!("bundle left: {}", e.path().display()));
+            push(LeakKind::Bundle, e.path().display().to_string());
         }
     }
     for m in mounts_under(ctrd.dir()) {
-        leaks.push(format!("mount left: {}", m.display()));
+        push(LeakKind::Mount, m.display().to_string());
     }
     leaks
 }
