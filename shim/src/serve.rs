@@ -86,7 +86,7 @@ async fn run(flags: &Flags, listener: UnixListener) -> Result<(), String> {
 }
 
 /// Removes our socket, found through the bundle's `address` file (cwd is the bundle).
-fn remove_socket() {
+pub fn remove_socket() {
     if let Ok(address) = std::fs::read_to_string("address") {
         let _ = std::fs::remove_file(start::socket_path(address.trim()));
     }

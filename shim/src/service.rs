@@ -890,6 +890,9 @@ impl Service {
     fn do_shutdown(&self) {
         let st = self.state.lock().unwrap();
         if st.containers.is_empty() && st.creating.is_empty() {
+            // Unlink the socket before answering: once the daemon has our reply, no new
+            // connection may find a socket whose server is going away.
+            crate::serve::remove_socket();
             self.shutdown.notify_one();
         }
     }
