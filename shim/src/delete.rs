@@ -36,6 +36,7 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>, String> {
     if let Err(e) = mount::unmount_all(&bundle.join("rootfs")) {
         eprintln!("{e}");
     }
+    remove_stale_socket(&bundle);
     let resp = DeleteResponse {
         pid,
         // As containerd's shim: whatever ran was killed.
@@ -44,6 +45,18 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>, String> {
         ..Default::default()
     };
     resp.write_to_bytes().map_err(|e| e.to_string())
+}
+
+/// A shim that died (kill -9) leaves its socket behind. Remove it unless a live server still
+/// answers there (a shim serving other containers of the same group).
+fn remove_stale_socket(bundle: &Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let path = start::socket_path(address.trim());
+    if std::os::unix::net::UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// `runc delete --force`, bounded in time; warnings go to stderr, which containerd logs.
