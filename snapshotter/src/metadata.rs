@@ -41,7 +41,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -75,6 +75,15 @@ pub struct Options {
     pub overlay_index_off: Option<bool>,
     #[doc(hidden)]
     pub failpoint: Option<Failpoint>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("overlay_index_off", &self.overlay_index_off)
+            .field("failpoint", &self.failpoint.as_ref().map(|_| "<hook>"))
+            .finish()
+    }
 }
 
 /// One stored snapshot.
@@ -170,13 +179,12 @@ fn parent_ids(
 }
 
 /// A snapshot as the driver sees it when computing mounts.
-pub(crate) struct Resolved<'a> {
+pub(crate) struct Resolved {
     pub kind: Kind,
     /// The snapshot's own directory.
     pub dir: PathBuf,
     /// Parent directories, nearest first.
     pub parents: Vec<PathBuf>,
-    pub _key: &'a str,
 }
 
 /// What differs between backends.
@@ -187,7 +195,7 @@ pub(crate) trait Driver: Send + Sync + 'static {
     /// Makes what `populate` wrote durable.
     fn sync(&self, dir: &Path) -> Result<()>;
     /// The mounts of an active or view snapshot.
-    fn mounts(&self, s: &Resolved<'_>) -> Vec<Mount>;
+    fn mounts(&self, s: &Resolved) -> Vec<Mount>;
     /// The directory holding the snapshot's own layer (what `usage` measures).
     fn layer_dir(&self, dir: &Path) -> PathBuf;
 }
@@ -207,7 +215,13 @@ impl<D: Driver> Engine<D> {
     /// Opens (creating if needed) the store at `root` and reconciles it.
     pub(crate) fn open(root: &Path, driver: D, opts: &Options) -> Result<Self> {
         let snapshots = root.join("snapshots");
-        fs::create_dir_all(&snapshots).map_err(Error::io("create", &snapshots))?;
+        // 0700 like containerd: layers hold set-id binaries that unprivileged users must
+        // not reach through the snapshotter's tree.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&snapshots)
+            .map_err(Error::io("create", &snapshots))?;
         let db_path = root.join(DB_FILE);
         let db = Database::create(&db_path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked {
@@ -582,7 +596,6 @@ impl<D: Driver> Engine<D> {
             kind: rec.kind,
             dir: self.dir(rec.id),
             parents,
-            _key: key,
         }))
     }
 

@@ -124,7 +124,7 @@ impl Mount {
     /// directory: the mount must then be made from it as the working directory
     /// ([`Mount::mount`] does so in a helper thread with a private cwd). Snapshotters keep
     /// their layer dirs short and numeric (`snapshots/123/fs`) so relative entries are ~8
-    /// bytes: over 400 layers fit, above the kernel's own limit of 500 layers minus a bit.
+    /// bytes: about 400 layers fit with five-digit ids (overlayfs itself stops at 500).
     pub fn mount_data(&self) -> (MsFlags, String, Option<PathBuf>) {
         let mut flags = MsFlags::empty();
         let mut data: Vec<String> = Vec::new();

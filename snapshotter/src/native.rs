@@ -60,7 +60,7 @@ impl Driver for NativeDriver {
         nix::unistd::syncfs(&f).map_err(|e| Error::io("syncfs", dir)(e.into()))
     }
 
-    fn mounts(&self, s: &Resolved<'_>) -> Vec<Mount> {
+    fn mounts(&self, s: &Resolved) -> Vec<Mount> {
         let ro = s.kind != Kind::Active;
         vec![Mount {
             kind: "bind".into(),

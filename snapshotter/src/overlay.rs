@@ -70,6 +70,43 @@ impl OverlaySnapshotter {
         })
     }
 
+    /// Checks that overlayfs works on `root`'s filesystem by mounting a two-layer overlay
+    /// there, as containerd does before enabling its overlayfs snapshotter (some
+    /// filesystems, overlayfs itself among them, cannot hold upper dirs). Needs
+    /// `CAP_SYS_ADMIN`. `Unimplemented` naming the cause when overlay does not work.
+    pub fn check_supported(root: impl AsRef<Path>) -> Result<()> {
+        let root = root.as_ref();
+        fs::create_dir_all(root).map_err(Error::io("create", root))?;
+        let td = tempfile::Builder::new()
+            .prefix("overlay-check")
+            .tempdir_in(root)
+            .map_err(Error::io("create a temporary dir in", root))?;
+        let d = |n: &str| -> Result<String> {
+            let p = td.path().join(n);
+            fs::create_dir(&p).map_err(Error::io("create", &p))?;
+            Ok(path_str(&p))
+        };
+        let (l1, l2, upper, work, merged) =
+            (d("l1")?, d("l2")?, d("upper")?, d("work")?, d("merged")?);
+        let m = Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options: vec![
+                format!("lowerdir={l2}:{l1}"),
+                format!("upperdir={upper}"),
+                format!("workdir={work}"),
+            ],
+        };
+        m.mount(Path::new(&merged))
+            .map_err(|e| Error::Unsupported {
+                what: format!("overlayfs on {}: {e}", root.display()),
+            })?;
+        crate::mount::unmount(Path::new(&merged)).map_err(|e| Error::Unsupported {
+            what: format!("overlayfs on {}: {e}", root.display()),
+        })
+    }
+
     /// Whether overlay mounts carry `index=off`.
     pub fn index_off(&self) -> bool {
         self.engine.driver.index_off
@@ -116,7 +153,7 @@ impl Driver for OverlayDriver {
         fsync_dir(dir)
     }
 
-    fn mounts(&self, s: &Resolved<'_>) -> Vec<Mount> {
+    fn mounts(&self, s: &Resolved) -> Vec<Mount> {
         let bind = |source: &Path, ro: bool| {
             vec![Mount {
                 kind: "bind".into(),
@@ -173,7 +210,6 @@ mod tests {
             kind: Kind::Active,
             dir: root.join("10130"),
             parents,
-            _key: "k",
         });
         assert_eq!(mounts.len(), 1);
         let m = &mounts[0];

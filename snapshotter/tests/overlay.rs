@@ -100,6 +100,20 @@ mod overlay_specific {
     }
 
     #[test]
+    fn overlay_works_here() {
+        if !require_root("overlay support check") {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        OverlaySnapshotter::check_supported(d.path()).expect("overlayfs works on this host");
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "the probe cleans up"
+        );
+    }
+
+    #[test]
     fn root_with_separators_is_refused() {
         let d = tempfile::tempdir().unwrap();
         let e = OverlaySnapshotter::open(d.path().join("a:b")).map(|_| ());
