@@ -15,10 +15,10 @@
 //! prepare("ctr", L2)  ─▶ active "ctr": mounts = overlay upper=ctr lower=L2:L1
 //! view("v", L2)       ─▶ view "v":     mounts = overlay lower=L2:L1 (read-only)
 //! ```
-pub mod error;
-mod metadata;
 pub mod apply;
 pub mod diff;
+pub mod error;
+mod metadata;
 pub mod mount;
 pub mod native;
 pub mod overlay;
