@@ -52,17 +52,24 @@ fn large_output_arrives_intact(rt: Runtime) {
     let id = ctrd.new_id("big");
     let out = ctrd.ctr_run(&["--rm"], &id, &["seq", "1", &N.to_string()]);
     assert_eq!(out.code(), Some(0), "ctr failed: {}", out.stderr);
-    assert_eq!(
-        out.stdout.len(),
-        expected.len(),
-        "output length differs (stderr: {})",
-        out.stderr
-    );
-    assert_eq!(
-        hex::encode(Sha256::digest(&out.stdout)),
-        hex::encode(Sha256::digest(expected.as_bytes())),
-        "output content differs"
-    );
+    if out.stdout != expected.as_bytes() {
+        let first_diff = out
+            .stdout
+            .iter()
+            .zip(expected.as_bytes())
+            .position(|(a, b)| a != b);
+        let tail = &out.stdout[out.stdout.len().saturating_sub(64)..];
+        panic!(
+            "output differs: {} bytes, expected {}; first differing byte: {first_diff:?}; \
+             last bytes: {:?}; sha256 {} vs {}; stderr: {}",
+            out.stdout.len(),
+            expected.len(),
+            String::from_utf8_lossy(tail),
+            hex::encode(Sha256::digest(&out.stdout)),
+            hex::encode(Sha256::digest(expected.as_bytes())),
+            out.stderr
+        );
+    }
     ctrd.assert_no_leaks();
 }
 
@@ -78,11 +85,18 @@ fn detached_task_lifecycle(rt: Runtime) {
     let task = ctr.task(&id).expect("task listed after run -d");
     assert_eq!(task.status, "RUNNING");
     assert!(task.pid > 0);
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", task.pid)).unwrap_or_default();
-    assert_eq!(
-        cmdline, b"sleep\x001000\x00",
-        "pid {} is not the container's init",
-        task.pid
+    // `runc start` returns before the init has exec'd the command (it is `runc init` until then).
+    let init_cmdline = format!("/proc/{}/cmdline", task.pid);
+    let mut seen = Vec::new();
+    let became_sleep = integration::try_wait_until(T, || {
+        seen = std::fs::read(&init_cmdline).unwrap_or_default();
+        (seen == b"sleep\x001000\x00").then_some(())
+    });
+    assert!(
+        became_sleep.is_some(),
+        "pid {} is not the container's init: cmdline {:?}",
+        task.pid,
+        String::from_utf8_lossy(&seen)
     );
 
     // exec without a terminal: separate streams, exit code.
