@@ -4,6 +4,7 @@
 //! uses over the wire), commits it (fsync + digest check + rename), and compares with `cp` of the
 //! same file, alone and followed by `sync <file>` (commit fsyncs, plain cp does not).
 //! Not a test: no assertions on time. Knobs: CONTENT_BENCH_MIB (default 280),
+//! CONTENT_BENCH_ROUNDS (default 3; the best round is reported, the machine being shared),
 //! CONTENT_BENCH_DIR (default: the target dir's tmp, i.e. a real disk, not tmpfs).
 //!
 //! Run: `cargo bench -p content --bench ingest`
@@ -19,10 +20,16 @@ use content::{ContentStore, Digest, Digester, Labels, LocalStore, WriterOpts};
 const CHUNK: usize = 1 << 20;
 
 fn main() {
-    let mib: usize = std::env::var("CONTENT_BENCH_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(280);
+    let knob = |name: &str, default: usize| -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (mib, rounds) = (
+        knob("CONTENT_BENCH_MIB", 280),
+        knob("CONTENT_BENCH_ROUNDS", 3).max(1),
+    );
     let base = std::env::var_os("CONTENT_BENCH_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| env!("CARGO_TARGET_TMPDIR").into());
@@ -30,32 +37,96 @@ fn main() {
     let dir = tempfile::tempdir_in(&base).expect("create bench dir");
     let src = dir.path().join("src.bin");
     let digest = generate(&src, mib);
-    let bytes = (mib * CHUNK) as f64;
-    let rate = |secs: f64| bytes / (1 << 20) as f64 / secs;
     println!(
-        "content ingest bench: {mib} MiB in {} KiB chunks, under {}",
+        "content ingest bench: {mib} MiB in {} KiB chunks, best of {rounds} rounds, under {}",
         CHUNK / 1024,
         base.display()
     );
 
-    let t = Instant::now();
-    hash_file(&src);
-    let hash_secs = t.elapsed().as_secs_f64();
+    let mut best = Best::default();
+    for round in 0..rounds {
+        let (t, cpu) = (Instant::now(), cpu_seconds());
+        assert_eq!(hash_file(&src), digest);
+        best.hash = best.hash.min(t.elapsed().as_secs_f64());
+        best.hash_cpu = best.hash_cpu.min(cpu_seconds() - cpu);
 
-    let dst = dir.path().join("cp.bin");
-    let t = Instant::now();
-    run(Command::new("cp").arg(&src).arg(&dst));
-    let cp_secs = t.elapsed().as_secs_f64();
-    run(Command::new("sync").arg(&dst));
-    let cp_sync_secs = t.elapsed().as_secs_f64();
-    fs::remove_file(&dst).unwrap();
+        let dst = dir.path().join("cp.bin");
+        let t = Instant::now();
+        run(Command::new("cp").arg(&src).arg(&dst));
+        best.cp = best.cp.min(t.elapsed().as_secs_f64());
+        run(Command::new("sync").arg(&dst));
+        best.cp_sync = best.cp_sync.min(t.elapsed().as_secs_f64());
+        fs::remove_file(&dst).unwrap();
 
-    let store = LocalStore::open(dir.path().join("store")).expect("open store");
+        let root = dir.path().join(format!("store{round}"));
+        let cpu = cpu_seconds();
+        let (total, written) = ingest(&root, &src, &digest, mib);
+        best.ingest_cpu = best.ingest_cpu.min(cpu_seconds() - cpu);
+        if total < best.ingest {
+            (best.ingest, best.ingest_writes) = (total, written);
+        }
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    let rate = |secs: f64| mib as f64 / secs;
+    println!(
+        "  sha256 of the file (hash floor)   {:8.1} MiB/s   ({:.2} CPU s)",
+        rate(best.hash),
+        best.hash_cpu
+    );
+    println!(
+        "  cp                                {:8.1} MiB/s",
+        rate(best.cp)
+    );
+    println!(
+        "  cp + sync (copy floor)            {:8.1} MiB/s",
+        rate(best.cp_sync)
+    );
+    println!(
+        "  content ingest (write + commit)   {:8.1} MiB/s   ({:.2} CPU s; writes {:.2}s, commit {:.2}s)",
+        rate(best.ingest),
+        best.ingest_cpu,
+        best.ingest_writes,
+        best.ingest - best.ingest_writes
+    );
+    println!(
+        "  ingest / (cp + sync)              {:8.2}x",
+        best.cp_sync / best.ingest
+    );
+}
+
+struct Best {
+    hash: f64,
+    hash_cpu: f64,
+    ingest_cpu: f64,
+    cp: f64,
+    cp_sync: f64,
+    ingest: f64,
+    ingest_writes: f64,
+}
+
+impl Default for Best {
+    fn default() -> Best {
+        Best {
+            hash: f64::MAX,
+            hash_cpu: f64::MAX,
+            ingest_cpu: f64::MAX,
+            cp: f64::MAX,
+            cp_sync: f64::MAX,
+            ingest: f64::MAX,
+            ingest_writes: 0.0,
+        }
+    }
+}
+
+/// Ingests `src` into a fresh store at `root`; returns (total seconds, seconds spent writing).
+fn ingest(root: &Path, src: &Path, digest: &Digest, mib: usize) -> (f64, f64) {
+    let store = LocalStore::open(root).expect("open store");
     let t = Instant::now();
     let mut w = store
         .writer(WriterOpts::new("bench").total((mib * CHUNK) as u64))
         .expect("writer");
-    let mut input = File::open(&src).unwrap();
+    let mut input = File::open(src).unwrap();
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = read_full(&mut input, &mut buf);
@@ -64,35 +135,10 @@ fn main() {
         }
         w.write_all(&buf[..n]).expect("write");
     }
-    let write_secs = t.elapsed().as_secs_f64();
-    let got = w
-        .commit(None, Some(&digest), Labels::new())
-        .expect("commit");
-    let ingest_secs = t.elapsed().as_secs_f64();
-    assert_eq!(got, digest);
-
-    println!(
-        "  sha256 of the file (hash floor)   {:8.1} MiB/s",
-        rate(hash_secs)
-    );
-    println!(
-        "  cp                                {:8.1} MiB/s",
-        rate(cp_secs)
-    );
-    println!(
-        "  cp + sync (copy floor)            {:8.1} MiB/s",
-        rate(cp_sync_secs)
-    );
-    println!(
-        "  content ingest (write + commit)   {:8.1} MiB/s   (writes {:.2}s, commit {:.2}s)",
-        rate(ingest_secs),
-        write_secs,
-        ingest_secs - write_secs
-    );
-    println!(
-        "  ingest / (cp + sync)              {:8.2}x",
-        cp_sync_secs / ingest_secs
-    );
+    let written = t.elapsed().as_secs_f64();
+    let got = w.commit(None, Some(digest), Labels::new()).expect("commit");
+    assert_eq!(&got, digest);
+    (t.elapsed().as_secs_f64(), written)
 }
 
 /// Writes `mib` MiB of xorshift bytes to `path` and returns their digest.
@@ -142,4 +188,17 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> usize {
 fn run(cmd: &mut Command) {
     let status = cmd.status().expect("run command");
     assert!(status.success(), "{cmd:?}: {status}");
+}
+
+/// User + system CPU time of this process (all threads) so far: unlike wall time, it barely
+/// depends on what else the (shared) machine is running.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct we pass; no other memory is involved.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
