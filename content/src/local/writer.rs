@@ -32,6 +32,11 @@ impl LocalWriter {
             total,
             expected,
         } = opts;
+        if reference.is_empty() {
+            return Err(Error::InvalidArgument(
+                "ingest ref must not be empty".into(),
+            ));
+        }
         if let Some(d) = &expected
             && inner.blob_path(d).exists()
         {
