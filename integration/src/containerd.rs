@@ -166,7 +166,9 @@ impl Containerd {
 
     /// Arguments of `ctr run` with this runtime and our FIFO dir:
     /// `run --runtime <rt> --fifo-dir <dir> <flags…> <IMAGE_REF> <id> <cmd…>`.
+    /// The id is remembered for the leak checks.
     pub fn run_args(&self, flags: &[&str], id: &str, command: &[&str]) -> Vec<String> {
+        self.register_id(id);
         let mut args: Vec<String> = vec![
             "run".into(),
             "--runtime".into(),
@@ -183,7 +185,6 @@ impl Containerd {
 
     /// `ctr run` (see [`Containerd::run_args`]).
     pub fn ctr_run(&self, flags: &[&str], id: &str, command: &[&str]) -> CtrOutput {
-        self.register_id(id);
         self.ctr.run(&self.run_args(flags, id, command))
     }
 

@@ -5,10 +5,19 @@
 //! - `ctr tasks rm` exits 0 even for a non-zero exit status; it prints
 //!   `level=warning msg="task <id> exit with non-zero exit code <n>"` on stderr instead.
 //! - `ctr tasks ls` prints `TASK PID STATUS` rows, status one of CREATED/RUNNING/PAUSED/STOPPED.
+//! - ctr always forwards its own stdin to the process (there is no `-i`), closing it with CloseIO
+//!   at EOF.
+//! - ctr 1.6 may drop the tail of a process's output: once Wait reports the exit it calls
+//!   `io.Cancel()`, which in 1.6's `cio` closes the FIFOs it is still reading (a client bug, fixed
+//!   later). Output that is still in the shim's pipes at that moment is lost, with any shim. Tests
+//!   that check output therefore use a [`CtrSession`]: the process prints, then blocks reading a
+//!   line from stdin, which the test sends only once it has received all the output.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
-use std::time::Duration;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use crate::cmd;
 
@@ -130,6 +139,34 @@ impl Ctr {
         out.stdout_str()
     }
 
+    /// Starts ctr with `args` and piped stdin/stdout/stderr, for a dialogue with the process.
+    pub fn spawn<S: AsRef<str>>(&self, args: &[S]) -> CtrSession {
+        let strs: Vec<String> = args.iter().map(|a| a.as_ref().to_string()).collect();
+        let mut c = self.command(args);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run `ctr {}`: {e}", strs.join(" ")));
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || pump(out, Stream::Out, tx));
+        std::thread::spawn(move || pump(err, Stream::Err, tx2));
+        CtrSession {
+            args: strs,
+            stdin: child.stdin.take(),
+            child: Some(child),
+            rx,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            open_streams: 2,
+            timeout: self.timeout,
+        }
+    }
+
     /// Rows of `ctr tasks ls`.
     pub fn tasks(&self) -> Vec<TaskRow> {
         parse_tasks_ls(&self.ok(&["tasks", "ls"]))
@@ -150,6 +187,115 @@ impl Ctr {
         found.unwrap_or_else(|| {
             panic!("task {id} did not reach {status} within {timeout:?}; last seen: {last:?}")
         })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Stream {
+    Out,
+    Err,
+}
+
+/// Forwards chunks of `r` to `tx`; an empty chunk marks the end.
+fn pump(mut r: impl Read, which: Stream, tx: mpsc::Sender<(Stream, Vec<u8>)>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if tx.send((which, buf[..n].to_vec())).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = tx.send((which, Vec::new()));
+}
+
+/// A running ctr whose stdout/stderr are collected as they come and whose stdin the test writes.
+pub struct CtrSession {
+    args: Vec<String>,
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    rx: mpsc::Receiver<(Stream, Vec<u8>)>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    open_streams: u32,
+    timeout: Duration,
+}
+
+impl CtrSession {
+    /// Waits until `done(stdout, stderr)` holds for the output received so far; panics after
+    /// `timeout` with what was received.
+    pub fn wait_output(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&[u8], &[u8]) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.stdout, &self.stderr) {
+            if self.open_streams == 0 || !self.receive(deadline) {
+                panic!(
+                    "`ctr {}`: no {what} after {timeout:?}; got {} bytes of stdout (ends {:?}), \
+                     stderr: {}",
+                    self.args.join(" "),
+                    self.stdout.len(),
+                    String::from_utf8_lossy(&self.stdout[self.stdout.len().saturating_sub(200)..]),
+                    String::from_utf8_lossy(&self.stderr)
+                );
+            }
+        }
+    }
+
+    /// Writes `line` and a newline to ctr's stdin, then closes it.
+    pub fn send_line(&mut self, line: &str) {
+        let mut stdin = self.stdin.take().expect("stdin already closed");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("write to ctr's stdin");
+    }
+
+    /// Closes stdin, waits for ctr to exit (SIGKILL after the Ctr's timeout) and for the end of
+    /// its output.
+    pub fn finish(mut self) -> CtrOutput {
+        self.stdin.take();
+        let child = self.child.take().unwrap();
+        let (status, timed_out) =
+            crate::cmd::wait_with_timeout(child, self.timeout).expect("wait for ctr");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.open_streams > 0 && self.receive(deadline) {}
+        CtrOutput {
+            args: std::mem::take(&mut self.args),
+            status,
+            stdout: std::mem::take(&mut self.stdout),
+            stderr: String::from_utf8_lossy(&self.stderr).into_owned(),
+            timed_out,
+        }
+    }
+
+    /// Receives one chunk; false if `deadline` passed first.
+    fn receive(&mut self, deadline: Instant) -> bool {
+        match self
+            .rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            Ok((_, chunk)) if chunk.is_empty() => self.open_streams -= 1,
+            Ok((Stream::Out, chunk)) => self.stdout.extend_from_slice(&chunk),
+            Ok((Stream::Err, chunk)) => self.stderr.extend_from_slice(&chunk),
+            Err(mpsc::RecvTimeoutError::Disconnected) => self.open_streams = 0,
+            Err(mpsc::RecvTimeoutError::Timeout) => return false,
+        }
+        true
+    }
+}
+
+impl Drop for CtrSession {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 

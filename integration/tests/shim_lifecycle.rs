@@ -18,16 +18,31 @@ fn setup(rt: Runtime) -> Option<Containerd> {
     Some(Containerd::start(rt))
 }
 
+/// Runs ctr with `args` whose process prints, then blocks on `read`: waits until `done` holds
+/// for the output, lets the process go on, and returns ctr's result. (ctr 1.6 may lose output
+/// still in flight when it sees the exit; see `integration::ctr`.)
+fn dialogue(
+    ctrd: &Containerd,
+    args: &[String],
+    what: &str,
+    done: impl FnMut(&[u8], &[u8]) -> bool,
+) -> integration::CtrOutput {
+    let mut session = ctrd.ctr().spawn(args);
+    session.wait_output(what, T, done);
+    session.send_line("go");
+    session.finish()
+}
+
 /// `ctr run --rm` relays stdout and stderr separately and exits with the container's code; the
 /// container is gone afterwards.
 fn run_rm_output_and_exit_code(rt: Runtime) {
     let Some(ctrd) = setup(rt) else { return };
     let id = ctrd.new_id("run");
-    let out = ctrd.ctr_run(
-        &["--rm"],
-        &id,
-        &["sh", "-c", "echo hi; echo oops >&2; exit 3"],
-    );
+    let script = "echo hi; echo oops >&2; read x; exit 3";
+    let args = ctrd.run_args(&["--rm"], &id, &["sh", "-c", script]);
+    let out = dialogue(&ctrd, &args, "hi and oops", |o, e| {
+        o == b"hi\n" && String::from_utf8_lossy(e).contains("oops")
+    });
     assert_eq!(out.code(), Some(3), "{}", out.describe());
     assert_eq!(out.stdout_str(), "hi\n", "{}", out.describe());
     assert!(out.stderr.contains("oops"), "{}", out.describe());
@@ -50,7 +65,11 @@ fn large_output_arrives_intact(rt: Runtime) {
     const N: u32 = 1_500_000;
     let expected: String = (1..=N).map(|i| format!("{i}\n")).collect();
     let id = ctrd.new_id("big");
-    let out = ctrd.ctr_run(&["--rm"], &id, &["seq", "1", &N.to_string()]);
+    let script = format!("seq 1 {N}; read x");
+    let args = ctrd.run_args(&["--rm"], &id, &["sh", "-c", &script]);
+    let out = dialogue(&ctrd, &args, "all of seq's output", |o, _| {
+        o.len() >= expected.len()
+    });
     assert_eq!(out.code(), Some(0), "ctr failed: {}", out.stderr);
     if out.stdout != expected.as_bytes() {
         let first_diff = out
@@ -100,17 +119,20 @@ fn detached_task_lifecycle(rt: Runtime) {
     );
 
     // exec without a terminal: separate streams, exit code.
-    let out = ctrd.ctr_exec(
-        &[],
-        &id,
-        "e1",
-        &["sh", "-c", "echo out; echo err >&2; exit 5"],
-    );
+    let script = "echo out; echo err >&2; read x; exit 5";
+    let args = ctrd.exec_args(&[], &id, "e1", &["sh", "-c", script]);
+    let out = dialogue(&ctrd, &args, "out and err", |o, e| {
+        o == b"out\n" && String::from_utf8_lossy(e).contains("err")
+    });
     assert_eq!(out.code(), Some(5), "{}", out.describe());
     assert_eq!(out.stdout_str(), "out\n", "{}", out.describe());
     assert!(out.stderr.contains("err"), "{}", out.describe());
-    // The exec id is free again once ctr deleted the finished exec.
-    let out = ctrd.ctr_exec(&[], &id, "e1", &["cat", "/proc/1/cmdline"]);
+    // The exec id is free again once ctr deleted the finished exec; the exec shares the init's
+    // pid namespace.
+    let args = ctrd.exec_args(&[], &id, "e1", &["sh", "-c", "cat /proc/1/cmdline; read x"]);
+    let out = dialogue(&ctrd, &args, "pid 1's cmdline", |o, _| {
+        o.len() >= b"sleep\x001000\x00".len()
+    });
     assert_eq!(out.code(), Some(0), "{}", out.describe());
     assert_eq!(out.stdout, b"sleep\x001000\x00");
 

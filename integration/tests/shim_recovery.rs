@@ -80,7 +80,18 @@ fn containerd_kill9_and_restart(rt: Runtime) {
         "{exiter} after restart: {t:?}"
     );
 
-    let out = ctrd.ctr_exec(&[], &sleepers[0], "after-restart", &["echo", "alive"]);
+    // The exec blocks on stdin until its output arrived (ctr 1.6 may drop output still in flight
+    // at exit; see `integration::ctr`).
+    let args = ctrd.exec_args(
+        &[],
+        &sleepers[0],
+        "after-restart",
+        &["sh", "-c", "echo alive; read x"],
+    );
+    let mut session = ctr.spawn(&args);
+    session.wait_output("the exec's output", T, |o, _| o == b"alive\n");
+    session.send_line("go");
+    let out = session.finish();
     assert_eq!(out.code(), Some(0), "{}", out.describe());
     assert_eq!(out.stdout_str(), "alive\n");
 
