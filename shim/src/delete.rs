@@ -69,7 +69,9 @@ fn force_delete(binary: &str, root: &Path, systemd: bool, bundle: &Path, id: &st
         cmd.arg("--systemd-cgroup");
     }
     cmd.args(["delete", "--force", id]);
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -35,9 +35,14 @@ impl Error {
     /// True when runc said the process or container is already gone. Kill maps that to
     /// NotFound, which callers read as "already finished" (shared/protocol.md §2.4).
     pub fn is_gone(&self) -> bool {
-        ["container not running", "no such process", "does not exist", "not exist"]
-            .iter()
-            .any(|g| self.msg.contains(g))
+        [
+            "container not running",
+            "no such process",
+            "does not exist",
+            "not exist",
+        ]
+        .iter()
+        .any(|g| self.msg.contains(g))
     }
 
     pub fn code(&self) -> Code {

@@ -40,6 +40,8 @@ pub struct Publisher {
     wake: Arc<Notify>,
     /// Signalled each time the queue becomes empty.
     drained: Arc<Notify>,
+    /// Failed delivery attempts so far (each is retried: none is given up).
+    failures: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A task event: its topic and its message.
@@ -82,6 +84,7 @@ impl Publisher {
             })),
             wake: Arc::new(Notify::new()),
             drained: Arc::new(Notify::new()),
+            failures: Arc::default(),
         }
     }
 
@@ -105,7 +108,7 @@ impl Publisher {
         if q.items.len() >= CAPACITY {
             q.items.pop_front();
             q.dropped += 1;
-            if q.dropped == 1 || q.dropped % 1000 == 0 {
+            if q.dropped == 1 || q.dropped.is_multiple_of(1000) {
                 log::warn!("event queue full: dropped {} oldest events", q.dropped);
             }
         }
@@ -114,6 +117,13 @@ impl Publisher {
         q.items.push_back((seq, env));
         drop(q);
         self.wake.notify_one();
+    }
+
+    /// Topics of the queued events, oldest first.
+    #[cfg(test)]
+    pub fn topics(&self) -> Vec<String> {
+        let q = self.queue.lock().unwrap();
+        q.items.iter().map(|(_, e)| e.topic.clone()).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -167,7 +177,15 @@ impl Publisher {
                     }
                 }
                 Err(e) => {
-                    log::debug!("forward event to {address}: {e}; retrying");
+                    let n = self
+                        .failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n.is_multiple_of(100) {
+                        log::warn!(
+                            "forward event to {address}: {e}; retrying (failure {})",
+                            n + 1
+                        );
+                    }
                     client = None;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -230,6 +248,73 @@ mod tests {
         let back = TaskStart::parse_from_bytes(&env.event.value).unwrap();
         assert_eq!(back.pid, 42);
         assert_eq!(q.items[1].1.topic, "/tasks/exit");
+    }
+
+    /// The daemon is down for longer than containerd's own shim would retry (more than five
+    /// failed attempts): every event still arrives, in order, once it is back.
+    #[test]
+    fn events_survive_a_daemon_outage_in_order() {
+        use protocol::events_ttrpc::{Events, create_events};
+        use ttrpc::r#async::TtrpcContext;
+
+        struct Sink(Arc<Mutex<Vec<(String, u32)>>>);
+        #[async_trait::async_trait]
+        impl Events for Sink {
+            async fn forward(
+                &self,
+                ctx: &TtrpcContext,
+                req: ForwardRequest,
+            ) -> ttrpc::Result<protobuf::well_known_types::empty::Empty> {
+                assert_eq!(
+                    ctx.metadata.get("containerd-namespace-ttrpc"),
+                    Some(&vec!["ns".to_string()])
+                );
+                let env = req.envelope.unwrap();
+                let pid = TaskStart::parse_from_bytes(&env.event.value).unwrap().pid;
+                self.0.lock().unwrap().push((env.topic, pid));
+                Ok(Default::default())
+            }
+        }
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let sock = dir.path().join("events.sock");
+            let p = Publisher::new("ns");
+            tokio::spawn(p.clone().run(sock.to_string_lossy().into_owned()));
+            for pid in 0..20 {
+                let mut s = TaskStart::new();
+                s.pid = pid;
+                p.publish(&s);
+            }
+            tokio::time::timeout(Duration::from_secs(30), async {
+                while p.failures.load(std::sync::atomic::Ordering::Relaxed) < 6 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .expect("publisher kept retrying");
+            assert_eq!(
+                p.len(),
+                20,
+                "nothing may be dropped while the daemon is down"
+            );
+
+            let got = Arc::new(Mutex::new(Vec::new()));
+            let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+            let mut server = ttrpc::r#async::Server::new()
+                .add_listener(listener.into())
+                .register_service(create_events(Arc::new(Sink(got.clone()))));
+            server.start().await.unwrap();
+            assert!(p.flush(Duration::from_secs(30)).await, "queue not drained");
+            let got = got.lock().unwrap().clone();
+            let want: Vec<_> = (0..20).map(|i| ("/tasks/start".to_string(), i)).collect();
+            assert_eq!(got, want);
+            server.shutdown().await.unwrap();
+        });
     }
 
     #[test]

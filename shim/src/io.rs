@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::runc::ProcStdio;
@@ -52,6 +53,8 @@ pub struct ProcessIo {
     stdin: Option<JoinHandle<()>>,
     stdin_keeper: Option<OwnedFd>,
     console: Option<Arc<OwnedFd>>,
+    /// Closed when every output copier has ended (each holds a sender).
+    drained: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
 }
 
 enum Dest {
@@ -201,7 +204,8 @@ impl ProcessIo {
                         chown(&w, s.io_uid, s.io_gid);
                         set_nonblocking(&r)?;
                         *slot = Some(w);
-                        io.outputs.push(tokio::spawn(copy_out(r, fifo, false)));
+                        let token = io.drain_token();
+                        io.outputs.push(tokio::spawn(copy_out(r, fifo, token)));
                     }
                 }
             }
@@ -214,10 +218,14 @@ impl ProcessIo {
         set_nonblocking(&master)?;
         let master = Arc::new(master);
         if !paths.stdout.is_empty() {
-            let path = paths.stdout.strip_prefix("fifo://").unwrap_or(&paths.stdout);
+            let path = paths
+                .stdout
+                .strip_prefix("fifo://")
+                .unwrap_or(&paths.stdout);
             let fifo = open_fifo(Path::new(path), libc::O_RDWR)?;
             let m = dup(&master)?;
-            self.outputs.push(tokio::spawn(copy_out(m, fifo, true)));
+            let token = self.drain_token();
+            self.outputs.push(tokio::spawn(copy_out(m, fifo, token)));
         }
         if let Some(parked) = self.stdin.take() {
             parked.abort();
@@ -228,6 +236,21 @@ impl ProcessIo {
         }
         self.console = Some(master);
         Ok(())
+    }
+
+    fn drain_token(&mut self) -> mpsc::Sender<()> {
+        self.drained
+            .get_or_insert_with(|| mpsc::channel(1))
+            .0
+            .clone()
+    }
+
+    /// A future that resolves once all output of the process has been copied (its pipes hit
+    /// end of file), so that an exit is reported after the output, not before it. Taken once.
+    pub fn drained(&mut self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let (tx, mut rx) = self.drained.take()?;
+        drop(tx);
+        Some(async move { while rx.recv().await.is_some() {} })
     }
 
     /// `CloseIO{stdin}`: drop the kept writer, so stdin ends once the client's side closes.
@@ -290,7 +313,7 @@ pub fn async_fd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
 }
 
 fn dup(fd: &OwnedFd) -> io::Result<OwnedFd> {
-    Ok(fd.try_clone()?)
+    fd.try_clone()
 }
 
 fn open_log_file(path: &Path) -> io::Result<std::fs::File> {
@@ -341,8 +364,7 @@ async fn start_logger(
         });
     }
     // The logger lives as long as the process's output; the reaper collects its exit.
-    cmd
-        .spawn()
+    cmd.spawn()
         .map_err(|e| io::Error::new(e.kind(), format!("start logger {}: {e}", path.display())))?;
     drop(cmd);
     drop((out_r, err_r, ready_w));
@@ -400,17 +422,15 @@ fn try_write(fd: &AsyncFd<OwnedFd>, data: &[u8]) -> io::Result<usize> {
 /// did not read (a client came back and reads), normal blocking writes resume.
 struct FifoWriter {
     fd: AsyncFd<OwnedFd>,
-    drop_on_stall: bool,
     abandoned: bool,
     written_since_drain: usize,
     dropped: u64,
 }
 
 impl FifoWriter {
-    fn new(fd: AsyncFd<OwnedFd>, drop_on_stall: bool) -> FifoWriter {
+    fn new(fd: AsyncFd<OwnedFd>) -> FifoWriter {
         FifoWriter {
             fd,
-            drop_on_stall,
             abandoned: false,
             written_since_drain: 0,
             dropped: 0,
@@ -465,9 +485,7 @@ impl FifoWriter {
                 g.clear_ready();
                 Ok::<_, io::Error>(())
             };
-            if !self.drop_on_stall {
-                wait.await?;
-            } else if tokio::time::timeout(STALL, wait).await.is_err() {
+            if tokio::time::timeout(STALL, wait).await.is_err() {
                 self.abandoned = true;
                 self.drain();
             }
@@ -492,10 +510,11 @@ async fn write_all(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> {
 }
 
 /// Process output pipe (or pty master) → client FIFO, until the process side ends.
-async fn copy_out(src: OwnedFd, fifo: OwnedFd, _pty: bool) {
+/// `_done` is dropped when the copy ends: see [`ProcessIo::drained`].
+async fn copy_out(src: OwnedFd, fifo: OwnedFd, _done: mpsc::Sender<()>) {
     let run = async {
         let src = async_fd(src)?;
-        let mut dst = FifoWriter::new(async_fd(fifo)?, true);
+        let mut dst = FifoWriter::new(async_fd(fifo)?);
         let mut buf = vec![0u8; BUF];
         loop {
             let n = read_some(&src, &mut buf).await?;
@@ -565,7 +584,9 @@ impl ConsoleSocket {
         let (stream, _) = self.listener.accept().await?;
         loop {
             stream.readable().await?;
-            match stream.try_io(tokio::io::Interest::READABLE, || recv_fd(stream.as_raw_fd())) {
+            match stream.try_io(tokio::io::Interest::READABLE, || {
+                recv_fd(stream.as_raw_fd())
+            }) {
                 Ok(fd) => return Ok(fd),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
@@ -606,9 +627,13 @@ mod tests {
 
     #[test]
     fn destinations() {
-        assert!(matches!(parse_dest("/run/f/x-stdout").unwrap(), Dest::Fifo(p) if p == Path::new("/run/f/x-stdout")));
+        assert!(
+            matches!(parse_dest("/run/f/x-stdout").unwrap(), Dest::Fifo(p) if p == Path::new("/run/f/x-stdout"))
+        );
         assert!(matches!(parse_dest("fifo:///a").unwrap(), Dest::Fifo(p) if p == Path::new("/a")));
-        assert!(matches!(parse_dest("file:///var/log/c.log").unwrap(), Dest::File(p) if p == Path::new("/var/log/c.log")));
+        assert!(
+            matches!(parse_dest("file:///var/log/c.log").unwrap(), Dest::File(p) if p == Path::new("/var/log/c.log"))
+        );
         match parse_dest("binary:///usr/bin/logger?id=a%20b&flag").unwrap() {
             Dest::Binary(p, args) => {
                 assert_eq!(p, Path::new("/usr/bin/logger"));
@@ -633,7 +658,8 @@ mod tests {
             let dst = open_fifo(&fifo, libc::O_RDWR).unwrap();
             let (r, w) = pipe().unwrap();
             set_nonblocking(&r).unwrap();
-            let copier = tokio::spawn(copy_out(r, dst, false));
+            let (token, _rx) = tokio::sync::mpsc::channel(1);
+            let copier = tokio::spawn(copy_out(r, dst, token));
             // Write far more than a FIFO holds, with nobody reading: it must not block forever.
             let writer = std::thread::spawn(move || {
                 use std::io::Write;

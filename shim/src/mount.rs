@@ -96,7 +96,14 @@ pub fn mount_at(m: &Mount, target: &Path) -> io::Result<()> {
         .map_err(err)?;
     }
     if !propagation.is_empty() {
-        mount(None::<&str>, target, None::<&str>, propagation, None::<&str>).map_err(err)?;
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            propagation,
+            None::<&str>,
+        )
+        .map_err(err)?;
     }
     Ok(())
 }
@@ -122,9 +129,8 @@ pub fn unmount_all(target: &Path) -> io::Result<()> {
             Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => return Ok(()),
             Err(nix::Error::EBUSY) => {
                 // Something still holds it (a process being torn down): detach instead.
-                umount2(target, MntFlags::MNT_DETACH).map_err(|e| {
-                    io::Error::other(format!("unmount {}: {e}", target.display()))
-                })?;
+                umount2(target, MntFlags::MNT_DETACH)
+                    .map_err(|e| io::Error::other(format!("unmount {}: {e}", target.display())))?;
             }
             Err(e) => {
                 return Err(io::Error::other(format!(
@@ -151,7 +157,9 @@ mod tests {
     #[test]
     fn options_split_into_flags_and_data() {
         let (f, p, d) = parse_options(&s(&["ro", "rbind", "nosuid", "rprivate"]));
-        assert!(f.contains(MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_NOSUID));
+        assert!(f.contains(
+            MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_NOSUID
+        ));
         assert!(p.contains(MsFlags::MS_PRIVATE | MsFlags::MS_REC));
         assert_eq!(d, "");
         let (f, _, d) = parse_options(&s(&[

@@ -105,7 +105,10 @@ mod tests {
         p.status = Status::RUNNING;
         assert!(p.is_running());
         assert!(p.set_exited(137, util::now()));
-        assert!(!p.set_exited(0, util::now()), "second exit must not overwrite the first");
+        assert!(
+            !p.set_exited(0, util::now()),
+            "second exit must not overwrite the first"
+        );
         assert_eq!(p.status, Status::STOPPED);
         assert!(rx.has_changed().unwrap());
         assert_eq!(rx.borrow_and_update().as_ref().unwrap().status, 137);

@@ -74,6 +74,12 @@ impl Reaper {
         Ok((child, rx))
     }
 
+    /// Hands an exit back to the monitor channel, to be dispatched again (an exec's exit that
+    /// was reaped before its pid was known, once the pid is known).
+    pub fn redeliver(&self, exit: Exit) {
+        let _ = self.monitor.send(exit);
+    }
+
     /// Reaps every child that has exited and dispatches the exits. Call on SIGCHLD.
     pub fn reap(&self) {
         loop {
@@ -91,7 +97,9 @@ impl Reaper {
                     return;
                 }
             };
-            let Some((pid, status)) = status else { continue };
+            let Some((pid, status)) = status else {
+                continue;
+            };
             inner.seq += 1;
             let exit = Exit {
                 pid: pid.as_raw() as u32,
@@ -147,7 +155,9 @@ mod tests {
             assert!(exit.seq <= before);
 
             // An unwatched child (as a container init is): it goes to the monitor, with a
-            // sequence number greater than any taken before it was spawned.
+            // sequence number greater than any taken before it was spawned. The reaper, not
+            // Child::wait, collects it.
+            #[allow(clippy::zombie_processes)]
             let child = Command::new("sh")
                 .args(["-c", "kill -TERM $$"])
                 .spawn()

@@ -45,7 +45,9 @@ impl Runc {
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--root").arg(&self.root);
-        cmd.arg("--log").arg(&self.log).args(["--log-format", "json"]);
+        cmd.arg("--log")
+            .arg(&self.log)
+            .args(["--log-format", "json"]);
         if self.systemd_cgroup {
             cmd.arg("--systemd-cgroup");
         }
@@ -145,7 +147,9 @@ impl Runc {
         let bundle = bundle.to_string_lossy();
         let pid_file = opts.pid_file.to_string_lossy();
         let mut args = vec!["create", "--bundle", &bundle, "--pid-file", &pid_file];
-        let console = opts.console_socket.map(|p| p.to_string_lossy().into_owned());
+        let console = opts
+            .console_socket
+            .map(|p| p.to_string_lossy().into_owned());
         if let Some(c) = &console {
             args.extend(["--console-socket", c]);
         }
@@ -156,7 +160,9 @@ impl Runc {
             args.push("--no-new-keyring");
         }
         args.push(id);
-        self.run(reaper, &args, Some(stdio), None, false).await.map(drop)
+        self.run(reaper, &args, Some(stdio), None, false)
+            .await
+            .map(drop)
     }
 
     pub async fn exec(
@@ -177,16 +183,22 @@ impl Runc {
             "--pid-file",
             &pid_file,
         ];
-        let console = opts.console_socket.map(|p| p.to_string_lossy().into_owned());
+        let console = opts
+            .console_socket
+            .map(|p| p.to_string_lossy().into_owned());
         if let Some(c) = &console {
             args.extend(["--console-socket", c]);
         }
         args.push(id);
-        self.run(reaper, &args, Some(stdio), None, false).await.map(drop)
+        self.run(reaper, &args, Some(stdio), None, false)
+            .await
+            .map(drop)
     }
 
     pub async fn start(&self, reaper: &Reaper, id: &str) -> Result<()> {
-        self.run(reaper, &["start", id], None, None, false).await.map(drop)
+        self.run(reaper, &["start", id], None, None, false)
+            .await
+            .map(drop)
     }
 
     pub async fn kill(&self, reaper: &Reaper, id: &str, signal: u32, all: bool) -> Result<()> {
@@ -209,11 +221,15 @@ impl Runc {
     }
 
     pub async fn pause(&self, reaper: &Reaper, id: &str) -> Result<()> {
-        self.run(reaper, &["pause", id], None, None, false).await.map(drop)
+        self.run(reaper, &["pause", id], None, None, false)
+            .await
+            .map(drop)
     }
 
     pub async fn resume(&self, reaper: &Reaper, id: &str) -> Result<()> {
-        self.run(reaper, &["resume", id], None, None, false).await.map(drop)
+        self.run(reaper, &["resume", id], None, None, false)
+            .await
+            .map(drop)
     }
 
     pub async fn ps(&self, reaper: &Reaper, id: &str) -> Result<Vec<u32>> {

@@ -33,8 +33,9 @@ pub fn serve(flags: &Flags) -> Result<(), String> {
         log::warn!("ignoring unknown flags: {:?}", flags.unknown);
     }
     let listener = match &flags.socket {
-        Some(addr) => UnixListener::bind(start::socket_path(addr))
-            .map_err(|e| format!("bind {addr}: {e}"))?,
+        Some(addr) => {
+            UnixListener::bind(start::socket_path(addr)).map_err(|e| format!("bind {addr}: {e}"))?
+        }
         // SAFETY: `start` passes the bound socket as fd 3 and nothing else uses fd 3.
         None => unsafe { UnixListener::from_raw_fd(3) },
     };

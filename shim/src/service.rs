@@ -43,6 +43,8 @@ pub const BUNDLE_RECORD: &str = "corral.json";
 /// How long Delete waits for a process's output to drain before closing the client's FIFOs.
 const IO_DRAIN: Duration = Duration::from_secs(2);
 const UNCLAIMED_EXITS: usize = 1024;
+/// How long an exit waits for the process's output to reach the client.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 
 /// What the `delete` action needs to clean up without the server.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -50,6 +52,13 @@ pub struct BundleRecord {
     pub runc_binary: String,
     pub runc_root: PathBuf,
     pub systemd_cgroup: bool,
+}
+
+/// An exec process that runc has started.
+struct ExecStarted {
+    pid: u32,
+    io: ProcessIo,
+    spawn_seq: u64,
 }
 
 struct Container {
@@ -127,16 +136,46 @@ impl Service {
     }
 
     /// Dispatches exits that no runc call awaited to container processes.
+    ///
+    /// A process's exit is recorded (and Wait answered, /tasks/exit published) only after its
+    /// output has been copied to the client, for at most [`OUTPUT_DRAIN`]: ctr stops reading
+    /// when it sees the exit, so an exit reported early cuts off the end of the output.
     pub async fn run_exits(self: Arc<Self>, mut exits: mpsc::UnboundedReceiver<Exit>) {
         while let Some(exit) = exits.recv().await {
-            let mut st = self.state.lock().unwrap();
-            if !self.apply_exit(&mut st, exit) {
-                if st.unclaimed.len() >= UNCLAIMED_EXITS {
-                    st.unclaimed.pop_front();
+            let drained = {
+                let mut st = self.state.lock().unwrap();
+                self.find_process(&mut st, exit)
+                    .and_then(|p| p.io.as_mut())
+                    .and_then(|io| io.drained())
+            };
+            let svc = self.clone();
+            let record = move || {
+                let mut st = svc.state.lock().unwrap();
+                if !svc.apply_exit(&mut st, exit) {
+                    if st.unclaimed.len() >= UNCLAIMED_EXITS {
+                        st.unclaimed.pop_front();
+                    }
+                    st.unclaimed.push_back(exit);
                 }
-                st.unclaimed.push_back(exit);
+            };
+            match drained {
+                Some(d) => {
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(OUTPUT_DRAIN, d).await;
+                        record();
+                    });
+                }
+                None => record(),
             }
         }
+    }
+
+    fn find_process<'a>(&self, st: &'a mut State, exit: Exit) -> Option<&'a mut Process> {
+        st.containers.values_mut().find_map(|c| {
+            std::iter::once(&mut c.init)
+                .chain(c.execs.values_mut())
+                .find(|p| p.pid == exit.pid && p.pid != 0 && exit.seq > p.spawn_seq)
+        })
     }
 
     /// Records `exit` on the process with its pid, if any. Publishes /tasks/exit unless a
@@ -176,7 +215,9 @@ impl Service {
     /// Takes an exit for `pid` that arrived before the pid was known. Only exits seen after
     /// `since` (taken before the process was spawned) can be its: an older one is a reused pid.
     fn claim_exit(unclaimed: &mut VecDeque<Exit>, pid: u32, since: u64) -> Option<Exit> {
-        let i = unclaimed.iter().position(|e| e.pid == pid && e.seq > since)?;
+        let i = unclaimed
+            .iter()
+            .position(|e| e.pid == pid && e.seq > since)?;
         unclaimed.remove(i)
     }
 
@@ -422,59 +463,15 @@ impl Service {
             (runc, bundle, p.stdio.clone(), std::mem::take(&mut p.spec))
         };
         let started = if req.exec_id.is_empty() {
-            runc.start(&self.reaper, &req.id).await.map(|()| (None, 0))
+            runc.start(&self.reaper, &req.id).await.map(|()| None)
         } else {
-            self.start_exec(&runc, &bundle, &req, &stdio, spec).await
+            self.start_exec(&runc, &bundle, &req, &stdio, spec)
+                .await
+                .map(Some)
         };
         let mut st = self.state.lock().unwrap();
-        let st = &mut *st;
-        let c = container_mut(st, &req.id)?;
-        let p = c.process_mut(&req.exec_id)?;
-        p.starting = false;
-        let (pio, spawn_seq) = match started {
-            Ok(x) => x,
-            Err(e) => {
-                p.exit_deferred = false;
-                return Err(e);
-            }
-        };
-        if !req.exec_id.is_empty() {
-            p.pid = util::read_pid_file(&bundle.join(format!("{}.pid", req.exec_id)))
-                .map_err(|e| Error::new(Code::Internal, e.to_string()))?;
-            p.spawn_seq = spawn_seq;
-            p.io = pio;
-        }
-        if p.exit().is_none() {
-            p.status = Status::RUNNING;
-        }
-        let pid = p.pid;
-        if req.exec_id.is_empty() {
-            let mut ev = TaskStart::new();
-            ev.container_id = req.id.clone();
-            ev.pid = pid;
-            self.events.publish(&ev);
-        } else {
-            let mut ev = TaskExecStarted::new();
-            ev.container_id = req.id.clone();
-            ev.exec_id = req.exec_id.clone();
-            ev.pid = pid;
-            self.events.publish(&ev);
-        }
-        // Exits seen while starting are published now, after the start event.
-        let deferred = std::mem::take(&mut p.exit_deferred);
-        let exec_pending = if req.exec_id.is_empty() {
-            None
-        } else {
-            Self::claim_exit(&mut st.unclaimed, pid, spawn_seq)
-        };
-        let c = container_mut(st, &req.id)?;
-        let p = c.process_mut(&req.exec_id)?;
-        if let Some(exit) = exec_pending {
-            p.set_exited(exit.status, util::now());
-            self.publish_exit(&req.id, p);
-        } else if deferred {
-            self.publish_exit(&req.id, p);
-        }
+        let pid = self.finish_start(&mut st, &req.id, &req.exec_id, started)?;
+        drop(st);
         if req.exec_id.is_empty() {
             self.watch_oom(&req.id, pid);
         }
@@ -482,6 +479,58 @@ impl Service {
             pid,
             ..Default::default()
         })
+    }
+
+    /// Records a start and publishes /tasks/start or /tasks/exec-started, then any exit seen
+    /// while the start was in flight: an exit never overtakes its start on the wire.
+    /// `exec` carries an exec's pid, IO and the reaper sequence number taken before it ran.
+    fn finish_start(
+        &self,
+        st: &mut State,
+        id: &str,
+        exec_id: &str,
+        started: Result<Option<ExecStarted>>,
+    ) -> Result<u32> {
+        let p = container_mut(st, id)?.process_mut(exec_id)?;
+        p.starting = false;
+        let deferred = std::mem::take(&mut p.exit_deferred);
+        let exec = started?;
+        if let Some(e) = exec {
+            p.pid = e.pid;
+            p.spawn_seq = e.spawn_seq;
+            p.io = Some(e.io);
+        }
+        if p.exit().is_none() {
+            p.status = Status::RUNNING;
+        }
+        let (pid, spawn_seq) = (p.pid, p.spawn_seq);
+        if exec_id.is_empty() {
+            let mut ev = TaskStart::new();
+            ev.container_id = id.to_string();
+            ev.pid = pid;
+            self.events.publish(&ev);
+        } else {
+            let mut ev = TaskExecStarted::new();
+            ev.container_id = id.to_string();
+            ev.exec_id = exec_id.to_string();
+            ev.pid = pid;
+            self.events.publish(&ev);
+        }
+        // An exec's pid is only known now: its exit may have been reaped already.
+        let early = if exec_id.is_empty() {
+            None
+        } else {
+            Self::claim_exit(&mut st.unclaimed, pid, spawn_seq)
+        };
+        if let Some(exit) = early {
+            // Dispatched again now that the pid is known, so it waits for the output like
+            // any other exit; it is published after the exec-started above.
+            self.reaper.redeliver(exit);
+        } else if deferred {
+            let p = container_mut(st, id)?.process_mut(exec_id)?;
+            self.publish_exit(id, p);
+        }
+        Ok(pid)
     }
 
     /// Runs an exec process: its stdio, then `runc exec --detach`.
@@ -492,7 +541,7 @@ impl Service {
         req: &StartRequest,
         stdio: &StdioPaths,
         spec: Vec<u8>,
-    ) -> Result<(Option<ProcessIo>, u64)> {
+    ) -> Result<ExecStarted> {
         let process_json = bundle.join(format!(".{}.process.json", req.exec_id));
         util::atomic_write(&process_json, &spec, 0o600)
             .map_err(|e| Error::new(Code::Internal, format!("write exec spec: {e}")))?;
@@ -528,7 +577,13 @@ impl Service {
                 .and_then(|m| pio.attach_console(m, stdio))
                 .map_err(|e| Error::new(Code::Internal, format!("exec console: {e}")))?;
         }
-        Ok((Some(pio), spawn_seq))
+        let pid = util::read_pid_file(&pid_file)
+            .map_err(|e| Error::new(Code::Internal, e.to_string()))?;
+        Ok(ExecStarted {
+            pid,
+            io: pio,
+            spawn_seq,
+        })
     }
 
     /// Publishes /tasks/oom for each OOM kill in the container's v1 memory cgroup.
@@ -866,7 +921,10 @@ impl Service {
             let st = self.state.lock().unwrap();
             let c = container(&st, &req.id)?;
             if c.init.exit().is_some() || c.init.pid == 0 {
-                return Err(Error::not_found(format!("container {} is not running", req.id)));
+                return Err(Error::not_found(format!(
+                    "container {} is not running",
+                    req.id
+                )));
             }
             c.init.pid
         };
@@ -994,11 +1052,7 @@ impl Task for Service {
         Ok(Empty::new())
     }
 
-    async fn checkpoint(
-        &self,
-        _: &TtrpcContext,
-        _: CheckpointTaskRequest,
-    ) -> ttrpc::Result<Empty> {
+    async fn checkpoint(&self, _: &TtrpcContext, _: CheckpointTaskRequest) -> ttrpc::Result<Empty> {
         Err(Code::Unimplemented.ttrpc_status(
             "checkpoint is not supported by containerd-shim-corral-v1 (no criu integration)",
         ))
@@ -1060,5 +1114,176 @@ impl Task for Service {
     async fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> ttrpc::Result<Empty> {
         self.do_shutdown();
         Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service() -> Arc<Service> {
+        service_with_exits().0
+    }
+
+    fn service_with_exits() -> (Arc<Service>, mpsc::UnboundedReceiver<Exit>) {
+        let (reaper, exits) = Reaper::new();
+        let svc = Service::new("ns", reaper, Publisher::new("ns"), Arc::new(Notify::new()));
+        (svc, exits)
+    }
+
+    fn container(init_pid: u32) -> Container {
+        let mut init = Process::new("", StdioPaths::default());
+        init.pid = init_pid;
+        Container {
+            bundle: "/bundle".into(),
+            runc: Arc::new(Runc {
+                binary: "runc".into(),
+                root: "/run/runc".into(),
+                log: "/bundle/log.json".into(),
+                systemd_cgroup: false,
+            }),
+            private_pid_ns: true,
+            rootfs_mounted: false,
+            deleting: false,
+            init,
+            execs: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn init_exit_during_start_is_published_after_start() {
+        let svc = service();
+        let mut st = svc.state.lock().unwrap();
+        let mut c = container(100);
+        c.init.starting = true;
+        st.containers.insert("c1".into(), c);
+
+        // The process exits while `runc start` is still running.
+        let exit = Exit {
+            pid: 100,
+            status: 3,
+            seq: 1,
+        };
+        assert!(svc.apply_exit(&mut st, exit));
+        assert!(
+            svc.events.topics().is_empty(),
+            "exit published before start"
+        );
+
+        let pid = svc.finish_start(&mut st, "c1", "", Ok(None)).unwrap();
+        assert_eq!(pid, 100);
+        assert_eq!(svc.events.topics(), ["/tasks/start", "/tasks/exit"]);
+        let init = &st.containers["c1"].init;
+        assert_eq!(init.status, Status::STOPPED);
+        assert_eq!(init.exit().unwrap().status, 3);
+    }
+
+    #[test]
+    fn exec_exit_reaped_before_its_pid_is_known() {
+        let (svc, mut exits) = service_with_exits();
+        let mut st = svc.state.lock().unwrap();
+        let mut c = container(100);
+        c.init.status = Status::RUNNING;
+        let mut e = Process::new("e1", StdioPaths::default());
+        e.starting = true;
+        c.execs.insert("e1".into(), e);
+        st.containers.insert("c1".into(), c);
+
+        // An old exit of a reused pid, then the exec's own: the reaper saw both before the pid
+        // file was read, so they wait among the unclaimed exits.
+        for exit in [
+            Exit {
+                pid: 200,
+                status: 9,
+                seq: 3,
+            },
+            Exit {
+                pid: 200,
+                status: 7,
+                seq: 5,
+            },
+        ] {
+            assert!(!svc.apply_exit(&mut st, exit));
+            st.unclaimed.push_back(exit);
+        }
+        let started = ExecStarted {
+            pid: 200,
+            io: ProcessIo::default(),
+            spawn_seq: 4,
+        };
+        svc.finish_start(&mut st, "c1", "e1", Ok(Some(started)))
+            .unwrap();
+        assert_eq!(svc.events.topics(), ["/tasks/exec-started"]);
+        // The exec's own exit (not the reused pid's) is dispatched again, now that the pid is
+        // known, and lands on the exec after its start.
+        let again = exits.try_recv().expect("exit redelivered");
+        assert_eq!(again.seq, 5);
+        assert!(svc.apply_exit(&mut st, again));
+        assert_eq!(svc.events.topics(), ["/tasks/exec-started", "/tasks/exit"]);
+        let e = &st.containers["c1"].execs["e1"];
+        assert_eq!(e.status, Status::STOPPED);
+        assert_eq!(
+            e.exit().unwrap().status,
+            7,
+            "took the reused pid's older exit"
+        );
+        assert_eq!(st.unclaimed.len(), 1);
+    }
+
+    #[test]
+    fn failed_start_publishes_nothing_and_stays_created() {
+        let svc = service();
+        let mut st = svc.state.lock().unwrap();
+        let mut c = container(100);
+        c.init.starting = true;
+        st.containers.insert("c1".into(), c);
+        let err = svc
+            .finish_start(&mut st, "c1", "", Err(Error::runc("start", "boom".into())))
+            .unwrap_err();
+        assert!(err.msg.contains("boom"));
+        assert!(svc.events.topics().is_empty());
+        let init = &st.containers["c1"].init;
+        assert_eq!(init.status, Status::CREATED);
+        assert!(!init.starting);
+    }
+
+    #[test]
+    fn unknown_ids_are_not_found_and_bad_ids_invalid() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let svc = service();
+            let state = svc
+                .do_state(StateRequest {
+                    id: "nope".into(),
+                    ..Default::default()
+                })
+                .await;
+            assert_eq!(state.unwrap_err().code(), Code::NotFound);
+            let kill = svc
+                .do_kill(KillRequest {
+                    id: "nope".into(),
+                    signal: 9,
+                    ..Default::default()
+                })
+                .await;
+            assert_eq!(kill.unwrap_err().code(), Code::NotFound);
+            let create = svc
+                .do_create(CreateTaskRequest {
+                    id: "../escape".into(),
+                    ..Default::default()
+                })
+                .await;
+            assert_eq!(create.unwrap_err().code(), Code::InvalidArgument);
+            // Connect answers for any id.
+            let c = svc.do_connect(ConnectRequest {
+                id: "nope".into(),
+                ..Default::default()
+            });
+            assert_eq!(c.shim_pid, std::process::id());
+            assert_eq!(c.task_pid, 0);
+        });
     }
 }

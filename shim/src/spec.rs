@@ -31,13 +31,15 @@ pub struct SpecNamespace {
 }
 
 /// Annotations that put several containers into one shim (runc-v2's and CRI's).
-const GROUP_ANNOTATIONS: &[&str] = &["io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id"];
+const GROUP_ANNOTATIONS: &[&str] = &[
+    "io.containerd.runc.v2.group",
+    "io.kubernetes.cri.sandbox-id",
+];
 
 impl Spec {
     pub fn load(bundle: &Path) -> Result<Spec, String> {
         let path = bundle.join("config.json");
-        let data =
-            std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        let data = std::fs::read(&path).map_err(|e| format!("read {}: {e}", path.display()))?;
         serde_json::from_slice(&data).map_err(|e| format!("parse {}: {e}", path.display()))
     }
 

@@ -125,9 +125,7 @@ fn spawn_server(flags: &Flags, bundle: &Path, listener: &UnixListener) -> Result
         });
     }
     // The server is reparented to init when we exit; nobody waits for it here.
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("start shim server: {e}"))?;
+    let child = cmd.spawn().map_err(|e| format!("start shim server: {e}"))?;
     Ok(child.id())
 }
 

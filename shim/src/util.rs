@@ -77,7 +77,11 @@ pub fn read_pid_file(path: &Path) -> io::Result<u32> {
     s.trim().parse().map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("pid file {} holds {:?}, not a pid", path.display(), s.trim()),
+            format!(
+                "pid file {} holds {:?}, not a pid",
+                path.display(),
+                s.trim()
+            ),
         )
     })
 }
@@ -91,7 +95,16 @@ mod tests {
         for ok in ["a", "t1", "a.b-c_d", "A9"] {
             assert!(valid_identifier(ok), "{ok}");
         }
-        for bad in ["", "-a", "a-", "a..b", "a/b", "../x", "a b", &"x".repeat(77)] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a..b",
+            "a/b",
+            "../x",
+            "a b",
+            &"x".repeat(77),
+        ] {
             assert!(!valid_identifier(bad), "{bad}");
         }
     }
