@@ -7,7 +7,7 @@ TARGET_DIR ?= $(CURDIR)/target
 export CARGO_TARGET_DIR := $(TARGET_DIR)
 
 DEBUG_SHIM := $(TARGET_DIR)/debug/containerd-shim-corral-v1
-RELEASE_SHIM := $(TARGET_DIR)/release/containerd-shim-corral-v1
+RELEASE_SHIM := $(TARGET_DIR)/shim/containerd-shim-corral-v1
 
 # Debian packages the tests and `make run` need. Installed only when something is missing.
 PACKAGES := runc containerd busybox-static
@@ -29,9 +29,10 @@ deps:
 build:
 	$(CARGO) build --workspace --bins
 
-## release: optimised binaries (what install, run and bench use)
+## release: optimised binaries (what install, run and bench use); the shim has its own
+## size-optimised profile
 release:
-	$(CARGO) build --release -p shim
+	$(CARGO) build --profile shim -p shim
 
 ## test: unit, conformance, crash and end-to-end tests (root tests need root; CI sets
 ## CORRAL_REQUIRE_ROOT=1 so that they fail instead of skipping)

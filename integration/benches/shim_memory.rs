@@ -84,6 +84,11 @@ fn measure(rt: Runtime) -> Vec<Mem> {
     // Let start-up allocations settle: idle means after the last call.
     std::thread::sleep(Duration::from_secs(2));
     let mems = pids.iter().map(|p| mem_of(*p)).collect();
+    if std::env::var_os("SHIM_MEMORY_DETAIL").is_some() {
+        let _ = std::process::Command::new("/tmp/memcheck.sh")
+            .arg(pids[0].to_string())
+            .status();
+    }
     for id in &ids {
         ctrd.ctr().run(&["tasks", "kill", "-s", "SIGKILL", id]);
     }

@@ -32,6 +32,7 @@ mod serve;
 mod service;
 mod spec;
 mod start;
+mod trim;
 mod util;
 
 use std::io::Write;

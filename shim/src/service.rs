@@ -474,6 +474,11 @@ impl Service {
         drop(st);
         if req.exec_id.is_empty() {
             self.watch_oom(&req.id, pid);
+            // The container is up and the shim goes idle: drop the start-up code it ran.
+            tokio::spawn(async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                crate::trim::trim_text();
+            });
         }
         Ok(StartResponse {
             pid,
