@@ -123,6 +123,9 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(Code::of_ttrpc(&err), Code::NotFound);
-        assert_eq!(Code::of_ttrpc(&ttrpc::Error::RemoteClosed), Code::Unavailable);
+        assert_eq!(
+            Code::of_ttrpc(&ttrpc::Error::RemoteClosed),
+            Code::Unavailable
+        );
     }
 }

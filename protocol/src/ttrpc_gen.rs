@@ -1,7 +1,19 @@
 //! Generated rust-protobuf messages and async ttrpc services. Module names follow the proto
 //! file stems (the generator's cross-file paths are `super::<stem>::...`).
-#![allow(clippy::all, unused_imports, unused_qualifications, non_camel_case_types, missing_docs)]
-#![allow(renamed_and_removed_lints, unknown_lints, elided_lifetimes_in_paths, unused_mut, nonstandard_style)]
+#![allow(
+    clippy::all,
+    unused_imports,
+    unused_qualifications,
+    non_camel_case_types,
+    missing_docs
+)]
+#![allow(
+    renamed_and_removed_lints,
+    unknown_lints,
+    elided_lifetimes_in_paths,
+    unused_mut,
+    nonstandard_style
+)]
 
 macro_rules! generated {
     ($($name:ident),* $(,)?) => {
