@@ -1,11 +1,15 @@
 //! Generates rust-protobuf messages and async ttrpc services from `proto/` at build time,
 //! with ttrpc-codegen (pure Rust: no protoc needed).
 
+#[cfg(feature = "ttrpc")]
 use std::fs;
+#[cfg(feature = "ttrpc")]
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "ttrpc")]
 use ttrpc_codegen::{Codegen, Customize, ProtobufCustomize};
 
+#[cfg(feature = "ttrpc")]
 const PROTOS: &[&str] = &[
     "proto/types/mount.proto",
     "proto/types/task.proto",
@@ -17,6 +21,10 @@ const PROTOS: &[&str] = &[
     "proto/cgroups/v2_metrics.proto",
 ];
 
+#[cfg(not(feature = "ttrpc"))]
+fn main() {}
+
+#[cfg(feature = "ttrpc")]
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("ttrpc");
     fs::create_dir_all(&out).unwrap();
@@ -38,6 +46,7 @@ fn main() {
     strip_inner_attributes(&out);
 }
 
+#[cfg(feature = "ttrpc")]
 /// Generated files start with `#![...]` and `//!` lines, which are not allowed in a file that
 /// is `include!`d into a module; drop them (the crate sets the lints it needs itself).
 fn strip_inner_attributes(dir: &Path) {

@@ -2,21 +2,8 @@
 
 use std::path::PathBuf;
 
-/// Error class, as containerd's errdefs. The `protocol` crate will own the project-wide enum (same
-/// variant names); this one keeps `content` buildable on its own until then.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Code {
-    NotFound,
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    Unavailable,
-    Unimplemented,
-    OutOfRange,
-    Internal,
-    DataLoss,
-    Aborted,
-}
+/// Error class, as containerd's errdefs: the project-wide enum of the `protocol` crate.
+pub use protocol::Code;
 
 /// Every error a [`crate::ContentStore`] returns. Messages name the object and the cause.
 #[derive(Debug, thiserror::Error)]

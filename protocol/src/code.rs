@@ -53,14 +53,17 @@ impl Code {
     }
 
     /// The ttrpc status for this code and message.
+    #[cfg(feature = "ttrpc")]
     pub fn ttrpc_status(self, msg: impl Into<String>) -> ttrpc::Error {
         ttrpc::Error::RpcStatus(ttrpc::get_status(self.ttrpc_code(), msg.into()))
     }
 
+    #[cfg(feature = "ttrpc")]
     fn ttrpc_code(self) -> ttrpc::Code {
         <ttrpc::Code as protobuf::Enum>::from_i32(self as i32).unwrap_or(ttrpc::Code::UNKNOWN)
     }
 
+    #[cfg(feature = "ttrpc")]
     /// The code carried by a ttrpc error; transport failures (closed connection, I/O) count as
     /// `Unavailable` so a caller can tell "the shim is gone" from "the shim said no".
     pub fn of_ttrpc(err: &ttrpc::Error) -> Code {
@@ -112,6 +115,7 @@ mod tests {
         assert_eq!(Code::from_i32(99), Code::Unknown);
     }
 
+    #[cfg(feature = "ttrpc")]
     #[test]
     fn ttrpc_status_keeps_code_and_message() {
         let err = Code::NotFound.ttrpc_status("process does not exist e1");

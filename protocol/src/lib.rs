@@ -7,10 +7,14 @@
 //! helpers to pack messages into `Any`.
 
 mod code;
+#[cfg(feature = "ttrpc")]
 pub mod ttrpc_gen;
 
 pub use code::Code;
+#[cfg(feature = "ttrpc")]
 pub use ttrpc_gen::*;
 
+#[cfg(feature = "ttrpc")]
 pub use protobuf;
+#[cfg(feature = "ttrpc")]
 pub use ttrpc;
