@@ -1,0 +1,111 @@
+//! Exits of container processes: matching reaped pids to processes, holding an exit until
+//! the process's output is out and its start event is published.
+
+use super::*;
+
+impl Service {
+    /// Dispatches exits that no runc call awaited to container processes.
+    ///
+    /// A process's exit is recorded (and Wait answered, /tasks/exit published) only after its
+    /// output has been copied to the client, for at most [`OUTPUT_DRAIN`]: ctr stops reading
+    /// when it sees the exit, so an exit reported early cuts off the end of the output.
+    pub async fn run_exits(self: Arc<Self>, mut exits: mpsc::UnboundedReceiver<Exit>) {
+        while let Some(exit) = exits.recv().await {
+            let drained = {
+                let mut st = self.state.lock().unwrap();
+                self.find_process(&mut st, exit)
+                    .and_then(|p| p.io.as_mut())
+                    .and_then(|io| io.drained())
+            };
+            let svc = self.clone();
+            let record = move || {
+                let mut st = svc.state.lock().unwrap();
+                if !svc.apply_exit(&mut st, exit) {
+                    if st.unclaimed.len() >= UNCLAIMED_EXITS {
+                        st.unclaimed.pop_front();
+                    }
+                    st.unclaimed.push_back(exit);
+                }
+            };
+            match drained {
+                Some(d) => {
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(OUTPUT_DRAIN, d).await;
+                        record();
+                    });
+                }
+                None => record(),
+            }
+        }
+    }
+
+    pub(super) fn find_process<'a>(
+        &self,
+        st: &'a mut State,
+        exit: Exit,
+    ) -> Option<&'a mut Process> {
+        st.containers.values_mut().find_map(|c| {
+            std::iter::once(&mut c.init)
+                .chain(c.execs.values_mut())
+                .find(|p| p.pid == exit.pid && p.pid != 0 && exit.seq > p.spawn_seq)
+        })
+    }
+
+    /// Records `exit` on the process with its pid, if any. Publishes /tasks/exit unless a
+    /// Start is in flight (then Start publishes it after /tasks/start).
+    pub(super) fn apply_exit(&self, st: &mut State, exit: Exit) -> bool {
+        for (id, c) in st.containers.iter_mut() {
+            let private = c.private_pid_ns;
+            let runc = c.runc.clone();
+            let procs = std::iter::once(&mut c.init).chain(c.execs.values_mut());
+            for p in procs {
+                if p.pid != exit.pid || p.pid == 0 || exit.seq <= p.spawn_seq {
+                    continue;
+                }
+                if !p.set_exited(exit.status, util::now()) {
+                    return true;
+                }
+                let is_init = p.exec_id.is_empty();
+                if p.starting {
+                    p.exit_deferred = true;
+                } else {
+                    self.publish_exit(id, p);
+                }
+                if is_init && !private {
+                    // Without its own pid namespace nothing kills the container's other
+                    // processes when the init dies; do it, as containerd's shim does.
+                    let (reaper, id) = (self.reaper.clone(), id.clone());
+                    tokio::spawn(async move {
+                        let _ = runc.kill(&reaper, &id, 9, true).await;
+                    });
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Takes an exit for `pid` that arrived before the pid was known. Only exits seen after
+    /// `since` (taken before the process was spawned) can be its: an older one is a reused pid.
+    pub(super) fn claim_exit(unclaimed: &mut VecDeque<Exit>, pid: u32, since: u64) -> Option<Exit> {
+        let i = unclaimed
+            .iter()
+            .position(|e| e.pid == pid && e.seq > since)?;
+        unclaimed.remove(i)
+    }
+
+    pub(super) fn publish_exit(&self, container_id: &str, p: &Process) {
+        let Some(exit) = p.exit() else { return };
+        let mut ev = TaskExit::new();
+        ev.container_id = container_id.to_string();
+        ev.id = if p.exec_id.is_empty() {
+            container_id.to_string()
+        } else {
+            p.exec_id.clone()
+        };
+        ev.pid = p.pid;
+        ev.exit_status = exit.status;
+        ev.exited_at = MessageField::some(exit.at);
+        self.events.publish(&ev);
+    }
+}
