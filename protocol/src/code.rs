@@ -75,6 +75,25 @@ impl Code {
             _ => Code::Unknown,
         }
     }
+
+    /// The gRPC status for this code and message (what ctr prints as `ctr: <message>`).
+    #[cfg(feature = "grpc")]
+    pub fn grpc_status(self, msg: impl Into<String>) -> tonic::Status {
+        tonic::Status::new(self.grpc_code(), msg)
+    }
+
+    /// The same number as a tonic code.
+    #[cfg(feature = "grpc")]
+    pub fn grpc_code(self) -> tonic::Code {
+        tonic::Code::from_i32(self as i32)
+    }
+
+    /// The code carried by a gRPC status. tonic reports transport failures (no socket,
+    /// connection reset) as `Unavailable` itself, so "the daemon is gone" stays distinct.
+    #[cfg(feature = "grpc")]
+    pub fn of_grpc(status: &tonic::Status) -> Code {
+        Code::from_i32(status.code() as i32)
+    }
 }
 
 impl std::fmt::Display for Code {
@@ -129,6 +148,27 @@ mod tests {
         assert_eq!(Code::of_ttrpc(&err), Code::NotFound);
         assert_eq!(
             Code::of_ttrpc(&ttrpc::Error::RemoteClosed),
+            Code::Unavailable
+        );
+    }
+
+    #[cfg(feature = "grpc")]
+    #[test]
+    fn grpc_status_keeps_code_and_message() {
+        for n in 0..=16 {
+            let code = Code::from_i32(n);
+            let status = code.grpc_status(format!("message {n}"));
+            assert_eq!(status.code() as i32, n, "{code:?}");
+            assert_eq!(status.message(), format!("message {n}"));
+            assert_eq!(Code::of_grpc(&status), code);
+        }
+        assert_eq!(Code::NotFound.grpc_code(), tonic::Code::NotFound);
+        assert_eq!(
+            Code::FailedPrecondition.grpc_code(),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            Code::of_grpc(&tonic::Status::unavailable("connection refused")),
             Code::Unavailable
         );
     }

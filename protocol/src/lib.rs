@@ -1,12 +1,23 @@
 //! The wire contract of corral.
 //!
 //! Our own `.proto` files (in `proto/`) for the parts of containerd 1.6 that the shim and the
-//! supervisor speak over ttrpc, compiled at build time. Same package names, message names and
-//! field numbers as containerd 1.6, so the real containerd, ctr and `containerd-shim-runc-v2`
+//! supervisor speak, compiled at build time. Same package names, message names and field
+//! numbers as containerd 1.6, so the real containerd, ctr and `containerd-shim-runc-v2`
 //! interoperate with us. This crate holds no behaviour beyond the [`Code`] mapping and small
 //! helpers to pack messages into `Any`.
+//!
+//! Two code families, one per feature, generated from the same files where they overlap:
+//!
+//! | feature | transport | crates | modules |
+//! |---|---|---|---|
+//! | `ttrpc` (default) | ttrpc: shim task API, event forwarding | rust-protobuf 3, ttrpc 0.10 | [`shim`], [`shim_ttrpc`], [`events_ttrpc`], [`task_events`], … |
+//! | `grpc` | gRPC: the daemon API ctr and CRI call | prost 0.14, tonic 0.14 | `grpc::containerd::services::*::v1`, `grpc::any`, `grpc::unix` |
+//!
+//! The types are distinct Rust types even where the proto is shared (e.g. `Mount`).
 
 mod code;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 #[cfg(feature = "ttrpc")]
 pub mod ttrpc_gen;
 
