@@ -13,9 +13,12 @@
 //! | `ttrpc` (default) | ttrpc: shim task API, event forwarding | rust-protobuf 3, ttrpc 0.10 | [`shim`], [`shim_ttrpc`], [`events_ttrpc`], [`task_events`], … |
 //! | `grpc` | gRPC: the daemon API ctr and CRI call | prost 0.14, tonic 0.14 | `grpc::containerd::services::*::v1`, `grpc::any`, `grpc::unix` |
 //!
-//! The types are distinct Rust types even where the proto is shared (e.g. `Mount`).
+//! The types are distinct Rust types even where the proto is shared (e.g. `Mount`); with both
+//! features, `convert` turns one into the other.
 
 mod code;
+#[cfg(all(feature = "grpc", feature = "ttrpc"))]
+pub mod convert;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 #[cfg(feature = "ttrpc")]
