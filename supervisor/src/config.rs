@@ -1,0 +1,153 @@
+//! corrald's configuration: a TOML file (`--config`), overridden by command-line flags.
+//!
+//! `corrald config default` prints the defaults, which are also what a missing file means.
+//! Unknown keys are an error that names the key: a typo must not silently fall back to a
+//! default path.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Config format version.
+    pub version: u32,
+    /// Persistent state: metadata, content, snapshots.
+    pub root: PathBuf,
+    /// Runtime state that does not survive a reboot: bundles, sockets.
+    pub state: PathBuf,
+    pub grpc: Grpc,
+    pub debug: Debug,
+    pub gc: Gc,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Grpc {
+    /// The unix socket clients (ctr, CRI, corral) connect to.
+    pub address: PathBuf,
+    /// Group allowed to use the socket (mode 0660); 0 is root only.
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Debug {
+    /// error, warn, info, debug or trace.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Gc {
+    /// Seconds between periodic garbage collections (besides those after deletions).
+    pub interval_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            version: 1,
+            root: "/var/lib/corral".into(),
+            state: "/run/corral".into(),
+            grpc: Grpc::default(),
+            debug: Debug::default(),
+            gc: Gc::default(),
+        }
+    }
+}
+
+impl Default for Grpc {
+    fn default() -> Grpc {
+        Grpc {
+            address: "/run/corral/corral.sock".into(),
+            gid: 0,
+        }
+    }
+}
+
+impl Default for Debug {
+    fn default() -> Debug {
+        Debug {
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for Gc {
+    fn default() -> Gc {
+        Gc { interval_secs: 300 }
+    }
+}
+
+impl Config {
+    /// Reads `path`; a missing file at the default location means the defaults.
+    pub fn load(path: &Path, must_exist: bool) -> Result<Config, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+                return Ok(Config::default());
+            }
+            Err(e) => return Err(format!("read config {}: {e}", path.display())),
+        };
+        let cfg: Config =
+            toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
+        if cfg.version != 1 {
+            return Err(format!(
+                "config {}: unsupported version {} (this corrald reads version 1)",
+                path.display(),
+                cfg.version
+            ));
+        }
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// The ttrpc socket beside the gRPC one, where shims forward their events.
+    pub fn ttrpc_address(&self) -> PathBuf {
+        let mut s = self.grpc.address.clone().into_os_string();
+        s.push(".ttrpc");
+        s.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_round_trips_through_toml() {
+        let text = Config::default().to_toml();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, Config::default());
+        assert!(text.contains("/var/lib/corral"));
+    }
+
+    #[test]
+    fn partial_files_keep_defaults_and_typos_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "version = 1\nroot = \"/tmp/r\"\n[grpc]\ngid = 5\n").unwrap();
+        let c = Config::load(&p, true).unwrap();
+        assert_eq!(c.root, PathBuf::from("/tmp/r"));
+        assert_eq!(c.grpc.gid, 5);
+        assert_eq!(c.grpc.address, Grpc::default().address);
+
+        std::fs::write(&p, "version = 1\nrooot = \"/tmp/r\"\n").unwrap();
+        let e = Config::load(&p, true).unwrap_err();
+        assert!(e.contains("rooot"), "{e}");
+
+        std::fs::write(&p, "version = 2\n").unwrap();
+        assert!(Config::load(&p, true).unwrap_err().contains("version 2"));
+
+        assert_eq!(
+            Config::load(&dir.path().join("none.toml"), false).unwrap(),
+            Config::default()
+        );
+        assert!(Config::load(&dir.path().join("none.toml"), true).is_err());
+    }
+}

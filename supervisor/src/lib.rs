@@ -1,0 +1,23 @@
+//! `corrald`: the corral supervisor daemon.
+//!
+//! It keeps image, content and snapshot state and serves containerd's gRPC API
+//! (`containerd.services.*.v1`) on a unix socket, so `ctr`, CRI adapters and other containerd
+//! clients work against it unchanged.
+//!
+//! ```text
+//!   ctr / CRI / corral ──gRPC (unix socket, h2c)──▶ services/ (thin adapters)
+//!                                                    │
+//!                        metadata/ (redb, namespaced) ┼── content store (blobs, shared)
+//!                                                    └── snapshotters (overlayfs, native)
+//!   events: daemon + shims ──▶ events::Exchange ──▶ Subscribe streams
+//! ```
+//!
+//! Modules: `config` (TOML + flags), `daemon` (root lock, socket), `metadata` (schema drawn
+//! there), `events` (exchange), `services/*` (one file per gRPC service), `server` (wiring).
+
+pub mod config;
+pub mod daemon;
+pub mod events;
+pub mod metadata;
+pub mod server;
+pub mod services;

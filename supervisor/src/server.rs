@@ -1,0 +1,122 @@
+//! Wiring: open the state, bind the socket, serve every service until SIGTERM/SIGINT.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use protocol::grpc::containerd::services::introspection::v1::introspection_server::IntrospectionServer;
+use protocol::grpc::containerd::services::namespaces::v1::namespaces_server::NamespacesServer;
+use protocol::grpc::containerd::services::version::v1::version_server::VersionServer;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::events::Exchange;
+use crate::metadata::Db;
+use crate::services::{Daemon, introspection, namespaces, version};
+
+/// ctr sends and accepts messages up to 16 MiB.
+const MAX_MESSAGE: usize = 16 << 20;
+
+pub async fn run(cfg: Config) -> Result<(), String> {
+    let _lock = crate::daemon::lock_root(&cfg.root)?;
+    std::fs::create_dir_all(&cfg.state)
+        .map_err(|e| format!("create state {}: {e}", cfg.state.display()))?;
+    let db = Db::open(&cfg.root.join("meta.redb")).map_err(|e| e.to_string())?;
+    let content = content::LocalStore::open(cfg.root.join("io.containerd.content.v1.content"))
+        .map_err(|e| format!("content store: {e}"))?;
+    let mut snapshotters: BTreeMap<String, Arc<dyn snapshotter::Snapshotter>> = BTreeMap::new();
+    let overlay_root = cfg.root.join("io.containerd.snapshotter.v1.overlayfs");
+    match snapshotter::OverlaySnapshotter::open(&overlay_root) {
+        Ok(s) => {
+            snapshotters.insert("overlayfs".into(), Arc::new(s));
+        }
+        // A host without overlay still gets the native snapshotter.
+        Err(e) => log::warn!("overlayfs snapshotter unavailable: {e}"),
+    }
+    let native =
+        snapshotter::NativeSnapshotter::open(cfg.root.join("io.containerd.snapshotter.v1.native"))
+            .map_err(|e| format!("native snapshotter: {e}"))?;
+    snapshotters.insert("native".into(), Arc::new(native));
+    let daemon = Arc::new(Daemon {
+        db,
+        events: Exchange::default(),
+        root: cfg.root.clone(),
+        content: Arc::new(content),
+        snapshotters,
+    });
+    let listener = crate::daemon::bind_socket(&cfg.grpc.address, cfg.grpc.gid)?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("socket: {e}"))?;
+    let listener = tokio::net::UnixListener::from_std(listener).map_err(|e| e.to_string())?;
+
+    let router = tonic::transport::Server::builder()
+        .add_service(VersionServer::new(version::VersionService))
+        .add_service(IntrospectionServer::new(
+            introspection::IntrospectionService {
+                daemon: daemon.clone(),
+            },
+        ))
+        .add_service(
+            NamespacesServer::new(namespaces::NamespacesService {
+                daemon: daemon.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+        );
+
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => log::info!("SIGTERM: shutting down"),
+            _ = int.recv() => log::info!("SIGINT: shutting down"),
+        }
+    };
+    log::info!(
+        "serving on {} (root {}, state {})",
+        cfg.grpc.address.display(),
+        cfg.root.display(),
+        cfg.state.display()
+    );
+    let served = router
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = std::fs::remove_file(&cfg.grpc.address);
+    served.map_err(|e| format!("serve: {e}"))
+}
+
+/// Logs to stderr, logrus-style, at `level`.
+pub fn init_logging(level: &str) {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.level() <= log::max_level()
+        }
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata()) && r.target().starts_with("supervisor")
+                || r.level() <= log::Level::Warn
+            {
+                let t = crate::metadata::Time::now();
+                eprintln!(
+                    "time={}.{:09} level={} msg={:?}",
+                    t.seconds,
+                    t.nanos,
+                    r.level().as_str().to_lowercase(),
+                    r.args().to_string()
+                );
+            }
+        }
+        fn flush(&self) {}
+    }
+    let filter = match level {
+        "trace" => log::LevelFilter::Trace,
+        "debug" => log::LevelFilter::Debug,
+        "warn" | "warning" => log::LevelFilter::Warn,
+        "error" => log::LevelFilter::Error,
+        _ => log::LevelFilter::Info,
+    };
+    if log::set_boxed_logger(Box::new(Stderr)).is_ok() {
+        log::set_max_level(filter);
+    }
+}
