@@ -2,8 +2,8 @@
 //! machine, applied in order into a fresh directory, against `tar -xzf` of the same layers.
 //!
 //! Run: `cargo bench -p snapshotter --bench apply`. Knobs: `CORRAL_BENCH_LAYER_MB` (compressed
-//! MB per layer, default 70), `CORRAL_BENCH_RUNS` (default 3), `CORRAL_BENCH_ONLY=corral` (skip
-//! the comparisons), `CORRAL_BENCH_LAYERS=<dir>` (keep the generated layers there and reuse them
+//! MB per layer, default 70), `CORRAL_BENCH_RUNS` (default 3), `CORRAL_BENCH_ONLY=corral|decode` (only
+//! our apply, or only decompress+hash), `CORRAL_BENCH_LAYERS=<dir>` (keep the generated layers there and reuse them
 //! on the next run), `CORRAL_BENCH_FS=host` (extract onto the host filesystem under the temp
 //! dir instead of a fresh loop-mounted ext4, which is the default as root). Prints MiB/s of uncompressed data; containerd 1.6 does about 44 MiB/s on
 //! the reference machine.
@@ -264,7 +264,9 @@ fn main() {
     );
 
     // Decompress + hash only: the reader thread's ceiling.
-    let only_ours = std::env::var("CORRAL_BENCH_ONLY").as_deref() == Ok("corral");
+    let only = std::env::var("CORRAL_BENCH_ONLY").unwrap_or_default();
+    let only_ours = only == "corral";
+    let apply_runs = if only == "decode" { 0 } else { runs };
     let other_runs = if only_ours { 0 } else { runs };
     let mut decode = Vec::new();
     for _ in 0..other_runs {
@@ -299,7 +301,7 @@ fn main() {
     let mut ours = Vec::new();
     let mut tar = Vec::new();
     let mut n = 0;
-    for _ in 0..runs {
+    for _ in 0..apply_runs {
         let dest = fresh(dest_root, &mut n);
         let t = Instant::now();
         for l in &layers {
