@@ -37,7 +37,7 @@ release:
 ## test: unit, conformance, crash and end-to-end tests (root tests need root; CI sets
 ## CORRAL_REQUIRE_ROOT=1 so that they fail instead of skipping)
 test: deps build
-	CORRAL_SHIM_BIN=$(DEBUG_SHIM) $(CARGO) test --workspace --no-fail-fast
+	CORRAL_SHIM_BIN=$(DEBUG_SHIM) CORRALD_BIN=$(TARGET_DIR)/debug/corrald $(CARGO) test --workspace --no-fail-fast
 
 ## lint: formatting and clippy with warnings as errors
 lint:

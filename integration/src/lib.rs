@@ -30,6 +30,7 @@
 
 pub mod cmd;
 pub mod containerd;
+pub mod corrald;
 pub mod ctr;
 pub mod events;
 pub mod image;
@@ -41,6 +42,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub use containerd::Containerd;
+pub use corrald::Corrald;
 pub use ctr::{Ctr, CtrOutput, TaskRow};
 pub use events::{Event, EventStream};
 pub use image::IMAGE_REF;
