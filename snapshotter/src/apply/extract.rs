@@ -667,3 +667,41 @@ impl Extractor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_strips_and_refuses() {
+        assert_eq!(normalize(b"/a//./b/").unwrap(), b"a/b");
+        assert_eq!(normalize(b"./").unwrap(), b"");
+        for bad in [&b"../x"[..], b"a/../../x", b"/../etc/passwd", b"a/.."] {
+            let e = normalize(bad).unwrap_err();
+            assert!(e.to_string().contains("`..`"), "{e}");
+        }
+        assert!(normalize(&[b'x'; 256]).is_err());
+        assert!(normalize(&[b'x'; 255]).is_ok());
+        assert!(normalize(b"a\0b").is_err());
+    }
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(parse_pax_time(b"1600000000"), Some((1_600_000_000, 0)));
+        assert_eq!(
+            parse_pax_time(b"1600000000.5"),
+            Some((1_600_000_000, 500_000_000))
+        );
+        assert_eq!(parse_pax_time(b"1.123456789123"), Some((1, 123_456_789)));
+        assert_eq!(parse_pax_time(b"-1.5"), Some((-2, 500_000_000)));
+        assert_eq!(parse_pax_time(b"x"), None);
+    }
+
+    #[test]
+    fn split_and_join() {
+        assert_eq!(split(b"a/b/c"), (&b"a/b"[..], &b"c"[..]));
+        assert_eq!(split(b"c"), (&b""[..], &b"c"[..]));
+        assert_eq!(join(b"", b"c"), b"c");
+        assert_eq!(join(b"a", b"c"), b"a/c");
+    }
+}

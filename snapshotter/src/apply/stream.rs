@@ -321,3 +321,39 @@ pub(crate) fn run<T>(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GZ: &[u8] = &[0x1f, 0x8b, 8, 0];
+    const ZST: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+
+    #[test]
+    fn magic_wins_only_when_media_type_is_missing_or_generic() {
+        assert_eq!(detect(None, GZ).unwrap(), Compression::Gzip);
+        assert_eq!(
+            detect(Some("application/octet-stream"), ZST).unwrap(),
+            Compression::Zstd
+        );
+        assert_eq!(detect(None, b"usr/").unwrap(), Compression::None);
+        let oci = "application/vnd.oci.image.layer.v1.tar";
+        assert_eq!(detect(Some(oci), b"usr/").unwrap(), Compression::None);
+        assert_eq!(
+            detect(Some(&format!("{oci}+gzip")), GZ).unwrap(),
+            Compression::Gzip
+        );
+        assert_eq!(
+            detect(Some(&format!("{oci}+zstd")), ZST).unwrap(),
+            Compression::Zstd
+        );
+        let docker = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+        assert_eq!(detect(Some(docker), GZ).unwrap(), Compression::Gzip);
+        let e = detect(Some(oci), GZ).unwrap_err();
+        assert!(matches!(e, ApplyError::MediaTypeMismatch { .. }), "{e}");
+        let e = detect(Some(&format!("{oci}+gzip")), ZST).unwrap_err();
+        assert!(matches!(e, ApplyError::MediaTypeMismatch { .. }), "{e}");
+        let e = detect(Some("application/vnd.oci.image.config.v1+json"), GZ).unwrap_err();
+        assert!(matches!(e, ApplyError::UnsupportedMediaType { .. }), "{e}");
+    }
+}
