@@ -30,6 +30,9 @@ fn require_root(test: &str) -> bool {
     false
 }
 
+/// Serialises the tests that check `/proc/self/mountinfo` for our temporary mounts.
+static TEMP_MOUNTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn sha(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(b)))
 }
@@ -678,6 +681,36 @@ fn whiteouts_overlay_mode_with_real_overlay_mount() {
     apply_bytes(&out, None, copy.path(), WhiteoutMode::Delete).unwrap();
     let names: Vec<String> = listing(copy.path(), false).into_keys().collect();
     assert_eq!(names, ["a", "a/new", "c", "c/keep", "c/same"]);
+
+    // Against an empty parent the upperdir alone is not enough: the overlay is mounted
+    // read-only and walked against the empty tree, giving the whole merged view.
+    let mut full = Vec::new();
+    let guard = TEMP_MOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    diff::diff_mounts(
+        &[],
+        &[Mount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            target: String::new(),
+            options: vec![
+                format!("lowerdir={}", lower.path().display()),
+                format!("upperdir={}", upper.path().display()),
+                format!("workdir={}", work.path().display()),
+            ],
+        }],
+        &mut full,
+        Compression::Gzip,
+    )
+    .unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    apply_bytes(&full, None, fresh.path(), WhiteoutMode::Delete).unwrap();
+    let names: Vec<String> = listing(fresh.path(), false).into_keys().collect();
+    assert_eq!(names, ["a", "a/new", "c", "c/keep", "c/same"]);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains("corral-mount-"),
+        "diff left its view mounted"
+    );
 }
 
 fn tar_names(t: &[u8]) -> Vec<String> {
@@ -712,6 +745,7 @@ fn apply_to_other_mounts_mounts_and_unmounts() {
     if !require_root("apply_to_other_mounts_mounts_and_unmounts") {
         return;
     }
+    let _guard = TEMP_MOUNTS.lock().unwrap_or_else(|e| e.into_inner());
     let tmpfs = Mount {
         kind: "tmpfs".into(),
         source: "tmpfs".into(),
