@@ -685,7 +685,7 @@ fn whiteouts_overlay_mode_with_real_overlay_mount() {
     // Against an empty parent the upperdir alone is not enough: the overlay is mounted
     // read-only and walked against the empty tree, giving the whole merged view.
     let mut full = Vec::new();
-    let guard = TEMP_MOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = TEMP_MOUNTS.lock().unwrap_or_else(|e| e.into_inner());
     diff::diff_mounts(
         &[],
         &[Mount {
