@@ -7,23 +7,8 @@
 use std::io;
 use std::path::PathBuf;
 
-/// Error class, containerd's errdefs.
-///
-/// Defined here so the crate stands alone; it mirrors the protocol crate's `Code` variant by
-/// variant (same names), and will be re-pointed to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Code {
-    NotFound,
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    Unavailable,
-    Unimplemented,
-    OutOfRange,
-    Internal,
-    DataLoss,
-    Aborted,
-}
+/// Error class, containerd's errdefs: the project-wide enum of the `protocol` crate.
+pub use protocol::Code;
 
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
