@@ -1,0 +1,39 @@
+//! A container that outgrows its memory limit is OOM-killed; the shim publishes /tasks/oom
+//! (CRI subscribes to it) and the exit reports SIGKILL.
+
+use std::time::Duration;
+
+use integration::{Containerd, EventStream, Runtime, require_root, runtime_tests};
+
+fn oom_kill_publishes_oom_event(rt: Runtime) {
+    if !require_root() {
+        return;
+    }
+    let ctrd = Containerd::start(rt);
+    let events = EventStream::start(&ctrd);
+    let id = ctrd.new_id("oom");
+    // Doubling a shell variable reaches the 32 MiB limit within a second.
+    let out = ctrd.ctr_run(
+        &["--rm", "--memory-limit", &(32u64 << 20).to_string()],
+        &id,
+        &[
+            "sh",
+            "-c",
+            "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done",
+        ],
+    );
+    assert_eq!(out.code(), Some(137), "{}", out.describe());
+    events.wait_for(
+        "/tasks/oom for the container",
+        Duration::from_secs(30),
+        |evs| {
+            evs.iter()
+                .any(|e| e.topic == "/tasks/oom" && e.container_id() == Some(id.as_str()))
+                .then_some(())
+        },
+    );
+    drop(events);
+    ctrd.assert_no_leaks();
+}
+
+runtime_tests!(oom_kill_publishes_oom_event);
