@@ -21,3 +21,4 @@ pub mod events;
 pub mod metadata;
 pub mod server;
 pub mod services;
+pub mod snapshots;

@@ -3,8 +3,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use protocol::grpc::containerd::services::diff::v1::diff_server::DiffServer;
+use protocol::grpc::containerd::services::images::v1::images_server::ImagesServer;
 use protocol::grpc::containerd::services::introspection::v1::introspection_server::IntrospectionServer;
 use protocol::grpc::containerd::services::namespaces::v1::namespaces_server::NamespacesServer;
+use protocol::grpc::containerd::services::snapshots::v1::snapshots_server::SnapshotsServer;
 use protocol::grpc::containerd::services::version::v1::version_server::VersionServer;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -12,7 +15,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::config::Config;
 use crate::events::Exchange;
 use crate::metadata::Db;
-use crate::services::{Daemon, introspection, namespaces, version};
+use crate::services::{Daemon, diff, images, introspection, namespaces, snapshots, version};
 
 /// ctr sends and accepts messages up to 16 MiB.
 const MAX_MESSAGE: usize = 16 << 20;
@@ -52,6 +55,25 @@ pub async fn run(cfg: Config) -> Result<(), String> {
 
     let router = tonic::transport::Server::builder()
         .add_service(VersionServer::new(version::VersionService))
+        .add_service(
+            SnapshotsServer::new(snapshots::SnapshotsService::new(daemon.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            DiffServer::new(diff::DiffService {
+                daemon: daemon.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            ImagesServer::new(images::ImagesService {
+                daemon: daemon.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+        )
         .add_service(IntrospectionServer::new(
             introspection::IntrospectionService {
                 daemon: daemon.clone(),

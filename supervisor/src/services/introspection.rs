@@ -37,6 +37,10 @@ fn plugins() -> Vec<Plugin> {
         p("io.containerd.grpc.v1", "version"),
         p("io.containerd.grpc.v1", "introspection"),
         p("io.containerd.grpc.v1", "namespaces"),
+        p("io.containerd.grpc.v1", "snapshots"),
+        p("io.containerd.grpc.v1", "diff"),
+        p("io.containerd.differ.v1", "walking"),
+        p("io.containerd.grpc.v1", "images"),
     ]
 }
 

@@ -1,8 +1,11 @@
 //! Thin gRPC adapters: request in, metadata or store call, response out. The rules live in
 //! `metadata` and the stores; here are only wire conversions and the namespace header.
 
+pub mod diff;
+pub mod images;
 pub mod introspection;
 pub mod namespaces;
+pub mod snapshots;
 pub mod version;
 
 use std::sync::Arc;
