@@ -56,6 +56,16 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let router = tonic::transport::Server::builder()
         .add_service(VersionServer::new(version::VersionService))
         .add_service(
+            crate::services::content::server(daemon.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            crate::services::leases::server(daemon.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
             SnapshotsServer::new(snapshots::SnapshotsService::new(daemon.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),

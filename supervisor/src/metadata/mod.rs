@@ -14,14 +14,19 @@
 //! ├── content         <ns>\0<digest>            → Blob { size, labels, created_at, updated_at }
 //! ├── snapshots       <ns>\0<snapshotter>\0<key> → Snapshot { backend key, parent, labels, … }
 //! ├── leases          <ns>\0<id>                → Lease { labels, created_at }
-//! └── lease_resources <ns>\0<lease>\0<type>\0<id> → ()
+//! └── lease_resources <ns>\0<lease>\0<type>\0<id> → ()      (types: content, ingests,
+//!                                                              snapshots/<snapshotter>)
 //! ```
+//!
+//! A blob's bytes stay on disk while any namespace has a `content` record of it; leases and
+//! their resources are documented in `leases.rs`.
 //!
 //! Keys use NUL as separator: identifiers, digests and snapshot keys cannot contain it.
 //! Values are JSON documents (serde), so a record gains optional fields without a migration;
 //! a change of key layout bumps [`SCHEMA_VERSION`] and adds a migration in [`Db::open`].
 //! Every write is one redb transaction, durable when `commit` returns.
 
+mod leases;
 mod records;
 
 use std::path::Path;
@@ -31,6 +36,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use leases::check_resource_type;
 pub use records::*;
 
 pub const SCHEMA_VERSION: u64 = 1;
@@ -65,6 +71,9 @@ pub enum Error {
     Storage(String),
     #[error("metadata schema version {found} is newer than this corrald ({SCHEMA_VERSION})")]
     TooNew { found: u64 },
+    /// A record a change depends on is missing (e.g. the lease a resource is attached to).
+    #[error("{0}: not found")]
+    NotFound(String),
     #[error("corrupt metadata record {key:?} in {table}: {source}")]
     Corrupt {
         table: String,
@@ -81,6 +90,7 @@ impl Error {
                 ..
             } => Code::Unavailable,
             Error::Corrupt { .. } => Code::DataLoss,
+            Error::NotFound(_) => Code::NotFound,
             _ => Code::Internal,
         }
     }
@@ -292,6 +302,16 @@ impl Tx {
         let (lo, hi) = range_of(prefix);
         let mut out = Vec::new();
         for e in t.range(lo.as_str()..hi.as_str())? {
+            out.push(e?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
+    /// Every key of a table (e.g. all namespaces).
+    pub fn keys_all(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<String>> {
+        let t = self.tx.open_table(table)?;
+        let mut out = Vec::new();
+        for e in t.iter()? {
             out.push(e?.0.value().to_string());
         }
         Ok(out)

@@ -1,9 +1,11 @@
 //! Thin gRPC adapters: request in, metadata or store call, response out. The rules live in
 //! `metadata` and the stores; here are only wire conversions and the namespace header.
 
+pub mod content;
 pub mod diff;
 pub mod images;
 pub mod introspection;
+pub mod leases;
 pub mod namespaces;
 pub mod snapshots;
 pub mod version;
@@ -22,7 +24,7 @@ pub struct Daemon {
     pub events: Exchange,
     pub root: std::path::PathBuf,
     /// Blobs, shared by all namespaces (visibility and labels are in `db`).
-    pub content: Arc<content::LocalStore>,
+    pub content: Arc<::content::LocalStore>,
     /// Snapshotters by name (`overlayfs`, the default, and `native`); keys are namespaced in
     /// `db` and map to backend keys.
     pub snapshotters: std::collections::BTreeMap<String, Arc<dyn snapshotter::Snapshotter>>,
