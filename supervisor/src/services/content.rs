@@ -650,6 +650,155 @@ impl Content for ContentService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Exchange;
+    use crate::metadata::{Db, LEASE_RESOURCES};
+
+    fn daemon(dir: &std::path::Path) -> Daemon {
+        Daemon {
+            db: Db::open(&dir.join("meta.redb")).unwrap(),
+            events: Exchange::default(),
+            root: dir.to_path_buf(),
+            content: std::sync::Arc::new(content::LocalStore::open(dir.join("content")).unwrap()),
+            snapshotters: Default::default(),
+        }
+    }
+
+    fn msg(action: WriteAction, r: &str, offset: i64, data: &[u8]) -> WriteContentRequest {
+        WriteContentRequest {
+            action: action as i32,
+            r#ref: r.into(),
+            offset,
+            data: data.to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    fn open(d: &Daemon, ns: &str, r: &str, expected: &str) -> Result<Session, RpcStatus> {
+        let mut first = msg(WriteAction::Stat, r, 0, b"");
+        first.expected = expected.into();
+        open_session(d, ns.into(), None, &first)
+    }
+
+    /// Writes `data` in one session and commits it in `ns`.
+    fn put(d: &Daemon, ns: &str, data: &[u8]) -> String {
+        let mut s = open(d, ns, "put", "").unwrap();
+        step(d, &mut s, msg(WriteAction::Write, "", 0, data)).unwrap();
+        let resp = step(
+            d,
+            &mut s,
+            msg(WriteAction::Commit, "", data.len() as i64, b""),
+        )
+        .unwrap();
+        resp.digest
+    }
+
+    #[test]
+    fn offsets_resume_and_truncate() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = daemon(dir.path());
+        let mut s = open(&d, "a", "r1", "").unwrap();
+        let r = step(&d, &mut s, msg(WriteAction::Write, "", 0, b"hello ")).unwrap();
+        assert_eq!(r.offset, 6);
+        let e = step(&d, &mut s, msg(WriteAction::Write, "", 3, b"x")).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+        assert!(e.message().contains("current offset 6"), "{e:?}");
+        // A second stream on the same ref while the first holds it.
+        let e = open(&d, "a", "r1", "").err().unwrap();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        assert!(e.message().contains("r1"), "{e:?}");
+        // The same ref in another namespace is another ingest.
+        let other = open(&d, "b", "r1", "").unwrap();
+        assert_eq!(other.writer.offset(), 0);
+        drop(other);
+        drop(s);
+        // Resume where the first stream stopped.
+        let mut s = open(&d, "a", "r1", "").unwrap();
+        let r = step(&d, &mut s, msg(WriteAction::Stat, "", 0, b"")).unwrap();
+        assert_eq!(r.offset, 6);
+        step(&d, &mut s, msg(WriteAction::Write, "", 6, b"world")).unwrap();
+        // Offset 0 over held data starts over.
+        let r = step(&d, &mut s, msg(WriteAction::Write, "", 0, b"abc")).unwrap();
+        assert_eq!(r.offset, 3);
+        let mut commit = msg(WriteAction::Commit, "", 3, b"");
+        commit.labels = [("k".to_string(), "v".to_string())].into();
+        let r = step(&d, &mut s, commit).unwrap();
+        assert_eq!(r.digest, Digest::of(b"abc").to_string());
+        let rec: Blob = d.db.get(CONTENT, &key("a", &[&r.digest])).unwrap().unwrap();
+        assert_eq!((rec.size, rec.labels["k"].as_str()), (3, "v"));
+        assert!(
+            d.db.get::<Blob>(CONTENT, &key("b", &[&r.digest]))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn commit_verifies_and_stores_nothing_on_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = daemon(dir.path());
+        let wrong = Digest::of(b"other").to_string();
+        let mut s = open(&d, "a", "r", &wrong).unwrap();
+        step(&d, &mut s, msg(WriteAction::Write, "", 0, b"data")).unwrap();
+        let e = step(&d, &mut s, msg(WriteAction::Commit, "", 4, b"")).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains(&wrong), "{e:?}");
+        assert!(d.db.list::<Blob>(CONTENT, "a").unwrap().is_empty());
+        assert!(d.content.info(&Digest::of(b"data")).is_err());
+    }
+
+    #[test]
+    fn expected_content_already_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = daemon(dir.path());
+        let digest = put(&d, "a", b"shared bytes");
+        // Visible here: AlreadyExists.
+        let e = open(&d, "a", "again", &digest).err().unwrap();
+        assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+        // On disk but not visible in b: made visible, and AlreadyExists like containerd.
+        assert!(
+            d.db.get::<Blob>(CONTENT, &key("b", &[&digest]))
+                .unwrap()
+                .is_none()
+        );
+        let e = open(&d, "b", "x", &digest).err().unwrap();
+        assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+        let rec: Blob = d.db.get(CONTENT, &key("b", &[&digest])).unwrap().unwrap();
+        assert_eq!(rec.size, 12);
+        // Deleting in a keeps the bytes for b; deleting in b too removes them.
+        let dg = Digest::parse(&digest).unwrap();
+        delete_blob(&d, "a", &dg).unwrap();
+        assert!(d.content.info(&dg).is_ok());
+        let e = delete_blob(&d, "a", &dg).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        delete_blob(&d, "b", &dg).unwrap();
+        assert!(
+            d.content.info(&dg).is_err(),
+            "unreferenced blob left on disk"
+        );
+    }
+
+    #[test]
+    fn commit_attaches_to_the_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = daemon(dir.path());
+        let first = msg(WriteAction::Stat, "r", 0, b"");
+        let e = open_session(&d, "a".into(), Some("l1".into()), &first)
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+        let tx = d.db.write().unwrap();
+        let lease = Lease {
+            labels: Labels::new(),
+            created_at: Time::now(),
+        };
+        tx.put(LEASES, &key("a", &["l1"]), &lease).unwrap();
+        tx.commit().unwrap();
+        let mut s = open_session(&d, "a".into(), Some("l1".into()), &first).unwrap();
+        step(&d, &mut s, msg(WriteAction::Write, "", 0, b"leased")).unwrap();
+        let r = step(&d, &mut s, msg(WriteAction::Commit, "", 6, b"")).unwrap();
+        let k = key("a", &["l1", "content", &r.digest]);
+        assert!(d.db.get::<()>(LEASE_RESOURCES, &k).unwrap().is_some());
+    }
 
     #[test]
     fn filters_see_digest_size_and_labels() {
