@@ -1,11 +1,23 @@
 //! The event exchange: everything published in corrald (its own events and those shims
 //! forward) fans out to every Subscribe stream. Slow subscribers lose the oldest events
 //! (a bounded broadcast channel) rather than slow the daemon down.
+//!
+//! Also here: the exchange's rules for what may enter it (containerd's `validateTopic` and
+//! `validateEnvelope`), and the filter fields of an envelope (`topic`, `namespace`,
+//! `event.<field>`), so Subscribe filters work as on containerd.
 
 use prost_types::{Any, Timestamp};
+use protocol::Code;
+use protocol::grpc::any;
+use protocol::grpc::containerd::events as ev;
 use protocol::grpc::containerd::services::events::v1::Envelope;
-use tokio::sync::broadcast;
+use protocol::grpc::containerd::services::images::v1 as images;
+use protocol::grpc::prost::Message;
+use std::sync::Arc;
 
+use tokio::sync::{broadcast, watch};
+
+use crate::filters::Fields;
 use crate::metadata::Time;
 
 const BACKLOG: usize = 4096;
@@ -13,12 +25,16 @@ const BACKLOG: usize = 4096;
 #[derive(Clone)]
 pub struct Exchange {
     tx: broadcast::Sender<Envelope>,
+    /// Set at shutdown: subscriptions end, so that the server's graceful shutdown, which
+    /// waits for open streams, is not held up by `ctr events`.
+    closed: Arc<watch::Sender<bool>>,
 }
 
 impl Default for Exchange {
     fn default() -> Self {
         Exchange {
             tx: broadcast::channel(BACKLOG).0,
+            closed: Arc::new(watch::channel(false).0),
         }
     }
 }
@@ -38,14 +54,435 @@ impl Exchange {
         });
     }
 
-    /// Passes an envelope on unchanged (shim events keep their own timestamp).
+    /// Passes an envelope on unchanged (shim events keep their own timestamp). Envelopes from
+    /// outside the daemon go through [`validate_envelope`] first.
     pub fn forward(&self, env: Envelope) {
         log::debug!("event {} {}", env.namespace, env.topic);
         // No subscriber is not an error.
         let _ = self.tx.send(env);
     }
 
+    /// A new subscription, seeing what is published from now on. A receiver that falls more
+    /// than the backlog behind gets `RecvError::Lagged` and skips ahead.
     pub fn subscribe(&self) -> broadcast::Receiver<Envelope> {
         self.tx.subscribe()
+    }
+
+    /// Ends every subscription (daemon shutdown).
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// Resolves once [`Exchange::close`] was called.
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.closed.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+    }
+}
+
+/// Why an event was refused at the door. All are the sender's fault: InvalidArgument.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("event topic {topic:?}: {reason}")]
+    Topic { topic: String, reason: String },
+    #[error("event envelope has invalid namespace {0:?}")]
+    Namespace(String),
+    #[error("event is required on topic {0:?}")]
+    MissingEvent(String),
+    #[error("timestamp must be set on forwarded event (topic {0:?})")]
+    MissingTimestamp(String),
+}
+
+impl Error {
+    pub fn code(&self) -> Code {
+        Code::InvalidArgument
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    crate::services::check_identifier("", s).is_ok()
+}
+
+/// containerd's topic rule: `/` followed by one or more `/`-separated identifiers.
+pub fn validate_topic(topic: &str) -> Result<(), Error> {
+    let bad = |reason: String| Error::Topic {
+        topic: topic.to_string(),
+        reason,
+    };
+    let Some(rest) = topic.strip_prefix('/') else {
+        return Err(bad(if topic.is_empty() {
+            "must not be empty".into()
+        } else {
+            "must start with '/'".into()
+        }));
+    };
+    if rest.is_empty() {
+        return Err(bad("must have at least one component".into()));
+    }
+    match rest.split('/').find(|c| !is_identifier(c)) {
+        Some(c) => Err(bad(format!(
+            "component {c:?} is not a valid identifier ([A-Za-z0-9]+([._-][A-Za-z0-9]+)*)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// What containerd checks before forwarding an envelope: namespace, topic, timestamp.
+pub fn validate_envelope(env: &Envelope) -> Result<(), Error> {
+    if !is_identifier(&env.namespace) {
+        return Err(Error::Namespace(env.namespace.clone()));
+    }
+    validate_topic(&env.topic)?;
+    match &env.timestamp {
+        Some(t) if t.seconds != 0 || t.nanos != 0 => Ok(()),
+        _ => Err(Error::MissingTimestamp(env.topic.clone())),
+    }
+}
+
+/// Filter fields of an envelope, as containerd's `Envelope.Field`: `topic`, `namespace` (absent
+/// when empty) and `event.<path>` for the event types we know.
+impl Fields for Envelope {
+    fn field(&self, path: &[String]) -> Option<String> {
+        let (first, rest) = path.split_first()?;
+        match first.as_str() {
+            "topic" => nonempty(&self.topic),
+            "namespace" => nonempty(&self.namespace),
+            "event" => event_field(self.event.as_ref()?, rest),
+            _ => None,
+        }
+    }
+}
+
+fn nonempty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+fn decode<M: Message + Default>(a: &Any) -> Option<M> {
+    M::decode(a.value.as_slice()).ok()
+}
+
+fn label(labels: &std::collections::HashMap<String, String>, key: &[&str]) -> Option<String> {
+    // containerd joins the rest of the path: labels.a.b looks up the key "a.b".
+    labels.get(&key.join(".")).cloned()
+}
+
+/// The value of field `path` of an event, decoded by its type URL. Strings are absent when
+/// empty and label maps are looked up by key, as in containerd's generated `Field` methods.
+/// Numbers and booleans are our extension (containerd has no field for them): decimal and
+/// `true`/`false`. Unknown event types have no fields.
+pub fn event_field(event: &Any, path: &[String]) -> Option<String> {
+    let p: Vec<&str> = path.iter().map(String::as_str).collect();
+    let s = |v: &str| nonempty(v);
+    let n = |v: u32| Some(v.to_string());
+    match event.type_url.as_str() {
+        any::TASK_CREATE => {
+            let e: ev::TaskCreate = decode(event)?;
+            let io = e.io.unwrap_or_default();
+            match p[..] {
+                ["container_id"] => s(&e.container_id),
+                ["bundle"] => s(&e.bundle),
+                ["checkpoint"] => s(&e.checkpoint),
+                ["pid"] => n(e.pid),
+                ["io", "stdin"] => s(&io.stdin),
+                ["io", "stdout"] => s(&io.stdout),
+                ["io", "stderr"] => s(&io.stderr),
+                ["io", "terminal"] => Some(io.terminal.to_string()),
+                _ => None,
+            }
+        }
+        any::TASK_START => {
+            let e: ev::TaskStart = decode(event)?;
+            match p[..] {
+                ["container_id"] => s(&e.container_id),
+                ["pid"] => n(e.pid),
+                _ => None,
+            }
+        }
+        any::TASK_DELETE => {
+            let e: ev::TaskDelete = decode(event)?;
+            match p[..] {
+                ["container_id"] => s(&e.container_id),
+                ["id"] => s(&e.id),
+                ["pid"] => n(e.pid),
+                ["exit_status"] => n(e.exit_status),
+                _ => None,
+            }
+        }
+        any::TASK_EXIT => {
+            let e: ev::TaskExit = decode(event)?;
+            match p[..] {
+                ["container_id"] => s(&e.container_id),
+                ["id"] => s(&e.id),
+                ["pid"] => n(e.pid),
+                ["exit_status"] => n(e.exit_status),
+                _ => None,
+            }
+        }
+        any::TASK_OOM => match p[..] {
+            ["container_id"] => s(&decode::<ev::TaskOom>(event)?.container_id),
+            _ => None,
+        },
+        any::TASK_EXEC_ADDED => {
+            let e: ev::TaskExecAdded = decode(event)?;
+            match p[..] {
+                ["container_id"] => s(&e.container_id),
+                ["exec_id"] => s(&e.exec_id),
+                _ => None,
+            }
+        }
+        any::TASK_EXEC_STARTED => {
+            let e: ev::TaskExecStarted = decode(event)?;
+            match p[..] {
+                ["container_id"] => s(&e.container_id),
+                ["exec_id"] => s(&e.exec_id),
+                ["pid"] => n(e.pid),
+                _ => None,
+            }
+        }
+        any::TASK_PAUSED => match p[..] {
+            ["container_id"] => s(&decode::<ev::TaskPaused>(event)?.container_id),
+            _ => None,
+        },
+        any::TASK_RESUMED => match p[..] {
+            ["container_id"] => s(&decode::<ev::TaskResumed>(event)?.container_id),
+            _ => None,
+        },
+        any::TASK_CHECKPOINTED => {
+            let e: ev::TaskCheckpointed = decode(event)?;
+            match p[..] {
+                ["container_id"] => s(&e.container_id),
+                ["checkpoint"] => s(&e.checkpoint),
+                _ => None,
+            }
+        }
+        any::CONTAINER_CREATE => {
+            let e: ev::ContainerCreate = decode(event)?;
+            match p[..] {
+                ["id"] => s(&e.id),
+                ["image"] => s(&e.image),
+                ["runtime", "name"] => s(&e.runtime?.name),
+                _ => None,
+            }
+        }
+        any::CONTAINER_UPDATE => {
+            let e: ev::ContainerUpdate = decode(event)?;
+            match p[..] {
+                ["id"] => s(&e.id),
+                ["image"] => s(&e.image),
+                ["snapshot_key"] => s(&e.snapshot_key),
+                ["labels", ref key @ ..] if !key.is_empty() => label(&e.labels, key),
+                _ => None,
+            }
+        }
+        any::CONTAINER_DELETE => match p[..] {
+            ["id"] => s(&decode::<ev::ContainerDelete>(event)?.id),
+            _ => None,
+        },
+        any::CONTENT_DELETE => match p[..] {
+            ["digest"] => s(&decode::<ev::ContentDelete>(event)?.digest),
+            _ => None,
+        },
+        any::NAMESPACE_CREATE | any::NAMESPACE_UPDATE => {
+            // Same layout: name=1, labels=2.
+            let e: ev::NamespaceCreate = decode(event)?;
+            match p[..] {
+                ["name"] => s(&e.name),
+                ["labels", ref key @ ..] if !key.is_empty() => label(&e.labels, key),
+                _ => None,
+            }
+        }
+        any::NAMESPACE_DELETE => match p[..] {
+            ["name"] => s(&decode::<ev::NamespaceDelete>(event)?.name),
+            _ => None,
+        },
+        any::SNAPSHOT_PREPARE => {
+            let e: ev::SnapshotPrepare = decode(event)?;
+            match p[..] {
+                ["key"] => s(&e.key),
+                ["parent"] => s(&e.parent),
+                _ => None,
+            }
+        }
+        any::SNAPSHOT_COMMIT => {
+            let e: ev::SnapshotCommit = decode(event)?;
+            match p[..] {
+                ["key"] => s(&e.key),
+                ["name"] => s(&e.name),
+                _ => None,
+            }
+        }
+        any::SNAPSHOT_REMOVE => match p[..] {
+            ["key"] => s(&decode::<ev::SnapshotRemove>(event)?.key),
+            _ => None,
+        },
+        any::IMAGE_CREATE | any::IMAGE_UPDATE => {
+            // Same layout: name=1, labels=2.
+            let e: images::ImageCreate = decode(event)?;
+            match p[..] {
+                ["name"] => s(&e.name),
+                ["labels", ref key @ ..] if !key.is_empty() => label(&e.labels, key),
+                _ => None,
+            }
+        }
+        any::IMAGE_DELETE => match p[..] {
+            ["name"] => s(&decode::<images::ImageDelete>(event)?.name),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filters::Filters;
+
+    fn env(ns: &str, topic: &str, event: Any) -> Envelope {
+        Envelope {
+            timestamp: Some(Timestamp {
+                seconds: 1,
+                nanos: 2,
+            }),
+            namespace: ns.into(),
+            topic: topic.into(),
+            event: Some(event),
+        }
+    }
+
+    fn matches(filters: &[&str], e: &Envelope) -> bool {
+        Filters::parse_all(filters).unwrap().matches(e)
+    }
+
+    #[test]
+    fn topics_follow_containerds_rule() {
+        for ok in ["/tasks/exit", "/tasks/exec-added", "/a", "/images/v1.x"] {
+            validate_topic(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "",
+            "tasks/exit",
+            "/",
+            "/tasks/",
+            "//x",
+            "/tasks/a b",
+            "/tasks/-x",
+        ] {
+            let e = validate_topic(bad).unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument);
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn envelopes_need_namespace_topic_and_timestamp() {
+        let good = env(
+            "ns",
+            "/tasks/oom",
+            any::pack(any::TASK_OOM, &ev::TaskOom::default()),
+        );
+        validate_envelope(&good).unwrap();
+        let mut e = good.clone();
+        e.namespace = "bad/ns".into();
+        assert!(matches!(validate_envelope(&e), Err(Error::Namespace(_))));
+        let mut e = good.clone();
+        e.topic = "tasks".into();
+        assert!(matches!(validate_envelope(&e), Err(Error::Topic { .. })));
+        let mut e = good;
+        e.timestamp = None;
+        assert!(matches!(
+            validate_envelope(&e),
+            Err(Error::MissingTimestamp(_))
+        ));
+    }
+
+    #[test]
+    fn envelope_fields_decode_known_events() {
+        let exit = env(
+            "k8s.io",
+            "/tasks/exit",
+            any::pack(
+                any::TASK_EXIT,
+                &ev::TaskExit {
+                    container_id: "c1".into(),
+                    id: "e1".into(),
+                    pid: 42,
+                    exit_status: 137,
+                    exited_at: None,
+                },
+            ),
+        );
+        assert!(matches(&["topic==\"/tasks/exit\""], &exit));
+        assert!(matches(
+            &["namespace==k8s.io,event.container_id==c1"],
+            &exit
+        ));
+        assert!(matches(&["event.id==e1,event.exit_status==137"], &exit));
+        assert!(!matches(&["event.container_id==c2"], &exit));
+        assert!(!matches(&["event.bundle"], &exit), "no such field");
+        assert!(matches(&[r#"topic~="^/tasks/""#], &exit));
+
+        let ns = env(
+            "n1",
+            "/namespaces/update",
+            any::pack(
+                any::NAMESPACE_UPDATE,
+                &ev::NamespaceUpdate {
+                    name: "n1".into(),
+                    labels: [("a.b".to_string(), "v".to_string())].into(),
+                },
+            ),
+        );
+        assert!(matches(&["event.name==n1"], &ns));
+        assert!(matches(&["event.labels.a.b==v"], &ns));
+        assert!(matches(&[r#"event.labels."a.b"==v"#], &ns));
+        assert!(!matches(&["event.labels.a"], &ns));
+
+        let img = env(
+            "n1",
+            "/images/create",
+            any::pack(
+                any::IMAGE_CREATE,
+                &images::ImageCreate {
+                    name: "docker.io/library/busybox:latest".into(),
+                    labels: Default::default(),
+                },
+            ),
+        );
+        assert!(matches(&[r#"topic~="/images/""#], &img), "CRI's filter");
+        assert!(matches(&["event.name~=busybox"], &img));
+    }
+
+    #[test]
+    fn unknown_or_garbled_events_have_only_topic_and_namespace() {
+        let e = env(
+            "n1",
+            "/x/y",
+            any::pack_raw("example.Unknown", vec![1, 2, 3]),
+        );
+        assert!(matches(&["topic==\"/x/y\",namespace==n1"], &e));
+        assert!(!matches(&["event.name"], &e));
+        let bad = env(
+            "n1",
+            "/tasks/exit",
+            any::pack_raw(any::TASK_EXIT, vec![0xff]),
+        );
+        assert!(!matches(&["event.container_id"], &bad));
+        assert!(matches(&["event.container_id!=c1"], &bad));
+    }
+
+    #[tokio::test]
+    async fn a_lagging_subscriber_skips_ahead() {
+        let x = Exchange::default();
+        let mut slow = x.subscribe();
+        for i in 0..(BACKLOG + 5) {
+            x.publish("ns", &format!("/t/{i}"), Any::default());
+        }
+        match slow.recv().await {
+            Err(broadcast::error::RecvError::Lagged(n)) => assert_eq!(n, 5),
+            other => panic!("expected a lag, got {other:?}"),
+        }
+        assert_eq!(slow.recv().await.unwrap().topic, "/t/5");
     }
 }

@@ -13,12 +13,16 @@
 //! ```
 //!
 //! Modules: `config` (TOML + flags), `daemon` (root lock, socket), `metadata` (schema drawn
-//! there), `events` (exchange), `services/*` (one file per gRPC service), `server` (wiring).
+//! there), `events` (exchange), `filters` (containerd's filter syntax), `ttrpc_events` (the
+//! `<address>.ttrpc` socket shims forward events to), `services/*` (one file per gRPC service),
+//! `server` (wiring).
 
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod filters;
 pub mod metadata;
 pub mod server;
 pub mod services;
 pub mod snapshots;
+pub mod ttrpc_events;

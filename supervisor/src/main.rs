@@ -1,6 +1,6 @@
 //! `corrald`: the corral supervisor daemon; see the `supervisor` library for the layout.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -20,7 +20,7 @@ struct Cli {
     #[arg(long)]
     state: Option<PathBuf>,
     /// gRPC socket.
-    #[arg(short = 'a', long)]
+    #[arg(short = 'a', long, global = true)]
     address: Option<PathBuf>,
     /// Configuration file (TOML).
     #[arg(short = 'c', long)]
@@ -38,6 +38,16 @@ enum Command {
     Config {
         #[command(subcommand)]
         what: ConfigCommand,
+    },
+    /// Publish an event (a marshaled google.protobuf.Any read from stdin) to a running daemon,
+    /// as `containerd publish` does for shims given `-publish-binary`.
+    Publish {
+        /// Event topic, e.g. /tasks/oom.
+        #[arg(long)]
+        topic: String,
+        /// Namespace the event belongs to.
+        #[arg(long)]
+        namespace: String,
     },
 }
 
@@ -81,6 +91,15 @@ fn main() -> ExitCode {
     if let Some(l) = cli.log_level {
         cfg.debug.level = l;
     }
+    if let Some(Command::Publish { topic, namespace }) = &cli.command {
+        return match publish(&cfg.grpc.address, namespace, topic) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("corrald publish: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     server::init_logging(&cfg.debug.level);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -102,3 +121,61 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// `corrald publish`: the event `Any` (protobuf) on stdin goes to Events.Publish on the daemon
+/// at `address`, in `namespace`. What the daemon refuses is reported with its reason.
+fn publish(address: &Path, namespace: &str, topic: &str) -> Result<(), String> {
+    use protocol::grpc::containerd::services::events::v1::PublishRequest;
+    use protocol::grpc::containerd::services::events::v1::events_client::EventsClient;
+    use protocol::grpc::prost::Message;
+    use std::io::Read;
+
+    let mut data = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut data)
+        .map_err(|e| format!("read event from stdin: {e}"))?;
+    if data.is_empty() {
+        return Err("no event on stdin (expected a marshaled google.protobuf.Any)".into());
+    }
+    let event = prost_types::Any::decode(data.as_slice()).map_err(|e| {
+        format!(
+            "stdin is not a marshaled google.protobuf.Any ({} bytes): {e}",
+            data.len()
+        )
+    })?;
+    let namespace_value = namespace
+        .parse()
+        .map_err(|_| format!("namespace {namespace:?}: not a valid header value"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    rt.block_on(async {
+        let channel = tokio::time::timeout(PUBLISH_TIMEOUT, protocol::grpc::unix::connect(address))
+            .await
+            .map_err(|_| format!("connect to {}: timed out", address.display()))?
+            .map_err(|e| format!("connect to {}: {e}", address.display()))?;
+        let mut req = tonic::Request::new(PublishRequest {
+            topic: topic.to_string(),
+            event: Some(event),
+        });
+        req.metadata_mut()
+            .insert(supervisor::services::NAMESPACE_HEADER, namespace_value);
+        req.set_timeout(PUBLISH_TIMEOUT);
+        EventsClient::new(channel)
+            .publish(req)
+            .await
+            .map(drop)
+            .map_err(|s| {
+                format!(
+                    "publish {topic} in namespace {namespace} to {}: {} ({})",
+                    address.display(),
+                    s.message(),
+                    protocol::Code::of_grpc(&s)
+                )
+            })
+    })
+}
+
+/// How long `corrald publish` waits for the daemon.
+const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use protocol::grpc::containerd::services::diff::v1::diff_server::DiffServer;
+use protocol::grpc::containerd::services::events::v1::events_server::EventsServer;
 use protocol::grpc::containerd::services::images::v1::images_server::ImagesServer;
 use protocol::grpc::containerd::services::introspection::v1::introspection_server::IntrospectionServer;
 use protocol::grpc::containerd::services::namespaces::v1::namespaces_server::NamespacesServer;
@@ -52,6 +53,17 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         .set_nonblocking(true)
         .map_err(|e| format!("socket: {e}"))?;
     let listener = tokio::net::UnixListener::from_std(listener).map_err(|e| e.to_string())?;
+    // Shims forward their events here (TTRPC_ADDRESS); it lives and dies with the gRPC socket.
+    let ttrpc =
+        match crate::ttrpc_events::TtrpcEvents::start(&cfg.ttrpc_address(), daemon.events.clone())
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = std::fs::remove_file(&cfg.grpc.address);
+                return Err(e);
+            }
+        };
 
     let router = tonic::transport::Server::builder()
         .add_service(VersionServer::new(version::VersionService))
@@ -95,15 +107,24 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             })
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            EventsServer::new(crate::services::events::EventsService {
+                daemon: daemon.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
         );
 
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let events = daemon.events.clone();
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => log::info!("SIGTERM: shutting down"),
             _ = int.recv() => log::info!("SIGINT: shutting down"),
         }
+        events.close();
     };
     log::info!(
         "serving on {} (root {}, state {})",
@@ -114,6 +135,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let served = router
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
+    ttrpc.shutdown().await;
     let _ = std::fs::remove_file(&cfg.grpc.address);
     served.map_err(|e| format!("serve: {e}"))
 }

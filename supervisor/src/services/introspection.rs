@@ -44,6 +44,8 @@ fn plugins() -> Vec<Plugin> {
         p("io.containerd.grpc.v1", "diff"),
         p("io.containerd.differ.v1", "walking"),
         p("io.containerd.grpc.v1", "images"),
+        p("io.containerd.event.v1", "exchange"),
+        p("io.containerd.grpc.v1", "events"),
     ]
 }
 
