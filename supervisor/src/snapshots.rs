@@ -16,7 +16,7 @@
 //! comes from the backend. Only `containerd.io/snapshot/…` labels are passed down to the backend,
 //! as containerd does.
 //!
-//! Crash ordering (no lock or write transaction is held across backend work):
+//! Crash ordering (no redb write transaction is held across backend work):
 //! - create (prepare/view/commit): the backend snapshot first, then the record; a crash between
 //!   leaves an unreferenced backend snapshot that [`Namespaced::cleanup`] removes.
 //! - remove: the record first, then the backend snapshot; a failed backend removal leaves the
@@ -24,16 +24,18 @@
 //!
 //! Concurrent calls on one namespaced key are kept apart by [`Busy`] claims (taken and released
 //! around a call, never held across an `await`): a second call on a key in flight gets
-//! Unavailable instead of interleaving with the first.
+//! Unavailable instead of interleaving with the first. Creations and cleanup exclude each
+//! other through the gate in [`Busy`] (cleanup must not mistake a half-made snapshot for an
+//! orphan).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use protocol::Code;
 use snapshotter::{Kind, Mount, Snapshotter, Usage};
 
-use crate::metadata::{self, Db, LEASE_RESOURCES, Labels, SNAPSHOTS, Snapshot, Time, key};
+use crate::metadata::{self, Db, Labels, SNAPSHOTS, Snapshot, Time, key};
 
 /// Labels with this prefix are passed down to the backend (containerd's inherited labels).
 pub const INHERITED_LABEL_PREFIX: &str = "containerd.io/snapshot/";
@@ -50,8 +52,12 @@ pub enum Error {
     HasChildren { key: String, child: String },
     #[error("snapshot {key} is being changed by another call, retry")]
     Busy { key: String },
-    #[error("invalid snapshot key {key:?}: {reason}")]
-    InvalidKey { key: String, reason: &'static str },
+    #[error("invalid snapshot {what} {key:?}: {reason}")]
+    InvalidKey {
+        what: &'static str,
+        key: String,
+        reason: &'static str,
+    },
     /// A backend error, its message rewritten to name namespaced keys.
     #[error("{message}")]
     Backend { code: Code, message: String },
@@ -114,10 +120,14 @@ impl Info {
     }
 }
 
-/// Namespaced keys with a call in flight.
+/// Namespaced keys with a call in flight, and the gate between creations and cleanup.
 #[derive(Default)]
 pub struct Busy {
     keys: Mutex<HashSet<String>>,
+    /// Read: a creation (backend snapshot made, record not yet written). Write: cleanup, which
+    /// must not take such a half-made snapshot for an orphan. Held across backend work, which
+    /// is the point: it is the window being protected, and only cleanup ever waits on it.
+    gate: RwLock<()>,
 }
 
 /// Releases its claims when dropped.
@@ -191,8 +201,8 @@ fn check_key(what: &'static str, key: &str) -> Result<()> {
     } else {
         return Ok(());
     };
-    let _ = what;
     Err(Error::InvalidKey {
+        what,
         key: key.to_string(),
         reason,
     })
@@ -246,9 +256,7 @@ impl Namespaced<'_> {
         let Some(lease) = self.lease else {
             return Ok(());
         };
-        // Lease resource call site: the record the leases service reads
-        // (`lease_resources <ns>\0<lease>\0<type>\0<id>`).
-        let _ = (tx, LEASE_RESOURCES, lease, key);
+        tx.add_lease_resource(self.ns, lease, &lease_resource_type(self.name), key)?;
         Ok(())
     }
 
@@ -282,6 +290,7 @@ impl Namespaced<'_> {
         check_key("key", key)?;
         let rk = self.record_key(key);
         let _claim = self.busy.claim(&[(key, rk.clone())])?;
+        let _creating = self.busy.gate.read().unwrap_or_else(|e| e.into_inner());
         if self.db.get::<Snapshot>(SNAPSHOTS, &rk)?.is_some() {
             return Err(Error::AlreadyExists {
                 key: key.to_string(),
@@ -374,6 +383,7 @@ impl Namespaced<'_> {
         let rk = self.record_key(key);
         let rn = self.record_key(name);
         let _claim = self.busy.claim(&[(key, rk.clone()), (name, rn.clone())])?;
+        let _creating = self.busy.gate.read().unwrap_or_else(|e| e.into_inner());
         let active = self.record(key)?;
         if self.db.get::<Snapshot>(SNAPSHOTS, &rn)?.is_some() {
             return Err(Error::AlreadyExists {
@@ -408,6 +418,10 @@ impl Namespaced<'_> {
             tx.delete(SNAPSHOTS, &rk)?;
             tx.put(SNAPSHOTS, &rn, &rec)?;
             self.attach_to_lease(&tx, name)?;
+            // The active key is gone; so is its place in the lease (as in containerd).
+            if let Some(lease) = self.lease {
+                tx.delete_lease_resource(self.ns, lease, &lease_resource_type(self.name), key)?;
+            }
             tx.commit()?;
             Ok(())
         })();
@@ -447,6 +461,10 @@ impl Namespaced<'_> {
             }
         }
         tx.delete(SNAPSHOTS, &rk)?;
+        // As containerd: removal under a lease detaches the key from that lease.
+        if let Some(lease) = self.lease {
+            tx.delete_lease_resource(self.ns, lease, &lease_resource_type(self.name), key)?;
+        }
         tx.commit()?;
         // Record first, then data: a crash here leaves an orphan for cleanup, never a record
         // pointing at a half-removed snapshot.
@@ -494,30 +512,20 @@ impl Namespaced<'_> {
     }
 
     /// Removes backend snapshots that no namespace refers to, then lets the backend reclaim
-    /// space. Snapshots with a call in flight are left alone.
+    /// space. Creations wait while it runs.
     pub fn cleanup(&self) -> Result<()> {
+        // No creation may sit between its backend snapshot and its record while we sweep.
+        let _sweeping = self.busy.gate.write().unwrap_or_else(|e| e.into_inner());
         let mut referenced: HashSet<String> = HashSet::new();
         for (k, rec) in self.db.all::<Snapshot>(SNAPSHOTS)? {
             if k.split('\0').nth(1) == Some(self.name) {
                 referenced.insert(rec.backend_key);
             }
         }
-        // In-flight creations have a backend snapshot but no record yet: their backend keys
-        // are `<ns>/<n>/<key>` for a claimed `<ns>\0<snapshotter>\0<key>`.
-        let in_flight: BTreeSet<(String, String)> = {
-            let held = self.busy.keys.lock().unwrap_or_else(|e| e.into_inner());
-            held.iter()
-                .filter_map(|k| {
-                    let mut parts = k.splitn(3, '\0');
-                    let (ns, sn, key) = (parts.next()?, parts.next()?, parts.next()?);
-                    (sn == self.name).then(|| (ns.to_string(), key.to_string()))
-                })
-                .collect()
-        };
         let mut orphans: Vec<(String, Option<String>)> = Vec::new();
         self.backend
             .walk(&[], &mut |i| {
-                if !referenced.contains(&i.name) && !is_in_flight(&i.name, &in_flight) {
+                if !referenced.contains(&i.name) {
                     orphans.push((i.name, i.parent));
                 }
                 Ok(())
@@ -560,14 +568,6 @@ impl Namespaced<'_> {
             }
         }
         self.backend.cleanup().map_err(|e| Error::backend(e, &[]))
-    }
-}
-
-fn is_in_flight(backend_key: &str, in_flight: &BTreeSet<(String, String)>) -> bool {
-    let mut parts = backend_key.splitn(3, '/');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(ns), Some(_), Some(key)) => in_flight.contains(&(ns.to_string(), key.to_string())),
-        _ => false,
     }
 }
 
@@ -766,6 +766,50 @@ mod tests {
             a.stat("k").unwrap().labels["x"],
             "9",
             "cleanup removed a live snapshot"
+        );
+    }
+
+    #[test]
+    fn snapshots_made_under_a_lease_are_attached_to_it() {
+        let e = env();
+        let tx = e.db.write().unwrap();
+        let lease = metadata::Lease {
+            labels: Labels::new(),
+            created_at: Time::now(),
+        };
+        tx.put(metadata::LEASES, &key("a", &["l1"]), &lease)
+            .unwrap();
+        tx.commit().unwrap();
+        let mut a = e.ns("a");
+        a.lease = Some("l1");
+        a.prepare("k", "", Labels::new(), false).unwrap();
+        a.commit("c", "k", Labels::new()).unwrap();
+        a.prepare("k2", "c", Labels::new(), false).unwrap();
+        let held = |e: &Env| e.db.write().unwrap().lease_resources("a", "l1").unwrap();
+        let want = |ids: &[&str]| -> Vec<(String, String)> {
+            ids.iter()
+                .map(|i| ("snapshots/native".to_string(), i.to_string()))
+                .collect()
+        };
+        assert_eq!(held(&e), want(&["c", "k2"]));
+        a.remove("k2").unwrap();
+        assert_eq!(held(&e), want(&["c"]));
+
+        // An unknown lease: NotFound, and nothing is left behind.
+        a.lease = Some("nope");
+        let err = a.prepare("x", "", Labels::new(), false).unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{err}");
+        assert_eq!(a.stat("x").unwrap_err().code(), Code::NotFound);
+        let mut backend_keys = 0;
+        e.backend
+            .walk(&[], &mut |_| {
+                backend_keys += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            backend_keys, 1,
+            "the failed prepare left a backend snapshot"
         );
     }
 

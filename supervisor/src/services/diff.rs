@@ -155,6 +155,11 @@ fn diff(
     labels.insert(LABEL_UNCOMPRESSED.into(), diffed.diff_id.clone());
     let size = diffed.compressed_size;
     let expected = Digest::parse(&diffed.digest).map_err(store_err)?;
+    // From the moment the bytes are (or are found) on disk until they are recorded here, hold
+    // off deletions that unlink bytes no namespace references.
+    let _g = super::content::BLOB_LOCK
+        .read()
+        .unwrap_or_else(|e| e.into_inner());
     let digest = match w.commit(Some(size), Some(&expected), Labels::new()) {
         Ok(dg) => dg,
         // The same layer is stored already (another namespace or an earlier diff).
@@ -175,7 +180,7 @@ fn diff(
 }
 
 /// Makes the stored blob visible in `ns` with `labels` (merged over existing ones), attached to
-/// the call's lease.
+/// the call's lease. Callers hold `BLOB_LOCK` (read).
 fn record_blob(
     d: &Daemon,
     ns: &str,
@@ -206,15 +211,19 @@ fn record_blob(
     tx.commit().map_err(db_err)
 }
 
-/// Lease call site for blobs a Diff creates (resource type `content`).
+/// Attaches a blob a Diff created to the call's lease (resource type `content`).
 fn attach_to_lease(
     tx: &crate::metadata::Tx,
     ns: &str,
     lease: Option<&str>,
     digest: &str,
 ) -> Result<(), Status> {
-    let _ = (tx, ns, lease, digest);
-    Ok(())
+    match lease {
+        Some(l) => tx
+            .add_lease_resource(ns, l, "content", digest)
+            .map_err(db_err),
+        None => Ok(()),
+    }
 }
 
 #[tonic::async_trait]

@@ -200,10 +200,10 @@ impl Snapshots for SnapshotsService {
     }
 
     async fn remove(&self, req: Request<RemoveSnapshotRequest>) -> Result<Response<()>, Status> {
-        let ns = namespace(&req)?;
+        let (ns, lease) = (namespace(&req)?, lease(&req));
         let r = req.into_inner();
         let key = r.key.clone();
-        self.with(ns.clone(), r.snapshotter, None, move |s| s.remove(&r.key))
+        self.with(ns.clone(), r.snapshotter, lease, move |s| s.remove(&r.key))
             .await?;
         self.daemon.events.publish(
             &ns,
