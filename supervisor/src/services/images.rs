@@ -135,7 +135,7 @@ fn apply_mask(rec: &mut Record, new: Image, paths: &[String]) -> Result<(), Stat
 /// `labels.<k>`, `annotations.<k>`.
 struct Fields<'a>(&'a str, &'a Record);
 
-impl content::filter::Fields for Fields<'_> {
+impl crate::filters::Fields for Fields<'_> {
     fn field(&self, path: &[String]) -> Option<String> {
         let (name, r) = (self.0, self.1);
         match path.first().map(String::as_str)? {
@@ -184,7 +184,7 @@ impl Images for ImagesService {
         req: Request<ListImagesRequest>,
     ) -> Result<Response<ListImagesResponse>, Status> {
         let ns = namespace(&req)?;
-        let filters = content::filter::Filters::parse_all(&req.into_inner().filters)
+        let filters = crate::filters::Filters::parse_all(&req.into_inner().filters)
             .map_err(|e| e.code().grpc_status(e.to_string()))?;
         let d = self.daemon.clone();
         let images = blocking(move || {
@@ -325,7 +325,7 @@ impl Images for ImagesService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use content::filter::Filters;
+    use crate::filters::Filters;
 
     fn rec() -> Record {
         Record {
@@ -401,5 +401,6 @@ mod tests {
         ));
         assert!(m(&format!("target.digest==sha256:{}", "ab".repeat(32))));
         assert!(!m("labels.b"));
+        assert!(m("name~=^docker[.]io/"), "regular expressions on names");
     }
 }
