@@ -213,6 +213,11 @@ fn leases_create_list_remove() {
     );
     let other = d.ctr_in(&format!("{}-b", d.namespace()));
     assert!(!other.ok(&["leases", "ls"]).contains("my-lease"));
+    // The Go client generates ids like `252924036--lnz` (nanos, base64url): accepted as
+    // containerd does, although they are not identifiers.
+    ctr.ok(&["leases", "create", "--id", "252924036--l_z"]);
+    assert!(ctr.ok(&["leases", "ls", "-q"]).contains("252924036--l_z"));
+    ctr.ok(&["leases", "rm", "252924036--l_z"]);
     ctr.ok(&["leases", "rm", "my-lease", &gen_id]);
     assert!(!ctr.ok(&["leases", "ls"]).contains("my-lease"));
     let gone = ctr.run(&["leases", "rm", "my-lease"]);
@@ -236,6 +241,9 @@ fn image_import_stores_its_content() {
     // Images and unpack are other services; what the content part guarantees is that every
     // blob of the archive is stored and labelled for GC by the time ctr creates the image.
     let out = ctr.run(&["images", "import", "--no-unpack", tar.to_str().unwrap()]);
+    // The import lease's removal collects what the image does not reference (the index ctr
+    // discards); a synchronous collection makes the state settle before looking.
+    collect_garbage(ctr);
     let ls = listed(ctr);
     let blobs: Vec<&str> = ls.lines().skip(1).collect();
     assert!(
@@ -256,11 +264,59 @@ fn image_import_stores_its_content() {
         assert!(got.success(), "{}", got.describe());
         assert_eq!(sha256_hex(&got.stdout), digest);
     }
-    // The import lease is gone once ctr is done (whether the Images part succeeded or not).
+    // The import lease is gone once ctr is done, and the image's content survived the
+    // collection that followed (when the Images service is there to create the image).
     if out.success() {
+        let images = ctr.ok(&["images", "ls", "-q"]);
+        assert!(images.contains(integration::IMAGE_REF), "{images}");
         assert!(
             ctr.ok(&["leases", "ls", "-q"]).trim().is_empty(),
             "import lease left behind"
         );
     }
+}
+
+/// A synchronous collection: create a lease and remove it with `--sync`.
+fn collect_garbage(ctr: &Ctr) {
+    ctr.ok(&["leases", "create", "--id", "gc-now"]);
+    ctr.ok(&["leases", "rm", "--sync", "gc-now"]);
+}
+
+#[test]
+fn unreferenced_content_is_collected() {
+    if !require_root() {
+        return;
+    }
+    let d = Corrald::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let ctr = d.ctr();
+    let (loose, root, child) = (
+        &b"nothing holds me"[..],
+        &b"a gc root"[..],
+        &b"its child"[..],
+    );
+    for (r, data) in [("loose", loose), ("root", root), ("child", child)] {
+        let out = ingest(ctr, tmp.path(), r, data, &[]);
+        assert!(out.success(), "{}", out.describe());
+    }
+    let (loose, root, child) = (sha256_hex(loose), sha256_hex(root), sha256_hex(child));
+    ctr.ok(&[
+        "content",
+        "label",
+        &root,
+        "containerd.io/gc.root=now",
+        &format!("containerd.io/gc.ref.content.x={child}"),
+    ]);
+    collect_garbage(ctr);
+    let ls = listed(ctr);
+    assert!(!ls.contains(&loose), "unreferenced blob kept:\n{ls}");
+    assert!(
+        ls.contains(&root) && ls.contains(&child),
+        "referenced blob collected:\n{ls}"
+    );
+    let blobs = d
+        .root()
+        .join("io.containerd.content.v1.content/blobs/sha256");
+    assert!(!blobs.join(loose.trim_start_matches("sha256:")).exists());
+    assert!(blobs.join(child.trim_start_matches("sha256:")).exists());
 }

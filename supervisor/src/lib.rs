@@ -21,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod filters;
+pub mod gc;
 pub mod metadata;
 pub mod server;
 pub mod services;

@@ -48,6 +48,10 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         content: Arc::new(content),
         snapshotters,
     });
+    crate::gc::spawn_timer(
+        daemon.clone(),
+        std::time::Duration::from_secs(cfg.gc.interval_secs),
+    );
     let listener = crate::daemon::bind_socket(&cfg.grpc.address, cfg.grpc.gid)?;
     listener
         .set_nonblocking(true)

@@ -13,7 +13,7 @@ use protocol::grpc::containerd::services::leases::v1::*;
 use tonic::{Request, Response, Status};
 
 use super::content::timestamp;
-use super::{Shared, blocking, check_identifier, db_err, namespace};
+use super::{Shared, blocking, db_err, namespace};
 use crate::metadata::{LEASES, Lease as Record, Time, check_resource_type, key};
 
 pub struct LeasesService {
@@ -97,7 +97,12 @@ impl Leases for LeasesService {
         } else {
             req.id
         };
-        check_identifier("lease", &id)?;
+        // containerd does not hold lease ids to the identifier rule: its Go client generates
+        // `<nanos>-<base64url>`, which may contain `--` or `_`. Only NUL (our key separator)
+        // is refused.
+        if id.contains('\0') {
+            return Err(Code::InvalidArgument.grpc_status(format!("lease id {id:?} contains NUL")));
+        }
         let labels = req.labels.into_iter().collect();
         content::validate_labels(&labels)
             .map_err(|e| Code::InvalidArgument.grpc_status(e.to_string()))?;
@@ -123,7 +128,7 @@ impl Leases for LeasesService {
 
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<()>, Status> {
         let ns = namespace(&req)?;
-        let id = req.into_inner().id;
+        let DeleteRequest { id, sync } = req.into_inner();
         let d = self.daemon.clone();
         blocking(move || {
             let tx = d.db.write().map_err(db_err)?;
@@ -133,6 +138,18 @@ impl Leases for LeasesService {
             tx.commit().map_err(db_err)
         })
         .await?;
+        // What the lease held may be garbage now. `sync` asks for it to be gone on return.
+        let d = self.daemon.clone();
+        if sync {
+            blocking(move || {
+                crate::gc::collect(&d, std::time::SystemTime::now())
+                    .map(|_| ())
+                    .map_err(|e| e.code().grpc_status(e.to_string()))
+            })
+            .await?;
+        } else {
+            crate::gc::trigger(d);
+        }
         Ok(Response::new(()))
     }
 
@@ -227,7 +244,7 @@ mod tests {
         let b = generate_id();
         assert_ne!(a, b);
         for id in [&a, &b] {
-            check_identifier("lease", id).unwrap();
+            super::super::check_identifier("lease", id).unwrap();
             let (nanos, suffix) = id.split_once('-').unwrap();
             assert!(nanos.parse::<u128>().unwrap() > 1_600_000_000_000_000_000);
             assert_eq!(suffix.len(), 4, "{id}");
