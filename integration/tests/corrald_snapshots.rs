@@ -254,3 +254,71 @@ fn bad_input_is_refused_and_namespaces_are_isolated() {
     // The first namespace's snapshot is untouched by the other's removal.
     assert_eq!(ls(ctr, "overlayfs"), [row("base", "", "Committed")]);
 }
+
+/// `ctr snapshots diff` goes through Diff.Diff (the layer is written into the content store)
+/// and reads the blob back: the layer holds exactly what the snapshot added.
+#[test]
+fn diff_of_a_snapshot_is_a_layer_in_the_content_store() {
+    if !require_root() {
+        return;
+    }
+    let d = Corrald::start();
+    let ctr = d.ctr();
+    ctr.ok(&["snapshots", "prepare", "base-active"]);
+    let base = bind_source(&ctr.ok(&["snapshots", "mounts", "/unused", "base-active"]));
+    std::fs::write(base.join("base-file"), b"in base").unwrap();
+    ctr.ok(&["snapshots", "commit", "base", "base-active"]);
+    ctr.ok(&["snapshots", "prepare", "top-active", "base"]);
+    let top = ctr.ok(&["snapshots", "mounts", "/unused", "top-active"]);
+    let upper = top
+        .split([' ', ','])
+        .find_map(|o| o.strip_prefix("upperdir="))
+        .unwrap_or_else(|| panic!("no upperdir in {top}"));
+    std::fs::create_dir_all(Path::new(upper).join("etc")).unwrap();
+    std::fs::write(Path::new(upper).join("etc/added"), b"added on top").unwrap();
+    ctr.ok(&["snapshots", "commit", "top", "top-active"]);
+
+    for media_type in [
+        "application/vnd.oci.image.layer.v1.tar",
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+    ] {
+        let out = ctr.run(&["snapshots", "diff", "--media-type", media_type, "top"]);
+        assert!(out.success(), "{}", out.describe());
+        let raw: Box<dyn std::io::Read> = if media_type.ends_with("+gzip") {
+            Box::new(flate2::read::GzDecoder::new(&out.stdout[..]))
+        } else {
+            Box::new(&out.stdout[..])
+        };
+        let mut entries = Vec::new();
+        let mut archive = tar::Archive::new(raw);
+        for e in archive.entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().display().to_string();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+            entries.push((path.trim_end_matches('/').to_string(), data));
+        }
+        let paths: Vec<&str> = entries.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["etc", "etc/added"], "{media_type}");
+        assert_eq!(entries[1].1, b"added on top");
+    }
+    // The layers are in the content store, labelled with their diffID.
+    let content = ctr.ok(&["content", "ls"]);
+    assert_eq!(
+        content
+            .matches("containerd.io/uncompressed=sha256:")
+            .count(),
+        2,
+        "{content}"
+    );
+    // ctr's temporary views are gone again.
+    let mut rows = ls(ctr, "overlayfs");
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            row("base", "", "Committed"),
+            row("top", "base", "Committed")
+        ]
+    );
+}
