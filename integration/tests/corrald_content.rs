@@ -133,7 +133,14 @@ fn wrong_expected_digest_stores_nothing() {
         !ls.contains(&sha256_hex(data)) && !ls.contains(&other),
         "{ls}"
     );
-    // The ingest stays for a retry or an abort, as in containerd; a wrong size is caught too.
+    // The ingest stays for a retry or an abort, as in containerd, and only this namespace
+    // sees it.
+    let active = ctr.ok(&["content", "active"]);
+    assert!(active.contains("bad-1"), "{active}");
+    let other = d.ctr_in(&format!("{}-b", d.namespace()));
+    let active = other.ok(&["content", "active"]);
+    assert!(!active.contains("bad-1"), "{active}");
+    // A wrong size is caught too.
     let out = ingest(ctr, tmp.path(), "bad-2", data, &["--expected-size", "3"]);
     assert!(!out.success(), "{}", out.describe());
     assert!(out.stderr.contains("size"), "{}", out.describe());

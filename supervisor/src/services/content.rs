@@ -223,14 +223,16 @@ fn open_session(
                 .map_err(db_err)?;
         if let Some(b) = visible {
             // Still attach it to the lease, so that the caller's later references hold.
-            record_blob(
-                d,
-                &ns,
-                &digest,
-                b.size as u64,
-                Labels::new(),
-                lease.as_deref(),
-            )?;
+            if lease.is_some() {
+                record_blob(
+                    d,
+                    &ns,
+                    &digest,
+                    b.size as u64,
+                    Labels::new(),
+                    lease.as_deref(),
+                )?;
+            }
             return Err(already_exists(&digest));
         }
         match d.content.info(&exp) {
