@@ -4,7 +4,8 @@
 //! Create of an existing name is AlreadyExists and Update of a missing one NotFound: `ctr images
 //! import` relies on Update → NotFound → Create, pull on Create → AlreadyExists → Update.
 //! Update masks are containerd's: `labels`, `labels.<k>`, `target` (replaced as a unit),
-//! `annotations`, `annotations.<k>`. Images publish `/images/create|update|delete`.
+//! `annotations`, `annotations.<k>`. Images publish `/images/create|update|delete`; Delete
+//! starts garbage collection (and waits for it with `sync`).
 
 use std::collections::HashMap;
 
@@ -310,9 +311,19 @@ impl Images for ImagesService {
             tx.commit().map_err(db_err)
         })
         .await?;
-        // `sync` asks for garbage collection before answering; collection call site: the
-        // image's blobs and snapshots become unreferenced here.
-        let _ = r.sync;
+        // The image's blobs may be garbage now; `sync` (ctr images rm --sync) asks for them to
+        // be gone when the call returns.
+        let d = self.daemon.clone();
+        if r.sync {
+            blocking(move || {
+                crate::gc::collect(&d, std::time::SystemTime::now())
+                    .map(|_| ())
+                    .map_err(|e| e.code().grpc_status(e.to_string()))
+            })
+            .await?;
+        } else {
+            crate::gc::trigger(d);
+        }
         self.daemon.events.publish(
             &ns,
             "/images/delete",
