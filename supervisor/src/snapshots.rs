@@ -571,6 +571,93 @@ impl Namespaced<'_> {
     }
 }
 
+/// Label that makes a snapshot a garbage-collection root (ctr sets it on what it prepares).
+pub const GC_ROOT_LABEL: &str = "containerd.io/gc.root";
+
+/// The sweep half of garbage collection for snapshots.
+///
+/// `live` holds the record keys ([`key_of`]) the collector found reachable (from content
+/// labels `containerd.io/gc.ref.snapshot.<snapshotter>`, containers, unexpired leases). Kept
+/// besides them: snapshots labelled [`GC_ROOT_LABEL`], records created at or after `started`
+/// (made while the collector was marking), and every ancestor of a kept snapshot. Everything
+/// else is removed: the records in one transaction, then the backend snapshots, children before
+/// parents (a failed backend removal is logged and left to [`Namespaced::cleanup`]).
+/// Returns the removed record keys.
+pub fn sweep(
+    db: &Db,
+    backends: &std::collections::BTreeMap<String, std::sync::Arc<dyn Snapshotter>>,
+    live: &HashSet<String>,
+    started: Time,
+) -> Result<Vec<String>> {
+    let tx = db.write()?;
+    let mut records: HashMap<String, Snapshot> = HashMap::new();
+    for k in tx.keys_all(SNAPSHOTS)? {
+        if let Some(r) = tx.get::<Snapshot>(SNAPSHOTS, &k)? {
+            records.insert(k, r);
+        }
+    }
+    let parent_key = |k: &str, r: &Snapshot| -> Option<String> {
+        if r.parent.is_empty() {
+            return None;
+        }
+        let mut parts = k.splitn(3, '\0');
+        let (ns, sn) = (parts.next()?, parts.next()?);
+        Some(key_of(ns, sn, &r.parent))
+    };
+    let mut keep: HashSet<String> = HashSet::new();
+    let mut stack: Vec<String> = records
+        .iter()
+        .filter(|(k, r)| {
+            live.contains(*k) || r.labels.contains_key(GC_ROOT_LABEL) || r.created_at >= started
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    while let Some(k) = stack.pop() {
+        if !keep.insert(k.clone()) {
+            continue;
+        }
+        if let Some(p) = records.get(&k).and_then(|r| parent_key(&k, r)) {
+            stack.push(p);
+        }
+    }
+    let mut gone: Vec<(String, Snapshot)> = records
+        .into_iter()
+        .filter(|(k, _)| !keep.contains(k))
+        .collect();
+    for (k, _) in &gone {
+        tx.delete(SNAPSHOTS, k)?;
+    }
+    tx.commit()?;
+    let removed: Vec<String> = gone.iter().map(|(k, _)| k.clone()).collect();
+    // Backend removal, children first: repeat while progress is made.
+    loop {
+        let before = gone.len();
+        let parents: HashSet<String> = gone.iter().filter_map(|(k, r)| parent_key(k, r)).collect();
+        gone.retain(|(k, r)| {
+            if parents.contains(k) {
+                return true;
+            }
+            let sn = k.split('\0').nth(1).unwrap_or("");
+            match backends.get(sn).map(|b| b.remove(&r.backend_key)) {
+                Some(Err(e)) => log::warn!(
+                    "gc: snapshot {} ({sn}): backend removal failed, cleanup will retry: {e}",
+                    k.replace('\0', "/")
+                ),
+                None => log::warn!(
+                    "gc: snapshot {}: snapshotter {sn} not loaded",
+                    k.replace('\0', "/")
+                ),
+                Some(Ok(())) => {}
+            }
+            false
+        });
+        if gone.is_empty() || gone.len() == before {
+            break;
+        }
+    }
+    Ok(removed)
+}
+
 /// The record key of `key` in namespace `ns` of snapshotter `sn`.
 pub fn key_of(ns: &str, sn: &str, k: &str) -> String {
     key(ns, &[sn, k])
@@ -623,13 +710,14 @@ mod tests {
         _dir: tempfile::TempDir,
         db: Db,
         busy: Busy,
-        backend: NativeSnapshotter,
+        backend: std::sync::Arc<NativeSnapshotter>,
     }
 
     fn env() -> Env {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("meta.redb")).unwrap();
-        let backend = NativeSnapshotter::open(dir.path().join("native")).unwrap();
+        let backend =
+            std::sync::Arc::new(NativeSnapshotter::open(dir.path().join("native")).unwrap());
         Env {
             _dir: dir,
             db,
@@ -645,7 +733,7 @@ mod tests {
                 busy: &self.busy,
                 ns,
                 name: "native",
-                backend: &self.backend,
+                backend: self.backend.as_ref(),
                 lease: None,
             }
         }
@@ -811,6 +899,56 @@ mod tests {
             backend_keys, 1,
             "the failed prepare left a backend snapshot"
         );
+    }
+
+    #[test]
+    fn sweep_keeps_live_roots_recent_and_ancestors_and_removes_the_rest() {
+        let e = env();
+        let a = e.ns("a");
+        a.prepare("l1-a", "", Labels::new(), false).unwrap();
+        a.commit("l1", "l1-a", Labels::new()).unwrap();
+        a.prepare("l2-a", "l1", Labels::new(), false).unwrap();
+        a.commit("l2", "l2-a", Labels::new()).unwrap();
+        a.prepare("orphan-a", "", Labels::new(), false).unwrap();
+        a.commit("orphan", "orphan-a", Labels::new()).unwrap();
+        a.prepare("orphan-child", "orphan", Labels::new(), false)
+            .unwrap();
+        a.prepare("rooted", "", labels(&[(GC_ROOT_LABEL, "x")]), false)
+            .unwrap();
+        // The same key in another namespace is another snapshot, not kept by a's liveness.
+        e.ns("b").prepare("l2", "", Labels::new(), false).unwrap();
+        let mut backends: std::collections::BTreeMap<String, std::sync::Arc<dyn Snapshotter>> =
+            Default::default();
+        backends.insert("native".into(), e.backend.clone());
+
+        let live: HashSet<String> = [key_of("a", "native", "l2")].into();
+        let removed = sweep(&e.db, &backends, &live, Time::now()).unwrap();
+        let mut removed: Vec<String> = removed.iter().map(|k| k.replace('\0', "/")).collect();
+        removed.sort();
+        assert_eq!(
+            removed,
+            ["a/native/orphan", "a/native/orphan-child", "b/native/l2"]
+        );
+        let names: Vec<String> = a.list(&[]).unwrap().into_iter().map(|i| i.name).collect();
+        assert_eq!(names, ["l1", "l2", "rooted"]);
+        let mut backend_count = 0;
+        e.backend
+            .walk(&[], &mut |_| {
+                backend_count += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            backend_count, 3,
+            "backend snapshots of swept records remain"
+        );
+
+        // Records made after the collector started are never swept.
+        let started = Time::now();
+        a.prepare("new", "", Labels::new(), false).unwrap();
+        let removed = sweep(&e.db, &backends, &HashSet::new(), started).unwrap();
+        assert!(!removed.iter().any(|k| k.ends_with("\0new")), "{removed:?}");
+        assert_eq!(a.stat("new").unwrap().kind, Kind::Active);
     }
 
     #[test]
