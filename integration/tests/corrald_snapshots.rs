@@ -282,7 +282,16 @@ fn diff_of_a_snapshot_is_a_layer_in_the_content_store() {
         "application/vnd.oci.image.layer.v1.tar",
         "application/vnd.oci.image.layer.v1.tar+gzip",
     ] {
-        let out = ctr.run(&["snapshots", "diff", "--media-type", media_type, "top"]);
+        // gc.root keeps the blob after ctr's lease is gone (GC would collect it otherwise).
+        let out = ctr.run(&[
+            "snapshots",
+            "diff",
+            "--media-type",
+            media_type,
+            "--label",
+            "containerd.io/gc.root=test",
+            "top",
+        ]);
         assert!(out.success(), "{}", out.describe());
         let raw: Box<dyn std::io::Read> = if media_type.ends_with("+gzip") {
             Box::new(flate2::read::GzDecoder::new(&out.stdout[..]))
@@ -302,15 +311,17 @@ fn diff_of_a_snapshot_is_a_layer_in_the_content_store() {
         assert_eq!(paths, ["etc", "etc/added"], "{media_type}");
         assert_eq!(entries[1].1, b"added on top");
     }
-    // The layers are in the content store, labelled with their diffID.
+    // The layers are in the content store with the requested label and their diffID.
     let content = ctr.ok(&["content", "ls"]);
-    assert_eq!(
-        content
-            .matches("containerd.io/uncompressed=sha256:")
-            .count(),
-        2,
-        "{content}"
-    );
+    let rows: Vec<&str> = content.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{content}");
+    for r in rows {
+        assert!(
+            r.contains("containerd.io/uncompressed=sha256:")
+                && r.contains("containerd.io/gc.root=test"),
+            "{content}"
+        );
+    }
     // ctr's temporary views are gone again.
     let mut rows = ls(ctr, "overlayfs");
     rows.sort();
