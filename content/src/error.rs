@@ -121,3 +121,12 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<protocol::filters::ParseError> for Error {
+    fn from(e: protocol::filters::ParseError) -> Error {
+        Error::InvalidFilter {
+            filter: e.filter,
+            reason: e.reason,
+        }
+    }
+}

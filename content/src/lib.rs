@@ -19,11 +19,10 @@
 //! - [`ContentStore`], [`ContentWriter`], [`ReaderAt`]: the contract every backend honours,
 //!   checked by the conformance suite in `testsuite` (feature `testsuite`).
 //! - [`local::LocalStore`]: the on-disk backend (`<root>/blobs/sha256/<hex>`).
-//! - [`filter`]: the containerd filter language used by `walk` and `list_statuses`.
+//! - `walk` and `list_statuses` take containerd's filter language ([`protocol::filters`]).
 
 pub mod digest;
 pub mod error;
-pub mod filter;
 pub mod local;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
@@ -138,7 +137,7 @@ pub struct Quarantined {
 /// |---|---|
 /// | `info`, `reader_at` | NotFound |
 /// | `update` | NotFound; InvalidArgument (a field path other than `labels` / `labels.<k>`, oversized label) |
-/// | `walk` | InvalidArgument (filter syntax; `~=`); whatever the callback returns stops the walk and is returned |
+/// | `walk` | InvalidArgument (filter syntax); whatever the callback returns stops the walk and is returned |
 /// | `delete` | NotFound |
 /// | `ReaderAt::read_at` | OutOfRange (offset beyond the size; at the size it reads 0 bytes) |
 /// | `writer` | InvalidArgument (empty ref); Unavailable (ref held by another writer); AlreadyExists (`expected` is already stored); FailedPrecondition (`total`/`expected` differ from those the ingest was opened with) |
@@ -184,7 +183,7 @@ pub trait ContentStore: Send + Sync {
     fn update(&self, info: &Info, fieldpaths: &[&str]) -> Result<Info>;
 
     /// Calls `f` for each blob matching any of `filters` (fields `digest`, `size`, `labels.<k>`;
-    /// see [`filter`]); no filter matches all. Order is unspecified.
+    /// see [`protocol::filters`]); no filter matches all. Order is unspecified.
     fn walk(&self, filters: &[&str], f: &mut dyn FnMut(&Info) -> Result<()>) -> Result<()>;
 
     /// Removes a blob and its labels. Open readers keep reading the old bytes.

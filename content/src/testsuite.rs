@@ -229,7 +229,7 @@ pub fn walk_with_filters(store: &dyn ContentStore) {
 pub fn walk_rejects_bad_filters(store: &dyn ContentStore) {
     put(store, "a", b"a", Labels::new());
     for f in [
-        "labels.kind~=lay.*",
+        "labels.kind~=(unclosed",
         "==x",
         "labels.a==\"unterminated",
         "a b",
@@ -396,8 +396,9 @@ pub fn status_and_list_statuses(store: &dyn ContentStore) {
         .collect();
     assert_eq!(only, ["s2"]);
     assert!(store.list_statuses(&["ref==nope"]).unwrap().is_empty());
+    assert_eq!(store.list_statuses(&["ref~=^s2$"]).unwrap().len(), 1);
     assert_eq!(
-        code(store.list_statuses(&["ref~=s.*"])),
+        code(store.list_statuses(&["ref~=(unclosed"])),
         Code::InvalidArgument
     );
     assert_eq!(code(store.status("nope")), Code::NotFound);

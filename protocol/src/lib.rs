@@ -19,6 +19,7 @@
 mod code;
 #[cfg(all(feature = "grpc", feature = "ttrpc"))]
 pub mod convert;
+pub mod filters;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 #[cfg(feature = "ttrpc")]

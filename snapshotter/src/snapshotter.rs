@@ -221,209 +221,60 @@ pub(crate) fn check_labels(labels: &Labels) -> Result<()> {
     Ok(())
 }
 
-/// A field a filter condition tests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Field {
-    Name,
-    Parent,
-    Kind,
-    Label(String),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Present,
-    Eq,
-    Ne,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Cond {
-    field: Field,
-    op: Op,
-    value: String,
-}
-
-/// Parsed `walk` filters, containerd's syntax restricted to what snapshots need.
-///
-/// One filter is a `,`-separated list of conditions that must all hold; a list of filters
-/// matches if any one of them does. A condition is `field==value`, `field!=value` or a bare
-/// `field` (the field is present and non-empty). Fields: `name`, `parent`, `kind`
-/// (`active`, `view`, `committed`; case-insensitive) and `labels.<key>`. Values and label
-/// keys may be double-quoted (`labels."a,b"=="x y"`, with `\"` and `\\` escapes). As in
-/// containerd, `!=` does not match when the field is absent.
+/// Parsed `walk` filters: containerd's filter language ([`protocol::filters`]) over a
+/// snapshot's fields `name`, `parent`, `kind` (`active`, `view` or `committed`) and
+/// `labels.<key>` (the rest of the path is the key: `labels.a.b` is the label `a.b`). Several
+/// filters are OR-ed, `,` ANDs conditions inside one; as in containerd, `!=` holds when the
+/// field is absent.
 ///
 /// ```
 /// # use snapshotter::Filter;
 /// let f = Filter::parse(&["kind==committed,labels.\"containerd.io/gc.root\"", "name==x"]).unwrap();
 /// # let _ = f;
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Filter {
-    /// OR of ANDs. Empty: matches everything.
-    any_of: Vec<Vec<Cond>>,
-}
+#[derive(Debug, Clone, Default)]
+pub struct Filter(protocol::filters::Filters);
 
 impl Filter {
     /// Parses filters; `InvalidArgument` naming the first bad one.
     pub fn parse(filters: &[&str]) -> Result<Filter> {
-        let mut any_of = Vec::new();
-        for filter in filters {
-            let conds = parse_filter(filter).map_err(|reason| Error::InvalidFilter {
-                filter: filter.to_string(),
-                reason,
-            })?;
-            if conds.is_empty() {
-                // An empty filter matches everything, which makes the whole OR match.
-                return Ok(Filter::default());
-            }
-            any_of.push(conds);
-        }
-        Ok(Filter { any_of })
+        protocol::filters::Filters::parse_all(filters)
+            .map(Filter)
+            .map_err(|e| Error::InvalidFilter {
+                filter: e.filter,
+                reason: e.reason,
+            })
     }
 
     /// Whether `info` passes.
     pub fn matches(&self, info: &Info) -> bool {
-        self.any_of.is_empty()
-            || self
-                .any_of
-                .iter()
-                .any(|conds| conds.iter().all(|c| cond_matches(c, info)))
+        self.0.matches(&InfoFields(info))
     }
 }
 
-fn cond_matches(c: &Cond, info: &Info) -> bool {
-    let kind_lower;
-    let value: Option<&str> = match &c.field {
-        Field::Name => Some(info.name.as_str()).filter(|s| !s.is_empty()),
-        Field::Parent => info.parent.as_deref().filter(|s| !s.is_empty()),
-        Field::Kind => {
-            kind_lower = info.kind.as_str().to_ascii_lowercase();
-            Some(kind_lower.as_str())
-        }
-        Field::Label(k) => info.labels.get(k).map(String::as_str),
-    };
-    let want = if c.field == Field::Kind {
-        c.value.to_ascii_lowercase()
-    } else {
-        c.value.clone()
-    };
-    match (c.op, value) {
-        (_, None) => false,
-        (Op::Present, Some(_)) => true,
-        (Op::Eq, Some(v)) => v == want,
-        (Op::Ne, Some(v)) => v != want,
-    }
-}
+struct InfoFields<'a>(&'a Info);
 
-/// Splits on `sep` outside double quotes.
-fn split_unquoted(s: &str, sep: char) -> Result<Vec<&str>, String> {
-    let mut parts = Vec::new();
-    let mut start = 0;
-    let mut in_quote = false;
-    let mut escaped = false;
-    for (i, ch) in s.char_indices() {
-        if escaped {
-            escaped = false;
-        } else if in_quote && ch == '\\' {
-            escaped = true;
-        } else if ch == '"' {
-            in_quote = !in_quote;
-        } else if ch == sep && !in_quote {
-            parts.push(&s[start..i]);
-            start = i + 1;
-        }
-    }
-    if in_quote {
-        return Err("unterminated quote".into());
-    }
-    parts.push(&s[start..]);
-    Ok(parts)
-}
-
-/// Removes surrounding quotes and escapes, if quoted.
-fn unquote(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    let Some(inner) = s.strip_prefix('"') else {
-        if s.contains('"') {
-            return Err(format!("stray quote in {s:?}"));
-        }
-        return Ok(s.to_string());
-    };
-    let inner = inner
-        .strip_suffix('"')
-        .ok_or_else(|| format!("unterminated quote in {s:?}"))?;
-    let mut out = String::with_capacity(inner.len());
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => out.push(chars.next().ok_or("dangling escape")?),
-            '"' => return Err(format!("stray quote in {s:?}")),
-            c => out.push(c),
-        }
-    }
-    Ok(out)
-}
-
-/// Finds the first `==`/`!=` outside quotes.
-fn find_op(s: &str) -> Option<(usize, Op)> {
-    let bytes = s.as_bytes();
-    let mut in_quote = false;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' if in_quote => i += 1,
-            b'"' => in_quote = !in_quote,
-            b'=' | b'!' if !in_quote && bytes.get(i + 1) == Some(&b'=') => {
-                return Some((i, if bytes[i] == b'=' { Op::Eq } else { Op::Ne }));
+impl protocol::filters::Fields for InfoFields<'_> {
+    fn field(&self, path: &[String]) -> Option<String> {
+        let info = self.0;
+        let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        match path {
+            [f] if f == "name" => nonempty(&info.name),
+            [f] if f == "parent" => info.parent.as_deref().and_then(nonempty),
+            [f] if f == "kind" => Some(
+                match info.kind {
+                    Kind::Active => "active",
+                    Kind::View => "view",
+                    Kind::Committed => "committed",
+                }
+                .to_string(),
+            ),
+            [f, key @ ..] if f == "labels" && !key.is_empty() => {
+                info.labels.get(&key.join(".")).cloned()
             }
-            _ => {}
+            _ => None,
         }
-        i += 1;
     }
-    None
-}
-
-fn parse_filter(filter: &str) -> Result<Vec<Cond>, String> {
-    if filter.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut conds = Vec::new();
-    for part in split_unquoted(filter, ',')? {
-        let part = part.trim();
-        if part.is_empty() {
-            return Err("empty condition".into());
-        }
-        let (field, op, value) = match find_op(part) {
-            Some((i, op)) => (&part[..i], op, unquote(&part[i + 2..])?),
-            None => (part, Op::Present, String::new()),
-        };
-        if op == Op::Present && field.contains(['=', '!', '~', '<', '>']) {
-            return Err(format!("unsupported operator in {part:?} (use == or !=)"));
-        }
-        let field = field.trim();
-        let field = match field {
-            "name" => Field::Name,
-            "parent" => Field::Parent,
-            "kind" => Field::Kind,
-            f => match f.strip_prefix("labels.") {
-                Some(k) => {
-                    let k = unquote(k)?;
-                    if k.is_empty() {
-                        return Err("empty label key".into());
-                    }
-                    Field::Label(k)
-                }
-                None => {
-                    return Err(format!(
-                        "unknown field {f:?} (want name, parent, kind or labels.<key>)"
-                    ));
-                }
-            },
-        };
-        conds.push(Cond { field, op, value });
-    }
-    Ok(conds)
 }
 
 #[cfg(test)]
@@ -451,29 +302,28 @@ mod tests {
         let m = |fs: &[&str], i: &Info| Filter::parse(fs).unwrap().matches(i);
         assert!(m(&[], &a) && m(&[""], &b));
         assert!(m(&["name==a"], &a) && !m(&["name==a"], &b));
-        assert!(m(&["kind==committed"], &a) && m(&["kind==Active"], &b));
+        assert!(m(&["kind==committed"], &a) && m(&["kind==active"], &b));
         assert!(m(&["parent==a"], &b) && !m(&["parent==a"], &a));
         assert!(m(&["parent"], &b) && !m(&["parent"], &a));
-        assert!(
-            !m(&["parent!=z"], &a),
-            "!= on an absent field does not match"
-        );
+        assert!(m(&["parent!=z"], &a), "!= holds on an absent field");
+        assert!(m(&["name~=^a$"], &a) && !m(&["name~=^a$"], &b));
+        assert!(!m(&["nosuchfield==1"], &a), "unknown fields are absent");
         assert!(m(&["labels.x==2,kind!=committed"], &b));
         assert!(!m(&["labels.x==2,kind==committed"], &b));
         assert!(m(&["name==zz", "labels.x==1"], &a), "filters are OR-ed");
         assert!(m(&[r#"labels."a.b/c"=="v,w""#], &a));
-        assert!(m(&["labels.a.b/c"], &a), "unquoted dotted label key");
+        assert!(
+            m(
+                &["labels.a.b"],
+                &info("x", None, Kind::View, &[("a.b", "")])
+            ),
+            "dotted key"
+        );
     }
 
     #[test]
     fn bad_filters_name_the_filter() {
-        for bad in [
-            "foo==1",
-            "name~=a",
-            "labels.==1",
-            "name==\"x",
-            "name==a,,kind==view",
-        ] {
+        for bad in ["name~=(x", "==1", "name==\"x", "name==a,,kind==view"] {
             let e = Filter::parse(&["name==ok", bad]).unwrap_err();
             assert_eq!(e.code(), crate::Code::InvalidArgument, "{bad}");
             assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");

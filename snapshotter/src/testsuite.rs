@@ -339,7 +339,9 @@ pub fn walk_filters(open: &Opener) {
     assert_eq!(env.names(&["kind==view"]), set(&["vw"]));
     assert_eq!(env.names(&["parent==base"]), set(&["act", "vw"]));
     assert_eq!(env.names(&["parent==base,labels.team==b"]), set(&["vw"]));
-    assert_eq!(env.names(&["labels.team!=a"]), set(&["vw"]));
+    // As in containerd, `!=` holds when the label is absent.
+    assert_eq!(env.names(&["labels.team!=a"]), set(&["base", "lone", "vw"]));
+    assert_eq!(env.names(&["labels.team~=^[ab]$"]), set(&["act", "vw"]));
     assert_eq!(
         env.names(&["name==lone", "kind==view"]),
         set(&["lone", "vw"])
@@ -349,8 +351,10 @@ pub fn walk_filters(open: &Opener) {
         set(&["base"])
     );
     assert_eq!(env.names(&["name==nothing"]), set(&[]));
+    // Unknown fields are absent (containerd does not reject them); bad syntax is refused.
+    assert_eq!(env.names(&["color==red"]), set(&[]));
     expect_code(
-        sn.walk(&["color==red"], &mut |_| Ok(())),
+        sn.walk(&["name==\"open"], &mut |_| Ok(())),
         Code::InvalidArgument,
     );
 

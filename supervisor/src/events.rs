@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, watch};
 
-use crate::filters::Fields;
 use crate::metadata::Time;
+use protocol::filters::Fields;
 
 const BACKLOG: usize = 4096;
 
@@ -141,15 +141,18 @@ pub fn validate_envelope(env: &Envelope) -> Result<(), Error> {
     }
 }
 
-/// Filter fields of an envelope, as containerd's `Envelope.Field`: `topic`, `namespace` (absent
-/// when empty) and `event.<path>` for the event types we know.
-impl Fields for Envelope {
+/// An envelope seen through filters, as containerd's `Envelope.Field`: `topic`, `namespace`
+/// (absent when empty) and `event.<path>` for the event types we know.
+pub struct EnvelopeFields<'a>(pub &'a Envelope);
+
+impl Fields for EnvelopeFields<'_> {
     fn field(&self, path: &[String]) -> Option<String> {
+        let env = self.0;
         let (first, rest) = path.split_first()?;
         match first.as_str() {
-            "topic" => nonempty(&self.topic),
-            "namespace" => nonempty(&self.namespace),
-            "event" => event_field(self.event.as_ref()?, rest),
+            "topic" => nonempty(&env.topic),
+            "namespace" => nonempty(&env.namespace),
+            "event" => event_field(env.event.as_ref()?, rest),
             _ => None,
         }
     }
@@ -337,7 +340,7 @@ pub fn event_field(event: &Any, path: &[String]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filters::Filters;
+    use protocol::filters::Filters;
 
     fn env(ns: &str, topic: &str, event: Any) -> Envelope {
         Envelope {
@@ -352,7 +355,9 @@ mod tests {
     }
 
     fn matches(filters: &[&str], e: &Envelope) -> bool {
-        Filters::parse_all(filters).unwrap().matches(e)
+        Filters::parse_all(filters)
+            .unwrap()
+            .matches(&EnvelopeFields(e))
     }
 
     #[test]

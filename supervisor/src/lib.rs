@@ -13,14 +13,13 @@
 //! ```
 //!
 //! Modules: `config` (TOML + flags), `daemon` (root lock, socket), `metadata` (schema drawn
-//! there), `events` (exchange), `filters` (containerd's filter syntax), `ttrpc_events` (the
+//! there), `events` (exchange), `ttrpc_events` (the
 //! `<address>.ttrpc` socket shims forward events to), `services/*` (one file per gRPC service),
 //! `server` (wiring).
 
 pub mod config;
 pub mod daemon;
 pub mod events;
-pub mod filters;
 pub mod gc;
 pub mod metadata;
 pub mod server;

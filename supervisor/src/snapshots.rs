@@ -816,8 +816,10 @@ mod tests {
         assert_eq!(kinds, ["l1"]);
         let all = a.list(&[]).unwrap();
         assert_eq!(all.len(), 3, "{all:?}");
+        // Unknown fields are absent, as in containerd; bad syntax is refused.
+        assert!(a.list(&["bogus==1"]).unwrap().is_empty());
         assert_eq!(
-            a.list(&["bogus==1"]).unwrap_err().code(),
+            a.list(&["name==\"open"]).unwrap_err().code(),
             Code::InvalidArgument
         );
     }

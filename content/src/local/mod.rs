@@ -38,12 +38,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
-use crate::filter::{Fields, Filters};
 use crate::{
     ContentStore, ContentWriter, Digest, Digester, Info, Quarantined, ReaderAt, Status,
     VerifyReport, WriterOpts, validate_labels,
 };
 use labels::LabelDb;
+use protocol::filters::{Fields, Filters};
 pub use writer::LocalWriter;
 
 /// The on-disk content store. Cheap to clone; all clones share one label database.

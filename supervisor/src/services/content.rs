@@ -27,10 +27,10 @@
 use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use content::filter::{Fields, Filters};
 use content::{ContentStore, ContentWriter, Digest, WriterOpts};
 use prost_types::Timestamp;
 use protocol::Code;
+use protocol::filters::{Fields, Filters};
 use protocol::grpc::any::{CONTENT_DELETE, pack};
 use protocol::grpc::containerd::events::ContentDelete;
 use protocol::grpc::containerd::services::content::v1::content_server::{Content, ContentServer};
@@ -415,7 +415,8 @@ impl Content for ContentService {
         req: Request<ListContentRequest>,
     ) -> Result<Response<BoxStream<ListContentResponse>>, RpcStatus> {
         let ns = namespace(&req)?;
-        let filters = Filters::parse_all(&req.into_inner().filters).map_err(store_err)?;
+        let filters = Filters::parse_all(&req.into_inner().filters)
+            .map_err(|e| e.code().grpc_status(e.to_string()))?;
         let d = self.daemon.clone();
         let infos = blocking(move || {
             let all = d.db.list::<Blob>(CONTENT, &ns).map_err(db_err)?;
@@ -552,7 +553,8 @@ impl Content for ContentService {
         req: Request<ListStatusesRequest>,
     ) -> Result<Response<ListStatusesResponse>, RpcStatus> {
         let ns = namespace(&req)?;
-        let filters = Filters::parse_all(&req.into_inner().filters).map_err(store_err)?;
+        let filters = Filters::parse_all(&req.into_inner().filters)
+            .map_err(|e| e.code().grpc_status(e.to_string()))?;
         let d = self.daemon.clone();
         let statuses = blocking(move || {
             let prefix = store_ref(&ns, "");

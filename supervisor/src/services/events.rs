@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Shared, namespace};
 use crate::events::{validate_envelope, validate_topic};
-use crate::filters::Filters;
+use protocol::filters::Filters;
 
 /// Envelopes queued per subscriber between its feeding task and the gRPC stream.
 const STREAM_QUEUE: usize = 64;
@@ -89,7 +89,9 @@ async fn feed(
         };
         match env {
             Ok(env) => {
-                if filters.matches(&env) && tx.send(Ok(env)).await.is_err() {
+                if filters.matches(&crate::events::EnvelopeFields(&env))
+                    && tx.send(Ok(env)).await.is_err()
+                {
                     return;
                 }
             }

@@ -136,7 +136,7 @@ fn apply_mask(rec: &mut Record, new: Image, paths: &[String]) -> Result<(), Stat
 /// `labels.<k>`, `annotations.<k>`.
 struct Fields<'a>(&'a str, &'a Record);
 
-impl crate::filters::Fields for Fields<'_> {
+impl protocol::filters::Fields for Fields<'_> {
     fn field(&self, path: &[String]) -> Option<String> {
         let (name, r) = (self.0, self.1);
         match path.first().map(String::as_str)? {
@@ -185,7 +185,7 @@ impl Images for ImagesService {
         req: Request<ListImagesRequest>,
     ) -> Result<Response<ListImagesResponse>, Status> {
         let ns = namespace(&req)?;
-        let filters = crate::filters::Filters::parse_all(&req.into_inner().filters)
+        let filters = protocol::filters::Filters::parse_all(&req.into_inner().filters)
             .map_err(|e| e.code().grpc_status(e.to_string()))?;
         let d = self.daemon.clone();
         let images = blocking(move || {
@@ -336,7 +336,7 @@ impl Images for ImagesService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filters::Filters;
+    use protocol::filters::Filters;
 
     fn rec() -> Record {
         Record {

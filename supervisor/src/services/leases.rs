@@ -6,8 +6,8 @@
 
 use std::io::Read;
 
-use content::filter::{Fields, Filters};
 use protocol::Code;
+use protocol::filters::{Fields, Filters};
 use protocol::grpc::containerd::services::leases::v1::leases_server::{Leases, LeasesServer};
 use protocol::grpc::containerd::services::leases::v1::*;
 use tonic::{Request, Response, Status};

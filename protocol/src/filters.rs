@@ -40,8 +40,8 @@ pub struct ParseError {
 }
 
 impl ParseError {
-    pub fn code(&self) -> protocol::Code {
-        protocol::Code::InvalidArgument
+    pub fn code(&self) -> crate::Code {
+        crate::Code::InvalidArgument
     }
 }
 
@@ -386,7 +386,7 @@ mod tests {
             ",",
         ] {
             let err = Filters::parse_all(&["topic==x", f]).unwrap_err();
-            assert_eq!(err.code(), protocol::Code::InvalidArgument, "{f:?}");
+            assert_eq!(err.code(), crate::Code::InvalidArgument, "{f:?}");
             assert!(
                 err.to_string().contains(&format!("{f:?}")),
                 "{err} does not name {f:?}"
