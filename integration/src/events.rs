@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::Containerd;
+use crate::{Containerd, Ctr};
 
 /// One event as printed by `ctr events`.
 #[derive(Clone, Debug)]
@@ -70,11 +70,15 @@ pub struct EventStream {
 }
 
 impl EventStream {
-    /// Subscribes to `ctrd`'s events and returns once the subscription is known to be live.
-    pub fn start(ctrd: &Containerd) -> EventStream {
-        let ctr = ctrd.ctr();
-        let mut cmd = ctr.command(&["events"]);
-        cmd.stdin(Stdio::null())
+    /// Starts `ctr events [filters]` through `ctr` and collects what it prints. The subscription
+    /// may not be live yet when this returns: callers wait for a marker event of their own.
+    pub fn spawn(ctr: &Ctr, filters: &[&str]) -> EventStream {
+        let mut args = vec!["events"];
+        args.extend_from_slice(filters);
+        let mut cmd = ctr.command(&args);
+        // ctr prints timestamps in local time; pin it so tests can compare them.
+        cmd.env("TZ", "UTC")
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         let mut child = cmd.spawn().expect("cannot start `ctr events`");
@@ -91,11 +95,17 @@ impl EventStream {
                 }
             }
         });
-        let stream = EventStream {
+        EventStream {
             child,
             shared,
             reader: Some(reader),
-        };
+        }
+    }
+
+    /// Subscribes to `ctrd`'s events and returns once the subscription is known to be live.
+    pub fn start(ctrd: &Containerd) -> EventStream {
+        let ctr = ctrd.ctr();
+        let stream = Self::spawn(ctr, &[]);
 
         let ns = ctrd.namespace().to_string();
         for attempt in 0..40 {

@@ -3,13 +3,11 @@
 //! `<address>.ttrpc` socket arriving unchanged.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use integration::events::{Event, parse_event_line};
+use integration::events::{Event, EventStream};
 use integration::{Corrald, require_root};
 use protocol::Code;
 use protocol::events::{Envelope, ForwardRequest};
@@ -20,46 +18,18 @@ use protocol::task_events::{TaskExit, TaskOOM};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-type Shared = Arc<(Mutex<Vec<Event>>, Condvar)>;
-
-/// A running `ctr events [filters]` against a corrald, collected in the background; killed on
-/// drop. `start` returns once the subscription is live: it creates and removes marker
-/// namespaces until a marker's `/namespaces/delete` shows up (so every filter used here must let
-/// `/namespaces/delete` through).
+/// `ctr events [filters]` against a corrald (the harness's [`EventStream`]). `start` returns
+/// once the subscription is live: it creates and removes marker namespaces until a marker's
+/// `/namespaces/delete` shows up (so every filter used here must let `/namespaces/delete`
+/// through).
 struct CtrEvents {
-    child: Child,
-    shared: Shared,
-    reader: Option<JoinHandle<()>>,
+    stream: EventStream,
 }
 
 impl CtrEvents {
     fn start(d: &Corrald, filters: &[&str]) -> CtrEvents {
-        let mut args = vec!["events"];
-        args.extend_from_slice(filters);
-        let mut cmd = d.ctr().command(&args);
-        // ctr prints the timestamp in local time; pin it so tests can compare.
-        cmd.env("TZ", "UTC")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = cmd.spawn().expect("cannot start `ctr events`");
-        let stdout = child.stdout.take().unwrap();
-        let shared: Shared = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        let sink = shared.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(ev) = parse_event_line(&line) {
-                    let (lock, cv) = &*sink;
-                    lock.lock().unwrap().push(ev);
-                    cv.notify_all();
-                }
-            }
-        });
         let me = CtrEvents {
-            child,
-            shared,
-            reader: Some(reader),
+            stream: EventStream::spawn(d.ctr(), filters),
         };
         for attempt in 0..40 {
             let marker = format!("{}-mark{attempt}", d.namespace());
@@ -75,23 +45,13 @@ impl CtrEvents {
     }
 
     fn events(&self) -> Vec<Event> {
-        self.shared.0.lock().unwrap().clone()
+        self.stream.events()
     }
 
     fn try_wait(&self, timeout: Duration, f: impl Fn(&Event) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        let (lock, cv) = &*self.shared;
-        let mut evs = lock.lock().unwrap();
-        loop {
-            if evs.iter().any(&f) {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            evs = cv.wait_timeout(evs, deadline - now).unwrap().0;
-        }
+        self.stream
+            .try_wait_for(timeout, |evs| evs.iter().any(&f).then_some(()))
+            .is_some()
     }
 
     /// Waits for the first event that satisfies `f`; panics with what was seen on timeout.
@@ -108,16 +68,6 @@ impl CtrEvents {
             "timed out waiting for {what}; ctr events printed:\n{}",
             seen.join("\n")
         );
-    }
-}
-
-impl Drop for CtrEvents {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
     }
 }
 
