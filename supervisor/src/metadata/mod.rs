@@ -339,6 +339,40 @@ impl Tx {
         Ok(())
     }
 
+    /// Makes a stored blob visible in `ns`. A new record gets `labels`; an existing one keeps
+    /// its own labels, with `labels` merged over them when `merge`. True if the record is new.
+    pub fn record_blob(
+        &self,
+        ns: &str,
+        digest: &str,
+        size: u64,
+        labels: Labels,
+        merge: bool,
+    ) -> Result<bool> {
+        let k = key(ns, &[digest]);
+        let now = Time::now();
+        let (rec, created) = match self.get::<Blob>(CONTENT, &k)? {
+            Some(_) if !merge => return Ok(false),
+            Some(mut b) => {
+                b.labels.extend(labels);
+                b.updated_at = now;
+                (b, false)
+            }
+            None => (
+                Blob {
+                    size: size as i64,
+                    labels,
+                    created_at: now,
+                    updated_at: now,
+                },
+                true,
+            ),
+        };
+        self.ensure_namespace(ns)?;
+        self.put(CONTENT, &k, &rec)?;
+        Ok(created)
+    }
+
     /// True if the namespace holds any object (images, containers, content, snapshots, leases).
     pub fn namespace_in_use(&self, ns: &str) -> Result<Option<&'static str>> {
         for (t, what) in [

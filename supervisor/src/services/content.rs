@@ -162,19 +162,9 @@ fn record_blob(
         tx.add_lease_resource(ns, l, "content", digest)
             .map_err(db_err)?;
     }
-    let k = key(ns, &[digest]);
-    let created = tx.get::<Blob>(CONTENT, &k).map_err(db_err)?.is_none();
-    if created {
-        tx.ensure_namespace(ns).map_err(db_err)?;
-        let now = Time::now();
-        let rec = Blob {
-            size: size as i64,
-            labels,
-            created_at: now,
-            updated_at: now,
-        };
-        tx.put(CONTENT, &k, &rec).map_err(db_err)?;
-    }
+    let created = tx
+        .record_blob(ns, digest, size, labels, false)
+        .map_err(db_err)?;
     tx.commit().map_err(db_err)?;
     Ok(created)
 }

@@ -190,23 +190,8 @@ fn record_blob(
     labels: Labels,
 ) -> Result<(), Status> {
     let tx = d.db.write().map_err(db_err)?;
-    let k = key(ns, &[digest]);
-    let now = Time::now();
-    let rec = match tx.get::<Blob>(CONTENT, &k).map_err(db_err)? {
-        Some(mut b) => {
-            b.labels.extend(labels);
-            b.updated_at = now;
-            b
-        }
-        None => Blob {
-            size: size as i64,
-            labels,
-            created_at: now,
-            updated_at: now,
-        },
-    };
-    tx.ensure_namespace(ns).map_err(db_err)?;
-    tx.put(CONTENT, &k, &rec).map_err(db_err)?;
+    tx.record_blob(ns, digest, size, labels, true)
+        .map_err(db_err)?;
     attach_to_lease(&tx, ns, lease, digest)?;
     tx.commit().map_err(db_err)
 }
