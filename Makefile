@@ -8,12 +8,14 @@ export CARGO_TARGET_DIR := $(TARGET_DIR)
 
 DEBUG_SHIM := $(TARGET_DIR)/debug/containerd-shim-corral-v1
 RELEASE_SHIM := $(TARGET_DIR)/shim/containerd-shim-corral-v1
+RELEASE_CORRALD := $(TARGET_DIR)/release/corrald
+CORRALD_SOCK := /run/corral/corral.sock
 
 # Debian packages the tests and `make run` need. Installed only when something is missing.
-PACKAGES := runc containerd busybox-static
-NEEDED_COMMANDS := runc containerd ctr containerd-shim-runc-v2 busybox
+PACKAGES := runc containerd busybox-static docker-registry
+NEEDED_COMMANDS := runc containerd ctr containerd-shim-runc-v2 busybox docker-registry
 
-.PHONY: all build release test lint fmt install deps run stop bench clean
+.PHONY: all build release test lint fmt install deps run bench clean
 
 all: build
 
@@ -33,6 +35,7 @@ build:
 ## size-optimised profile
 release:
 	$(CARGO) build --profile shim -p shim
+	$(CARGO) build --release -p supervisor
 
 ## test: unit, conformance, crash and end-to-end tests (root tests need root; CI sets
 ## CORRAL_REQUIRE_ROOT=1 so that they fail instead of skipping)
@@ -47,14 +50,23 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## install: the shim into $(PREFIX)/bin, where containerd finds it on its PATH
+## install: the shim and corrald into $(PREFIX)/bin (containerd finds the shim on its PATH)
 install: release
 	install -D -m 0755 $(RELEASE_SHIM) $(DESTDIR)$(PREFIX)/bin/containerd-shim-corral-v1
+	install -D -m 0755 $(RELEASE_CORRALD) $(DESTDIR)$(PREFIX)/bin/corrald
 
-## run: install what is missing, build, install the shim, and start containerd on its
-## default paths if it is not running, so that `ctr run --runtime io.containerd.corral.v1` works.
-## (corrald, our own daemon, replaces containerd here once it lands.)
+## run: install what is missing, build, install, start corrald on its default paths
+## (/var/lib/corral, /run/corral, socket $(CORRALD_SOCK)) and, until corrald runs containers,
+## containerd on its own, so that `ctr run --runtime io.containerd.corral.v1` works.
 run: deps install
+	@if ctr -a $(CORRALD_SOCK) version >/dev/null 2>&1; then \
+		echo "corrald is running on $(CORRALD_SOCK)"; \
+	else \
+		echo "starting corrald (log: /var/log/corrald.log)"; \
+		nohup $(PREFIX)/bin/corrald >>/var/log/corrald.log 2>&1 & \
+		for i in $$(seq 100); do ctr -a $(CORRALD_SOCK) version >/dev/null 2>&1 && break; sleep 0.1; done; \
+		ctr -a $(CORRALD_SOCK) version; \
+	fi
 	@if ctr version >/dev/null 2>&1; then \
 		echo "containerd is running on /run/containerd/containerd.sock"; \
 	else \
@@ -67,7 +79,7 @@ run: deps install
 
 ## bench: shim idle memory beside containerd's Go shim, content ingest, layer apply
 bench: deps release
-	CORRAL_SHIM_BIN=$(RELEASE_SHIM) $(CARGO) bench -p integration --bench shim_memory
+	SHIM_MEMORY_N=20 CORRAL_SHIM_BIN=$(RELEASE_SHIM) $(CARGO) bench -p integration --bench shim_memory
 	SHIM_MEMORY_N=1 CORRAL_SHIM_BIN=$(RELEASE_SHIM) $(CARGO) bench -p integration --bench shim_memory
 	$(CARGO) bench -p content --bench ingest
 	$(CARGO) bench -p snapshotter --bench apply
