@@ -1,25 +1,37 @@
-//! Garbage collection of content: mark what is reachable, sweep the rest.
+//! Garbage collection: mark what is reachable, sweep the rest (content and snapshots).
 //!
-//! containerd's collector (core/metadata/gc.go) over our tables, per namespace:
+//! containerd's collector (core/metadata/gc.go) over our tables, per namespace. Nodes are
+//! content records and snapshot records; one mark walks both:
 //!
 //! ```text
-//! roots                                         edges (content labels)
-//!   images' targets                  ──┐          containerd.io/gc.ref.content*  = <digest> ─▶ content
-//!   content labelled gc.root           ├─▶ content ─┘
-//!   resources of unexpired leases      │     (gc.ref.snapshot.<snapshotter>* point at snapshots,
-//!   content refs of snapshots        ──┘      which this collector does not sweep)
+//! roots                                     edges
+//!   images' targets                          content ──gc.ref.content*──────────────▶ content
+//!   content and snapshots labelled gc.root   content ──gc.ref.snapshot.<sn>[/…]────▶ snapshot
+//!   resources of unexpired leases            snapshot ─gc.ref.content*──────────────▶ content
+//!     (content, snapshots/<sn>)              snapshot ─gc.ref.snapshot.<sn>[/…]────▶ snapshot
+//!   containers' snapshot_key                 snapshot ─parent──────────────────────▶ snapshot
+//!   snapshots created since the run began
 //! ```
 //!
-//! Sweep: expired leases (label `containerd.io/gc.expire`, RFC3339) are deleted with their
-//! resource rows; content records not marked are deleted; then every blob on disk that no
-//! namespace has a record of is removed. Snapshots are not collected here (their removal needs the
-//! snapshotter backends); every existing snapshot counts as live, so the content it references
-//! stays. In-flight ingests are not touched.
+//! A label's value is a digest (content) or a snapshot key in the same namespace and the
+//! snapshotter named in the label key (`containerd.io/gc.ref.snapshot.overlayfs` or
+//! `…overlayfs/<anything>`).
 //!
-//! Runs with [`BLOB_LOCK`] held for writing, so no blob can become visible between the
-//! decision to remove it and its removal; all record changes are one transaction.
+//! Sweep, in this order:
+//! 1. one transaction: expired leases (label `containerd.io/gc.expire`, RFC3339) are deleted
+//!    with their resource rows, content records not marked are deleted;
+//! 2. every blob on disk that no namespace has a record of is removed (with [`BLOB_LOCK`] held
+//!    for writing, so no blob can become visible between the decision and the removal);
+//! 3. [`snapshots::sweep`] with the marked snapshots: unmarked records in one transaction,
+//!    then the backend snapshots, children first. No transaction is held across backend work.
+//!
+//! Data goes after metadata: a crash between steps leaves orphan blobs or backend snapshots
+//! that the next run (or the snapshotter's cleanup) removes. A snapshot created between the
+//! mark and step 3 is kept (its creation time is after the run began); one that became
+//! reachable only in that window through a new label is the race containerd accepts too (its
+//! unpacker holds a lease while it labels). In-flight ingests are not touched.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use content::ContentStore;
@@ -27,14 +39,18 @@ use content::ContentStore;
 use content::Digest;
 
 use crate::metadata::{
-    Blob, CONTENT, IMAGES, Image, LEASES, Labels, Lease, SNAPSHOTS, Snapshot, Tx, key,
+    Blob, CONTAINERS, CONTENT, Container, IMAGES, Image, LEASES, Labels, Lease, SNAPSHOTS,
+    Snapshot, Time, Tx, key,
 };
 use crate::services::content::BLOB_LOCK;
 use crate::services::{Daemon, Shared};
+use crate::snapshots::{self, key_of};
 
 pub const LABEL_ROOT: &str = "containerd.io/gc.root";
 pub const LABEL_EXPIRE: &str = "containerd.io/gc.expire";
 pub const LABEL_REF_CONTENT: &str = "containerd.io/gc.ref.content";
+/// Followed by `<snapshotter>`, optionally `/<anything>`; the value is a snapshot key.
+pub const LABEL_REF_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot.";
 
 /// What one collection removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -42,6 +58,8 @@ pub struct Report {
     pub expired_leases: usize,
     pub content_records: usize,
     pub blobs: usize,
+    /// Snapshot records removed (their backend snapshots go with them).
+    pub snapshots: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +68,8 @@ pub enum Error {
     Metadata(#[from] crate::metadata::Error),
     #[error("gc: content store: {0}")]
     Store(#[from] content::Error),
+    #[error("gc: {0}")]
+    Snapshots(#[from] snapshots::Error),
 }
 
 impl Error {
@@ -57,6 +77,7 @@ impl Error {
         match self {
             Error::Metadata(e) => e.code(),
             Error::Store(e) => e.code(),
+            Error::Snapshots(e) => e.code(),
         }
     }
 }
@@ -72,6 +93,16 @@ fn content_refs(labels: &Labels) -> impl Iterator<Item = &str> {
         .iter()
         .filter(|(k, _)| k.starts_with(LABEL_REF_CONTENT))
         .map(|(_, v)| v.as_str())
+}
+
+/// Record keys of the snapshots a set of labels in namespace `ns` points at with
+/// `containerd.io/gc.ref.snapshot.<snapshotter>[/…]`.
+fn snapshot_refs<'a>(ns: &'a str, labels: &'a Labels) -> impl Iterator<Item = String> + 'a {
+    labels.iter().filter_map(move |(k, v)| {
+        let rest = k.strip_prefix(LABEL_REF_SNAPSHOT)?;
+        let sn = rest.split('/').next().unwrap_or("");
+        (!sn.is_empty() && !v.is_empty()).then(|| key_of(ns, sn, v))
+    })
 }
 
 /// True if the lease carries a `gc.expire` time that has passed. An unparsable time never
@@ -91,7 +122,9 @@ fn expired(id: &str, lease: &Lease, now: SystemTime) -> bool {
 
 /// Collects garbage once. Blocking: call it through `spawn_blocking`.
 pub fn collect(d: &Daemon, now: SystemTime) -> Result<Report, Error> {
-    let _g = BLOB_LOCK.write().unwrap_or_else(|e| e.into_inner());
+    // Before the mark: anything created from here on is kept by this run.
+    let started = Time::now();
+    let blob_guard = BLOB_LOCK.write().unwrap_or_else(|e| e.into_inner());
     let mut report = Report::default();
     let tx = d.db.write()?;
 
@@ -108,10 +141,11 @@ pub fn collect(d: &Daemon, now: SystemTime) -> Result<Report, Error> {
     }
 
     let blobs = all_blobs(&tx)?;
-    let marked = mark(&tx, &blobs)?;
+    let snaps = all_snapshots(&tx)?;
+    let marked = mark(&tx, &blobs, &snaps, started)?;
     let mut referenced = BTreeSet::new();
     for (ns, digest) in blobs.keys() {
-        if marked.contains(&(ns.clone(), digest.clone())) {
+        if marked.content.contains(&(ns.clone(), digest.clone())) {
             referenced.insert(digest.clone());
         } else {
             tx.delete(CONTENT, &key(ns, &[digest]))?;
@@ -137,12 +171,22 @@ pub fn collect(d: &Daemon, now: SystemTime) -> Result<Report, Error> {
             Err(e) => log::warn!("gc: remove blob {digest}: {e}"),
         }
     }
+    drop(blob_guard);
+
+    // Snapshots: records in one transaction of their own, then backend removals outside it.
+    let removed = snapshots::sweep(&d.db, &d.snapshotters, &marked.snapshots, started)?;
+    report.snapshots = removed.len();
+    for k in &removed {
+        log::debug!("gc: removed snapshot {}", k.replace('\0', "/"));
+    }
+
     if report != Report::default() {
         log::info!(
-            "gc: removed {} expired leases, {} content records, {} blobs",
+            "gc: removed {} expired leases, {} content records, {} blobs, {} snapshots",
             report.expired_leases,
             report.content_records,
-            report.blobs
+            report.blobs,
+            report.snapshots
         );
     }
     Ok(report)
@@ -159,15 +203,44 @@ fn all_blobs(tx: &Tx) -> Result<BTreeMap<(String, String), Blob>, Error> {
     Ok(out)
 }
 
-/// The (namespace, digest) pairs reachable from the roots.
+/// Every snapshot record, by record key (`<ns>\0<snapshotter>\0<key>`).
+fn all_snapshots(tx: &Tx) -> Result<BTreeMap<String, Snapshot>, Error> {
+    let mut out = BTreeMap::new();
+    for k in tx.keys_all(SNAPSHOTS)? {
+        if let Some(s) = tx.get::<Snapshot>(SNAPSHOTS, &k)? {
+            out.insert(k, s);
+        }
+    }
+    Ok(out)
+}
+
+/// A node of the reference graph.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Node {
+    /// (namespace, digest)
+    Content(String, String),
+    /// A snapshot record key.
+    Snapshot(String),
+}
+
+/// What the mark reached.
+#[derive(Debug, Default)]
+struct Marked {
+    content: BTreeSet<(String, String)>,
+    snapshots: HashSet<String>,
+}
+
+/// Everything reachable from the roots (see the module doc).
 fn mark(
     tx: &Tx,
     blobs: &BTreeMap<(String, String), Blob>,
-) -> Result<BTreeSet<(String, String)>, Error> {
-    let mut todo: Vec<(String, String)> = Vec::new();
+    snaps: &BTreeMap<String, Snapshot>,
+    started: Time,
+) -> Result<Marked, Error> {
+    let mut todo: Vec<Node> = Vec::new();
     for k in tx.keys_all(IMAGES)? {
         if let (Some((ns, _)), Some(img)) = (split_ns(&k), tx.get::<Image>(IMAGES, &k)?) {
-            todo.push((ns.to_string(), img.target.digest));
+            todo.push(Node::Content(ns.to_string(), img.target.digest));
         }
     }
     for k in tx.keys_all(LEASES)? {
@@ -176,29 +249,64 @@ fn mark(
         };
         for (kind, rid) in tx.lease_resources(ns, id)? {
             if kind == "content" {
-                todo.push((ns.to_string(), rid));
+                todo.push(Node::Content(ns.to_string(), rid));
+            } else if let Some(sn) = kind.strip_prefix("snapshots/") {
+                todo.push(Node::Snapshot(key_of(ns, sn, &rid)));
             }
         }
     }
-    for k in tx.keys_all(SNAPSHOTS)? {
-        if let (Some((ns, _)), Some(s)) = (split_ns(&k), tx.get::<Snapshot>(SNAPSHOTS, &k)?) {
-            todo.extend(content_refs(&s.labels).map(|dg| (ns.to_string(), dg.to_string())));
+    for k in tx.keys_all(CONTAINERS)? {
+        if let (Some((ns, _)), Some(c)) = (split_ns(&k), tx.get::<Container>(CONTAINERS, &k)?)
+            && !c.snapshot_key.is_empty()
+        {
+            todo.push(Node::Snapshot(key_of(ns, &c.snapshotter, &c.snapshot_key)));
         }
     }
     for ((ns, digest), b) in blobs {
         if b.labels.contains_key(LABEL_ROOT) {
-            todo.push((ns.clone(), digest.clone()));
+            todo.push(Node::Content(ns.clone(), digest.clone()));
         }
     }
-    let mut marked = BTreeSet::new();
-    while let Some(node) = todo.pop() {
-        let Some(b) = blobs.get(&node) else {
-            continue;
-        };
-        if !marked.insert(node.clone()) {
-            continue;
+    for (k, s) in snaps {
+        if s.labels.contains_key(LABEL_ROOT) || s.created_at >= started {
+            todo.push(Node::Snapshot(k.clone()));
         }
-        todo.extend(content_refs(&b.labels).map(|dg| (node.0.clone(), dg.to_string())));
+    }
+    let mut marked = Marked::default();
+    while let Some(node) = todo.pop() {
+        match node {
+            Node::Content(ns, digest) => {
+                let node = (ns, digest);
+                let Some(b) = blobs.get(&node) else {
+                    continue;
+                };
+                if !marked.content.insert(node.clone()) {
+                    continue;
+                }
+                let ns = &node.0;
+                todo.extend(
+                    content_refs(&b.labels).map(|dg| Node::Content(ns.clone(), dg.to_string())),
+                );
+                todo.extend(snapshot_refs(ns, &b.labels).map(Node::Snapshot));
+            }
+            Node::Snapshot(k) => {
+                let Some(s) = snaps.get(&k) else {
+                    continue;
+                };
+                if !marked.snapshots.insert(k.clone()) {
+                    continue;
+                }
+                let mut parts = k.splitn(3, '\0');
+                let (ns, sn) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                if !s.parent.is_empty() {
+                    todo.push(Node::Snapshot(key_of(ns, sn, &s.parent)));
+                }
+                todo.extend(
+                    content_refs(&s.labels).map(|dg| Node::Content(ns.to_string(), dg.to_string())),
+                );
+                todo.extend(snapshot_refs(ns, &s.labels).map(Node::Snapshot));
+            }
+        }
     }
     Ok(marked)
 }
@@ -306,8 +414,58 @@ mod tests {
             events: Exchange::default(),
             root: dir.to_path_buf(),
             content: std::sync::Arc::new(content::LocalStore::open(dir.join("content")).unwrap()),
-            snapshotters: Default::default(),
+            snapshotters: [(
+                "native".to_string(),
+                std::sync::Arc::new(
+                    snapshotter::NativeSnapshotter::open(dir.join("native")).unwrap(),
+                ) as std::sync::Arc<dyn snapshotter::Snapshotter>,
+            )]
+            .into_iter()
+            .collect(),
         }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The native snapshotter of `d` as namespace `ns` sees it, creating under `lease`.
+    fn snaps<'a>(
+        d: &'a Daemon,
+        busy: &'a snapshots::Busy,
+        ns: &'a str,
+        lease: Option<&'a str>,
+    ) -> snapshots::Namespaced<'a> {
+        snapshots::Namespaced {
+            db: &d.db,
+            busy,
+            ns,
+            name: "native",
+            backend: d.snapshotters["native"].as_ref(),
+            lease,
+        }
+    }
+
+    /// Makes the committed snapshot `name` on `parent` (empty: none) with `labels`.
+    fn committed(s: &snapshots::Namespaced, name: &str, parent: &str, l: &[(&str, &str)]) {
+        let active = format!("{name}-active");
+        s.prepare(&active, parent, Labels::new(), false).unwrap();
+        s.commit(name, &active, labels(l)).unwrap();
+    }
+
+    /// Backend snapshot names on disk.
+    fn backend_names(d: &Daemon) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        d.snapshotters["native"]
+            .walk(&[], &mut |i| {
+                out.insert(i.name);
+                Ok(())
+            })
+            .unwrap();
+        out
     }
 
     /// Stores `data` on disk and records it in `ns` with `labels`; returns the digest.
@@ -452,7 +610,8 @@ mod tests {
             Report {
                 expired_leases: 1,
                 content_records: 3,
-                blobs: 2
+                blobs: 2,
+                snapshots: 0,
             }
         );
         // A second run finds nothing; dropping the image frees its whole chain.
@@ -483,6 +642,138 @@ mod tests {
         );
         assert_eq!(collect(&d, SystemTime::now()).unwrap(), Report::default());
         assert!(visible(&d, "n", &b));
+    }
+
+    #[test]
+    fn snapshots_are_marked_from_content_roots_leases_and_containers() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = daemon(dir.path());
+        let busy = snapshots::Busy::default();
+        let a = snaps(&d, &busy, "a", None);
+        // The unpacked chain l1 ← l2, referenced by the image config.
+        committed(&a, "l1", "", &[]);
+        committed(&a, "l2", "l1", &[]);
+        let config = blob(
+            &d,
+            "a",
+            b"config",
+            &[("containerd.io/gc.ref.snapshot.native", "l2")],
+        );
+        let manifest = blob(
+            &d,
+            "a",
+            b"manifest",
+            &[("containerd.io/gc.ref.content.config", &config)],
+        );
+        let tx = d.db.write().unwrap();
+        let img = Image {
+            labels: Labels::new(),
+            target: Descriptor {
+                digest: manifest.clone(),
+                ..Default::default()
+            },
+            created_at: Time::now(),
+            updated_at: Time::now(),
+        };
+        tx.put(IMAGES, &key("a", &["img"]), &img).unwrap();
+        tx.commit().unwrap();
+        // Unreferenced: a committed snapshot with an active child; its content ref does not
+        // keep the blob it names.
+        let dropped = blob(&d, "a", b"dropped", &[]);
+        committed(&a, "o1", "", &[(LABEL_REF_CONTENT, &dropped)]);
+        a.prepare("o2", "o1", Labels::new(), false).unwrap();
+        // A gc.root on an ancestor-having snapshot; its content ref keeps a blob.
+        let kept_by_snapshot = blob(&d, "a", b"kept by a snapshot", &[]);
+        committed(&a, "base", "", &[]);
+        a.prepare(
+            "rooted",
+            "base",
+            labels(&[
+                (LABEL_ROOT, "x"),
+                ("containerd.io/gc.ref.content.x", &kept_by_snapshot),
+            ]),
+            false,
+        )
+        .unwrap();
+        // Leased: one under a live lease, one under an expired one.
+        lease(&d, "a", "live", None, &[]);
+        lease(&d, "a", "old", Some("2001-01-01T00:00:00Z"), &[]);
+        snaps(&d, &busy, "a", Some("live"))
+            .prepare("leased", "", Labels::new(), false)
+            .unwrap();
+        snaps(&d, &busy, "a", Some("old"))
+            .prepare("leased-expired", "", Labels::new(), false)
+            .unwrap();
+        // A container's rootfs.
+        a.prepare("rootfs", "", Labels::new(), false).unwrap();
+        let tx = d.db.write().unwrap();
+        let c = Container {
+            labels: Labels::new(),
+            image: String::new(),
+            runtime: crate::metadata::Runtime {
+                name: "io.containerd.runc.v2".into(),
+                options: None,
+            },
+            spec: None,
+            snapshotter: "native".into(),
+            snapshot_key: "rootfs".into(),
+            extensions: Default::default(),
+            created_at: Time::now(),
+            updated_at: Time::now(),
+        };
+        tx.put(CONTAINERS, &key("a", &["c1"]), &c).unwrap();
+        tx.commit().unwrap();
+        // The same key in another namespace is another snapshot, unreferenced there.
+        committed(&snaps(&d, &busy, "b", None), "l2", "", &[]);
+        assert_eq!(backend_names(&d).len(), 10);
+
+        let report = collect(&d, SystemTime::now()).unwrap();
+        let exists = |ns: &str, k: &str| snaps(&d, &busy, ns, None).stat(k).is_ok();
+        for k in ["l1", "l2", "base", "rooted", "leased", "rootfs"] {
+            assert!(exists("a", k), "snapshot {k} collected");
+        }
+        for k in ["o1", "o2", "leased-expired"] {
+            assert!(!exists("a", k), "snapshot {k} kept");
+        }
+        assert!(!exists("b", "l2"));
+        assert!(visible(&d, "a", &kept_by_snapshot) && on_disk(&d, &kept_by_snapshot));
+        assert!(!visible(&d, "a", &dropped) && !on_disk(&d, &dropped));
+        assert!(visible(&d, "a", &config));
+        assert_eq!(report.snapshots, 4);
+        assert_eq!(report.expired_leases, 1);
+        // The backend snapshots went with the records.
+        assert_eq!(backend_names(&d).len(), 6);
+
+        // Without the image the unpacked chain goes (children first) and so does the config.
+        let tx = d.db.write().unwrap();
+        tx.delete(IMAGES, &key("a", &["img"])).unwrap();
+        tx.commit().unwrap();
+        let report = collect(&d, SystemTime::now()).unwrap();
+        assert_eq!(report.snapshots, 2);
+        assert!(!exists("a", "l1") && !exists("a", "l2"));
+        assert!(!on_disk(&d, &config));
+        assert_eq!(backend_names(&d).len(), 4);
+        assert_eq!(collect(&d, SystemTime::now()).unwrap(), Report::default());
+    }
+
+    #[test]
+    fn snapshot_ref_labels_name_the_snapshotter_and_key() {
+        let l = labels(&[
+            ("containerd.io/gc.ref.snapshot.overlayfs", "k1"),
+            ("containerd.io/gc.ref.snapshot.native/2", "k2"),
+            ("containerd.io/gc.ref.snapshot.", "nothing"),
+            ("containerd.io/gc.ref.content", "sha256:x"),
+        ]);
+        let refs: BTreeSet<String> = snapshot_refs("ns", &l).collect();
+        assert_eq!(
+            refs,
+            [
+                key_of("ns", "overlayfs", "k1"),
+                key_of("ns", "native", "k2")
+            ]
+            .into_iter()
+            .collect()
+        );
     }
 
     #[test]
