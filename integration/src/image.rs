@@ -186,6 +186,56 @@ pub fn build_image_tar(busybox: &Path, reference: &str) -> io::Result<Vec<u8>> {
     out.into_inner()
 }
 
+/// The blobs of a multi-layer busybox image, for tests that push or pack images themselves.
+pub struct ImageBlobs {
+    /// OCI manifest (media type `application/vnd.oci.image.manifest.v1+json`).
+    pub manifest: Vec<u8>,
+    pub config: Vec<u8>,
+    /// Gzip layers, base first: busybox, then one per `extra` entry.
+    pub layers: Vec<Vec<u8>>,
+    /// The same layers uncompressed (their sha256 are the config's diff_ids).
+    pub layer_tars: Vec<Vec<u8>>,
+}
+
+/// Builds a busybox image with one extra layer per `extra` entry, each holding the given
+/// `(path, contents)` regular files (mode 0644, parents must exist in a lower layer).
+pub fn image_blobs(busybox: &Path, extra: &[Vec<(String, Vec<u8>)>]) -> io::Result<ImageBlobs> {
+    let mut layer_tars = vec![layer_tar(&std::fs::read(busybox)?)?];
+    for files in extra {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in files {
+            add_file(&mut b, path, 0o644, data)?;
+        }
+        layer_tars.push(b.into_inner()?);
+    }
+    let mut layers = Vec::new();
+    for t in &layer_tars {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(t)?;
+        layers.push(gz.finish()?);
+    }
+    let diff_ids: Vec<String> = layer_tars.iter().map(|t| sha256_digest(t)).collect();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": oci_arch(),
+        "os": "linux",
+        "config": { "Cmd": ["sh"] },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+    }))?;
+    let layer_descs: Vec<_> = layers.iter().map(|l| descriptor(MEDIA_LAYER, l)).collect();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": descriptor(MEDIA_CONFIG, &config),
+        "layers": layer_descs,
+    }))?;
+    Ok(ImageBlobs {
+        manifest,
+        config,
+        layers,
+        layer_tars,
+    })
+}
+
 fn layer_tar(busybox: &[u8]) -> io::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
     for (dir, mode) in [

@@ -36,6 +36,7 @@ pub mod events;
 pub mod image;
 pub mod leaks;
 pub mod pty;
+pub mod registry;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
