@@ -78,12 +78,11 @@ impl Running {
         Running(Some(c.spawn().expect("cannot start ctr")))
     }
 
-    /// Waits for ctr to end (it fails once its daemon is gone).
-    fn finish(mut self) {
-        if let Some(child) = self.0.take() {
-            let (_, timed_out) = cmd::wait_with_timeout(child, Duration::from_secs(60)).unwrap();
-            assert!(!timed_out, "ctr did not end after its daemon was killed");
-        }
+    /// Kills ctr too. Observed: a ctr 1.6 that was between blobs when the daemon died keeps
+    /// running (containerd's `content.OpenWriter` retries Unavailable until the daemon answers
+    /// again), so it may not end on its own.
+    fn stop(self) {
+        drop(self);
     }
 }
 
@@ -130,7 +129,7 @@ fn kill_after_first_layer(d: &mut Corrald, job: Running, img: &ImageBlobs) {
         layers.iter().any(|l| have.contains(l)).then_some(())
     });
     d.kill_9();
-    job.finish();
+    job.stop();
 }
 
 /// The kill landed in the middle: some layer of `img` is not stored.
