@@ -208,6 +208,12 @@ pub fn image_blobs(busybox: &Path, extra: &[Vec<(String, Vec<u8>)>]) -> io::Resu
         }
         layer_tars.push(b.into_inner()?);
     }
+    image_from_layer_tars(layer_tars)
+}
+
+/// Builds an image from uncompressed layer tars as given (base first), gzip-compressing them.
+/// Tests of hostile layers pass tars whose headers the `tar` crate would refuse to write.
+pub fn image_from_layer_tars(layer_tars: Vec<Vec<u8>>) -> io::Result<ImageBlobs> {
     let mut layers = Vec::new();
     for t in &layer_tars {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -234,6 +240,33 @@ pub fn image_blobs(busybox: &Path, extra: &[Vec<(String, Vec<u8>)>]) -> io::Resu
         layers,
         layer_tars,
     })
+}
+
+/// An OCI image layout tar of `img` named `reference`. Layers are stored last-first, so an
+/// import spends its time writing the big upper layers before anything else.
+pub fn oci_layout_tar(img: &ImageBlobs, reference: &str) -> io::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    add_dir(&mut b, "blobs/", 0o755)?;
+    add_dir(&mut b, "blobs/sha256/", 0o755)?;
+    for blob in img.layers.iter().rev().chain([&img.config, &img.manifest]) {
+        let path = format!("blobs/sha256/{}", hex::encode(Sha256::digest(blob)));
+        add_file(&mut b, &path, 0o644, blob)?;
+    }
+    let mut manifest_desc = descriptor(MEDIA_MANIFEST, &img.manifest);
+    manifest_desc["annotations"] = serde_json::json!({ "io.containerd.image.name": reference });
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [manifest_desc],
+    }))?;
+    add_file(&mut b, "index.json", 0o644, &index)?;
+    add_file(
+        &mut b,
+        "oci-layout",
+        0o644,
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
+    b.into_inner()
 }
 
 fn layer_tar(busybox: &[u8]) -> io::Result<Vec<u8>> {

@@ -5,7 +5,7 @@
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use integration::image::{ImageBlobs, busybox_path, image_blobs};
+use integration::image::{ImageBlobs, busybox_path, image_blobs, oci_layout_tar};
 use integration::registry::Registry;
 use integration::{Corrald, Ctr, IMAGE_REF, cmd, require_root, wait_until};
 use sha2::{Digest, Sha256};
@@ -33,36 +33,6 @@ fn big_image(n: usize, size: usize) -> ImageBlobs {
         })
         .collect();
     image_blobs(&busybox_path(), &extra).expect("cannot build the big test image")
-}
-
-/// An OCI layout tar of `img` named `reference`, big layers first so that an import spends
-/// its time writing them before anything else.
-fn oci_tar(img: &ImageBlobs, reference: &str) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, data: &[u8]| {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_size(data.len() as u64);
-        h.set_mtime(1_700_000_000);
-        b.append_data(&mut h, path, data).unwrap();
-    };
-    for blob in img.layers.iter().rev().chain([&img.config, &img.manifest]) {
-        add(&format!("blobs/{}", sha256(blob).replace(':', "/")), blob);
-    }
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{
-            "mediaType": MEDIA_MANIFEST,
-            "digest": sha256(&img.manifest),
-            "size": img.manifest.len(),
-            "annotations": { "io.containerd.image.name": reference },
-        }],
-    });
-    add("index.json", index.to_string().as_bytes());
-    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
-    b.into_inner().unwrap()
 }
 
 /// A ctr child killed on drop.
@@ -155,7 +125,7 @@ fn kill_9_during_import_then_restart() {
 
     let img = big_image(6, 8 << 20);
     let big = tmp.path().join("big.tar");
-    std::fs::write(&big, oci_tar(&img, BIG_REF)).unwrap();
+    std::fs::write(&big, oci_layout_tar(&img, BIG_REF).unwrap()).unwrap();
     let job = Running::start(d.ctr(), &["images", "import", big.to_str().unwrap()]);
     kill_after_first_layer(&mut d, job, &img);
 
