@@ -409,3 +409,44 @@ fn ttrpc_socket_lives_and_dies_with_the_daemon() {
     );
     drop(evs);
 }
+
+/// The daemon's own events for images, snapshots and content, as ctr shows them: an import
+/// publishes /images/create and the unpack's /snapshot/prepare and /snapshot/commit; a blob
+/// removed by hand publishes /content/delete, removing the image /images/delete.
+#[test]
+fn image_snapshot_and_content_events() {
+    if !require_root() {
+        return;
+    }
+    let d = Corrald::start();
+    let events = CtrEvents::start(&d, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("img.tar");
+    std::fs::write(&tar, integration::image::test_image_tar()).unwrap();
+    d.ctr().ok(&["images", "import", tar.to_str().unwrap()]);
+    let image = integration::IMAGE_REF;
+    events.wait("/images/create", |e| {
+        e.topic == "/images/create" && e.payload["name"] == image
+    });
+    events.wait("/snapshot/prepare", |e| e.topic == "/snapshot/prepare");
+    let commit = events.wait("/snapshot/commit", |e| e.topic == "/snapshot/commit");
+    assert!(
+        commit.payload["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("sha256:")),
+        "{}",
+        commit.payload
+    );
+
+    // Removed by hand while the image still exists (GC would collect it silently later).
+    let blob = d.ctr().ok(&["content", "ls", "-q"]);
+    let digest = blob.lines().next().expect("imported content").to_string();
+    d.ctr().ok(&["content", "rm", &digest]);
+    events.wait("/content/delete", |e| {
+        e.topic == "/content/delete" && e.payload["digest"] == digest.as_str()
+    });
+    d.ctr().ok(&["images", "rm", image]);
+    events.wait("/images/delete", |e| {
+        e.topic == "/images/delete" && e.payload["name"] == image
+    });
+}
