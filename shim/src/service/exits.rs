@@ -39,50 +39,58 @@ impl Service {
         }
     }
 
+    /// The container id and exec id (empty for the init) of the process `exit` belongs to.
+    /// Only a process spawned before the exit was seen can own it: an older one with the
+    /// same pid is a reused pid.
+    fn owner_of(st: &State, exit: Exit) -> Option<(String, String)> {
+        let theirs = |p: &Process| p.pid == exit.pid && p.pid != 0 && exit.seq > p.spawn_seq;
+        st.containers.iter().find_map(|(id, c)| {
+            std::iter::once(&c.init)
+                .chain(c.execs.values())
+                .find(|p| theirs(p))
+                .map(|p| (id.clone(), p.exec_id.clone()))
+        })
+    }
+
     pub(super) fn find_process<'a>(
         &self,
         st: &'a mut State,
         exit: Exit,
     ) -> Option<&'a mut Process> {
-        st.containers.values_mut().find_map(|c| {
-            std::iter::once(&mut c.init)
-                .chain(c.execs.values_mut())
-                .find(|p| p.pid == exit.pid && p.pid != 0 && exit.seq > p.spawn_seq)
-        })
+        let (id, exec_id) = Self::owner_of(st, exit)?;
+        st.containers.get_mut(&id)?.process_mut(&exec_id).ok()
     }
 
     /// Records `exit` on the process with its pid, if any. Publishes /tasks/exit unless a
     /// Start is in flight (then Start publishes it after /tasks/start).
     pub(super) fn apply_exit(&self, st: &mut State, exit: Exit) -> bool {
-        for (id, c) in st.containers.iter_mut() {
-            let private = c.private_pid_ns;
-            let runc = c.runc.clone();
-            let procs = std::iter::once(&mut c.init).chain(c.execs.values_mut());
-            for p in procs {
-                if p.pid != exit.pid || p.pid == 0 || exit.seq <= p.spawn_seq {
-                    continue;
-                }
-                if !p.set_exited(exit.status, util::now()) {
-                    return true;
-                }
-                let is_init = p.exec_id.is_empty();
-                if p.starting {
-                    p.exit_deferred = true;
-                } else {
-                    self.publish_exit(id, p);
-                }
-                if is_init && !private {
-                    // Without its own pid namespace nothing kills the container's other
-                    // processes when the init dies; do it, as containerd's shim does.
-                    let (reaper, id) = (self.reaper.clone(), id.clone());
-                    tokio::spawn(async move {
-                        let _ = runc.kill(&reaper, &id, 9, true).await;
-                    });
-                }
-                return true;
-            }
+        let Some((id, exec_id)) = Self::owner_of(st, exit) else {
+            return false;
+        };
+        let Some(c) = st.containers.get_mut(&id) else {
+            return false;
+        };
+        let (private, runc) = (c.private_pid_ns, c.runc.clone());
+        let Ok(p) = c.process_mut(&exec_id) else {
+            return false;
+        };
+        if !p.set_exited(exit.status, util::now()) {
+            return true;
         }
-        false
+        if p.starting {
+            p.exit_deferred = true;
+        } else {
+            self.publish_exit(&id, p);
+        }
+        if exec_id.is_empty() && !private {
+            // Without its own pid namespace nothing kills the container's other processes
+            // when the init dies; do it, as containerd's shim does.
+            let reaper = self.reaper.clone();
+            tokio::spawn(async move {
+                let _ = runc.kill(&reaper, &id, 9, true).await;
+            });
+        }
+        true
     }
 
     /// Takes an exit for `pid` that arrived before the pid was known. Only exits seen after
