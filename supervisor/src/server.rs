@@ -94,6 +94,11 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
+            crate::services::containers::server(daemon.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
             ImagesServer::new(images::ImagesService {
                 daemon: daemon.clone(),
             })

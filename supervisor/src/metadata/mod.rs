@@ -26,6 +26,7 @@
 //! a change of key layout bumps [`SCHEMA_VERSION`] and adds a migration in [`Db::open`].
 //! Every write is one redb transaction, durable when `commit` returns.
 
+pub mod containers;
 mod leases;
 mod records;
 

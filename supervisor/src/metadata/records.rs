@@ -68,7 +68,8 @@ pub struct Runtime {
     pub options: Option<AnyValue>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A container (`containers <ns>\0<id>`); its rules are in `containers.rs`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Container {
     #[serde(default)]
     pub labels: Labels,

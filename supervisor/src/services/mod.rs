@@ -1,6 +1,7 @@
 //! Thin gRPC adapters: request in, metadata or store call, response out. The rules live in
 //! `metadata` and the stores; here are only wire conversions and the namespace header.
 
+pub mod containers;
 pub mod content;
 pub mod diff;
 pub mod events;
