@@ -20,6 +20,7 @@ pub struct Config {
     pub grpc: Grpc,
     pub debug: Debug,
     pub gc: Gc,
+    pub registry: Registry,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +46,35 @@ pub struct Gc {
     pub interval_secs: u64,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Registry {
+    /// A docker-style `config.json` whose `auths` give registry credentials (read per pull;
+    /// a missing file means none).
+    pub config_path: PathBuf,
+    /// Registry hosts (`host[:port]`) pulled from over plain HTTP instead of HTTPS.
+    pub insecure: Vec<String>,
+}
+
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry {
+            config_path: "/root/.docker/config.json".into(),
+            insecure: Vec::new(),
+        }
+    }
+}
+
+impl Registry {
+    /// The pull module's view of these settings.
+    pub fn settings(&self) -> crate::pull::Settings {
+        crate::pull::Settings {
+            config_path: self.config_path.clone(),
+            insecure: self.insecure.clone(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -54,6 +84,7 @@ impl Default for Config {
             grpc: Grpc::default(),
             debug: Debug::default(),
             gc: Gc::default(),
+            registry: Registry::default(),
         }
     }
 }
@@ -149,5 +180,24 @@ mod tests {
             Config::default()
         );
         assert!(Config::load(&dir.path().join("none.toml"), true).is_err());
+    }
+
+    #[test]
+    fn registry_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "version = 1\n[registry]\ninsecure = [\"127.0.0.1:5000\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(&p, true).unwrap();
+        assert_eq!(c.registry.insecure, vec!["127.0.0.1:5000".to_string()]);
+        assert_eq!(
+            c.registry.config_path,
+            PathBuf::from("/root/.docker/config.json")
+        );
+        std::fs::write(&p, "version = 1\n[registry]\ninsecur = []\n").unwrap();
+        assert!(Config::load(&p, true).unwrap_err().contains("insecur"));
     }
 }

@@ -22,6 +22,7 @@ pub mod daemon;
 pub mod events;
 pub mod gc;
 pub mod metadata;
+pub mod pull;
 pub mod server;
 pub mod services;
 pub mod snapshots;

@@ -105,6 +105,10 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE),
         )
+        .add_service(crate::services::transfer::server(
+            daemon.clone(),
+            cfg.registry.settings(),
+        ))
         .add_service(IntrospectionServer::new(
             introspection::IntrospectionService {
                 daemon: daemon.clone(),

@@ -1,0 +1,704 @@
+//! corrald's own pull (`corral.services.transfer.v1.Transfer/Pull`) against a real local
+//! `docker-registry`, checked with the real ctr 1.6: the image it leaves is complete and
+//! unpacked with the chain IDs ctr's own unpack gives; an index yields the platform's manifest;
+//! bad references, an unreachable registry, a wrong digest served and a 401 are clear errors
+//! that leave no image; and a pull interrupted by kill -9 resumes its partial download.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use integration::image::{ImageBlobs, busybox_path, image_blobs, image_from_layer_tars};
+use integration::registry::Registry;
+use integration::{Corrald, Ctr, require_root};
+use protocol::grpc::corral::services::transfer::v1::transfer_client::TransferClient;
+use protocol::grpc::corral::services::transfer::v1::*;
+use protocol::grpc::tonic;
+use sha2::{Digest, Sha256};
+
+const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// What one Pull call showed: every progress message, then the result or the error.
+struct Pulled {
+    events: Vec<BlobProgress>,
+    result: Result<PullResult, tonic::Status>,
+}
+
+impl Pulled {
+    fn ok(self) -> (Vec<BlobProgress>, PullResult) {
+        match self.result {
+            Ok(r) => (self.events, r),
+            Err(e) => panic!("pull failed: {:?}: {}", e.code(), e.message()),
+        }
+    }
+
+    fn err(self) -> tonic::Status {
+        match self.result {
+            Ok(r) => panic!("pull succeeded: {r:?}"),
+            Err(e) => e,
+        }
+    }
+
+    /// The states `digest` went through, in order.
+    fn states(events: &[BlobProgress], digest: &str) -> Vec<BlobState> {
+        events
+            .iter()
+            .filter(|e| e.digest == digest)
+            .map(|e| e.state())
+            .collect()
+    }
+}
+
+fn request(reference: &str) -> PullRequest {
+    PullRequest {
+        reference: reference.to_string(),
+        plain_http: true,
+        ..Default::default()
+    }
+}
+
+/// Runs one Pull against `d`, calling `on_event` for each progress message (return false to
+/// stop reading).
+fn pull_with(
+    d: &Corrald,
+    req: PullRequest,
+    mut on_event: impl FnMut(&BlobProgress) -> bool,
+) -> Pulled {
+    let rt = runtime();
+    let ns = d.namespace().to_string();
+    let address = d.address();
+    rt.block_on(async move {
+        let channel = protocol::grpc::unix::connect(&address)
+            .await
+            .expect("connect to corrald");
+        let mut client = TransferClient::new(channel);
+        let mut r = tonic::Request::new(req);
+        r.metadata_mut()
+            .insert("containerd-namespace", ns.parse().unwrap());
+        r.set_timeout(Duration::from_secs(300));
+        let mut events = Vec::new();
+        let mut stream = match client.pull(r).await {
+            Ok(s) => s.into_inner(),
+            Err(e) => {
+                return Pulled {
+                    events,
+                    result: Err(e),
+                };
+            }
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(m)) => {
+                    if let Some(b) = m.blob {
+                        let go_on = on_event(&b);
+                        events.push(b);
+                        if !go_on {
+                            return Pulled {
+                                events,
+                                result: Err(tonic::Status::cancelled("stopped by the test")),
+                            };
+                        }
+                    }
+                    if let Some(res) = m.result {
+                        return Pulled {
+                            events,
+                            result: Ok(res),
+                        };
+                    }
+                }
+                Ok(None) => {
+                    return Pulled {
+                        events,
+                        result: Err(tonic::Status::unknown("stream ended without a result")),
+                    };
+                }
+                Err(e) => {
+                    return Pulled {
+                        events,
+                        result: Err(e),
+                    };
+                }
+            }
+        }
+    })
+}
+
+fn pull(d: &Corrald, req: PullRequest) -> Pulled {
+    pull_with(d, req, |_| true)
+}
+
+/// Busybox plus two small layers with files.
+fn multi_layer_image() -> ImageBlobs {
+    let f = |p: &str, d: &str| (p.to_string(), d.as_bytes().to_vec());
+    image_blobs(
+        &busybox_path(),
+        &[
+            vec![f("etc/layer-two", "two\n"), f("tmp/a", "a\n")],
+            vec![f("etc/layer-three", "three\n"), f("etc/layer-two", "2\n")],
+        ],
+    )
+    .expect("cannot build the multi-layer test image")
+}
+
+fn push(reg: &Registry, name: &str, tag: &str, img: &ImageBlobs) {
+    let mut blobs: Vec<&[u8]> = img.layers.iter().map(Vec::as_slice).collect();
+    blobs.push(&img.config);
+    reg.push(name, tag, &blobs, &img.manifest, MEDIA_MANIFEST)
+        .expect("push to the registry");
+}
+
+/// Chain IDs of the layers, computed here independently of corrald.
+fn chain_ids(img: &ImageBlobs) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for t in &img.layer_tars {
+        let diff = sha256(t);
+        let id = match out.last() {
+            None => diff,
+            Some(parent) => sha256(format!("{parent} {diff}").as_bytes()),
+        };
+        out.push(id);
+    }
+    out
+}
+
+/// Asserts `ctr snapshots ls` holds the committed chain, each key with the right parent.
+fn assert_chain(ctr: &Ctr, chain: &[String]) {
+    let ls = ctr.ok(&["snapshots", "ls"]);
+    for (i, id) in chain.iter().enumerate() {
+        let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
+        let found = ls.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.as_slice() {
+                [k, kind] => k == id && parent.is_empty() && *kind == "Committed",
+                [k, p, kind] => k == id && *p == parent && *kind == "Committed",
+                _ => false,
+            }
+        });
+        assert!(found, "no committed snapshot {id} on {parent:?}:\n{ls}");
+    }
+}
+
+fn check_row(ctr: &Ctr, name: &str) -> String {
+    let check = ctr.ok(&["images", "check"]);
+    check
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no row for {name}: {check}"))
+        .to_string()
+}
+
+fn assert_complete_and_unpacked(ctr: &Ctr, name: &str) {
+    let row = check_row(ctr, name);
+    assert!(
+        row.contains("complete") && row.contains("true"),
+        "not complete and unpacked: {row}"
+    );
+}
+
+fn assert_no_images(ctr: &Ctr) {
+    let ls = ctr.ok(&["images", "ls", "-q"]);
+    assert!(ls.trim().is_empty(), "images left behind: {ls}");
+}
+
+/// The line of `ctr content ls` for `digest` (it shows the labels).
+fn content_row(ctr: &Ctr, digest: &str) -> String {
+    let ls = ctr.ok(&["content", "ls"]);
+    ls.lines()
+        .find(|l| l.starts_with(digest))
+        .unwrap_or_else(|| panic!("{digest} not in content ls:\n{ls}"))
+        .to_string()
+}
+
+#[test]
+fn pull_single_manifest_image_unpacks_like_ctr() {
+    if !require_root() {
+        return;
+    }
+    let reg = Registry::start();
+    let img = multi_layer_image();
+    push(&reg, "test/busybox", "multi", &img);
+    let d = Corrald::start();
+    let ctr = d.ctr();
+    let reference = format!("{}/test/busybox:multi", reg.host());
+
+    let (events, res) = pull(&d, request(&reference)).ok();
+    let chain = chain_ids(&img);
+    assert_eq!(res.name, reference);
+    let target = res.target.clone().unwrap();
+    assert_eq!(
+        (target.digest.as_str(), target.media_type.as_str()),
+        (sha256(&img.manifest).as_str(), MEDIA_MANIFEST)
+    );
+    assert_eq!(target.size, img.manifest.len() as i64);
+    assert_eq!(res.chain_id, *chain.last().unwrap());
+    assert_eq!(res.snapshotter, "overlayfs");
+    // Every layer was downloaded, then unpacked, in that order.
+    for (i, l) in img.layers.iter().enumerate() {
+        let states = Pulled::states(&events, &sha256(l));
+        let pos = |s: BlobState| states.iter().position(|x| *x == s);
+        let (down, unpacked) = (pos(BlobState::Downloaded), pos(BlobState::Unpacked));
+        assert!(
+            down.is_some() && unpacked.is_some() && down < unpacked,
+            "layer {i}: {states:?}"
+        );
+        let ev = events.iter().find(|e| e.digest == sha256(l)).unwrap();
+        assert_eq!(
+            (ev.kind(), ev.index, ev.total),
+            (BlobKind::Layer, i as u32, l.len() as i64)
+        );
+    }
+
+    // What ctr sees: the image, complete and unpacked, the same chain ctr would unpack to, and
+    // the labels ctr's pull leaves.
+    let ls = ctr.ok(&["images", "ls"]);
+    assert!(
+        ls.contains(&reference) && ls.contains(&sha256(&img.manifest)),
+        "{ls}"
+    );
+    assert_complete_and_unpacked(ctr, &reference);
+    assert_chain(ctr, &chain);
+    let source = format!(
+        "containerd.io/distribution.source.{}=test/busybox",
+        reg.host()
+    );
+    let m = content_row(ctr, &sha256(&img.manifest));
+    assert!(
+        m.contains(&format!(
+            "containerd.io/gc.ref.content.config={}",
+            sha256(&img.config)
+        )) && m.contains(&format!(
+            "containerd.io/gc.ref.content.l.2={}",
+            sha256(&img.layers[2])
+        )) && m.contains(&source),
+        "{m}"
+    );
+    let c = content_row(ctr, &sha256(&img.config));
+    assert!(
+        c.contains(&format!(
+            "containerd.io/gc.ref.snapshot.overlayfs={}",
+            chain.last().unwrap()
+        )),
+        "{c}"
+    );
+    for (l, t) in img.layers.iter().zip(&img.layer_tars) {
+        let row = content_row(ctr, &sha256(l));
+        assert!(
+            row.contains(&format!("containerd.io/uncompressed={}", sha256(t)))
+                && row.contains(&source),
+            "{row}"
+        );
+    }
+    // The pull's lease is gone: nothing but the image holds the blobs now.
+    let leases = ctr.ok(&["leases", "ls"]);
+    assert!(!leases.contains("corral-pull"), "{leases}");
+
+    // Again: everything exists, the image is updated in place.
+    let (events, res) = pull(&d, request(&reference)).ok();
+    assert_eq!(res.target.unwrap().digest, sha256(&img.manifest));
+    for l in &img.layers {
+        let states = Pulled::states(&events, &sha256(l));
+        assert!(states.contains(&BlobState::Exists), "{states:?}");
+        assert!(!states.contains(&BlobState::Downloading), "{states:?}");
+    }
+    assert_complete_and_unpacked(ctr, &reference);
+
+    // Removing the image and collecting garbage takes everything (nothing was left dangling
+    // by a lease or a wrong label), and ctr can pull the same image again over ours.
+    ctr.ok(&["images", "rm", "--sync", &reference]);
+    let content = ctr.ok(&["content", "ls", "-q"]);
+    assert!(content.trim().is_empty(), "{content}");
+    let out = ctr.run(&["images", "pull", "--plain-http", &reference]);
+    assert!(out.success(), "{}", out.describe());
+    assert_chain(ctr, &chain);
+}
+
+/// The image for another architecture: same layers, another config (so another manifest).
+fn other_arch(img: &ImageBlobs, arch: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut config: serde_json::Value = serde_json::from_slice(&img.config).unwrap();
+    config["architecture"] = arch.into();
+    let config = serde_json::to_vec(&config).unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&img.manifest).unwrap();
+    manifest["config"]["digest"] = sha256(&config).into();
+    manifest["config"]["size"] = config.len().into();
+    (serde_json::to_vec(&manifest).unwrap(), config)
+}
+
+#[test]
+fn pull_index_chooses_the_platform() {
+    if !require_root() {
+        return;
+    }
+    let reg = Registry::start();
+    let img = multi_layer_image();
+    let (arm_manifest, arm_config) = other_arch(&img, "arm64");
+    let amd = sha256(&img.manifest);
+    let arm = sha256(&arm_manifest);
+    push(&reg, "test/multi", &amd, &img);
+    reg.push(
+        "test/multi",
+        &arm,
+        &[&arm_config],
+        &arm_manifest,
+        MEDIA_MANIFEST,
+    )
+    .unwrap();
+    let entry = |m: &[u8], arch: &str| {
+        serde_json::json!({
+            "mediaType": MEDIA_MANIFEST, "digest": sha256(m), "size": m.len(),
+            "platform": {"os": "linux", "architecture": arch},
+        })
+    };
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_INDEX,
+        "manifests": [entry(&arm_manifest, "arm64"), entry(&img.manifest, "amd64")],
+    }))
+    .unwrap();
+    reg.push("test/multi", "v1", &[], &index, MEDIA_INDEX)
+        .unwrap();
+    let d = Corrald::start();
+    let ctr = d.ctr();
+    let reference = format!("{}/test/multi:v1", reg.host());
+
+    // A platform the index does not have: NotFound naming what it has; no image.
+    let mut req = request(&reference);
+    req.platform = "linux/s390x".into();
+    let e = pull(&d, req).err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
+    assert!(
+        e.message().contains("linux/s390x") && e.message().contains("linux/arm64, linux/amd64"),
+        "{}",
+        e.message()
+    );
+    assert_no_images(ctr);
+
+    // The default platform: the amd64 manifest, under the index.
+    let (events, res) = pull(&d, request(&reference)).ok();
+    let target = res.target.unwrap();
+    assert_eq!(
+        (target.digest.as_str(), target.media_type.as_str()),
+        (sha256(&index).as_str(), MEDIA_INDEX)
+    );
+    assert_eq!(res.manifest.unwrap().digest, amd);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind() == BlobKind::Index && e.digest == sha256(&index)),
+        "no index event"
+    );
+    assert!(
+        !events.iter().any(|e| e.digest == arm),
+        "fetched the arm64 manifest"
+    );
+    assert_complete_and_unpacked(ctr, &reference);
+    assert_chain(ctr, &chain_ids(&img));
+    let row = content_row(ctr, &sha256(&index));
+    assert!(
+        row.contains(&format!("containerd.io/gc.ref.content.m.0={amd}")),
+        "{row}"
+    );
+
+    // Asked for by platform, the other manifest (same layers: they exist already).
+    let mut req = request(&reference);
+    req.platform = "linux/arm64".into();
+    req.unpack = Some(false);
+    let (_, res) = pull(&d, req).ok();
+    assert_eq!(res.manifest.unwrap().digest, arm);
+    assert!(res.chain_id.is_empty());
+    let content = ctr.ok(&["content", "ls", "-q"]);
+    assert!(content.contains(&sha256(&arm_config)), "{content}");
+}
+
+/// A server on 127.0.0.1 that answers every request with 401 and a Basic challenge.
+struct Unauthorized {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl Unauthorized {
+    fn start() -> Unauthorized {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(mut c) = conn else { continue };
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf);
+                let body =
+                    r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"corral-test\"\r\n\
+                     Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Unauthorized { port, stop }
+    }
+}
+
+impl Drop for Unauthorized {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+#[test]
+fn failures_are_clear_and_leave_no_image() {
+    if !require_root() {
+        return;
+    }
+    let reg = Registry::start();
+    let img = multi_layer_image();
+    push(&reg, "test/busybox", "good", &img);
+    let d = Corrald::start();
+    let ctr = d.ctr();
+
+    // A bad reference: InvalidArgument naming it.
+    for bad in ["Upper/Case", "a//b", "x@sha256:123"] {
+        let e = pull(&d, request(bad)).err();
+        assert_eq!(
+            e.code(),
+            tonic::Code::InvalidArgument,
+            "{bad}: {}",
+            e.message()
+        );
+        assert!(e.message().contains(bad), "{}", e.message());
+    }
+
+    // An unreachable registry (a port nobody listens on): Unavailable naming the host.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let host = format!("127.0.0.1:{port}");
+    let e = pull(&d, request(&format!("{host}/x/y:1"))).err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{}", e.message());
+    assert!(e.message().contains(&host), "{}", e.message());
+
+    // Unknown manifest: NotFound.
+    let e = pull(&d, request(&format!("{}/test/none:latest", reg.host()))).err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
+    assert!(e.message().contains(&reg.host()), "{}", e.message());
+
+    // 401 without credentials: Unauthenticated naming the host; wrong credentials too.
+    let auth = Unauthorized::start();
+    let host = format!("127.0.0.1:{}", auth.port);
+    let e = pull(&d, request(&format!("{host}/private/img:1"))).err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{}", e.message());
+    assert!(e.message().contains(&host), "{}", e.message());
+    let mut req = request(&format!("{host}/private/img:1"));
+    req.credentials = Some(Credentials {
+        username: "u".into(),
+        password: "wrong".into(),
+        identity_token: String::new(),
+    });
+    let e = pull(&d, req).err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{}", e.message());
+
+    // A layer whose bytes on the registry do not match its digest: the error names both
+    // digests, and neither the blob nor the image is stored.
+    let bad_layer = &img.layers[1];
+    let hex = &sha256(bad_layer)[7..];
+    let data = reg.storage().join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ));
+    let mut corrupt = std::fs::read(&data).expect("blob file in the registry storage");
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    std::fs::write(&data, &corrupt).unwrap();
+    let e = pull(&d, request(&format!("{}/test/busybox:good", reg.host()))).err();
+    assert_eq!(e.code(), tonic::Code::DataLoss, "{}", e.message());
+    assert!(
+        e.message().contains(&sha256(bad_layer)) && e.message().contains(&sha256(&corrupt)),
+        "{}",
+        e.message()
+    );
+    let content = ctr.ok(&["content", "ls", "-q"]);
+    assert!(!content.contains(&sha256(bad_layer)), "{content}");
+    assert!(!content.contains(&sha256(&corrupt)), "{content}");
+    let active = ctr.ok(&["content", "active"]);
+    assert!(
+        !active.contains(hex),
+        "the bad bytes were kept for resume: {active}"
+    );
+
+    assert_no_images(ctr);
+    let leases = ctr.ok(&["leases", "ls"]);
+    assert!(!leases.contains("corral-pull"), "{leases}");
+}
+
+/// A TCP proxy to `upstream` that sends answers at about `rate` bytes per second, so a pull
+/// is slow enough to interrupt.
+struct SlowProxy {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl SlowProxy {
+    fn start(upstream: String, rate: usize) -> SlowProxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(down) = conn else { continue };
+                let Ok(up) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (mut d1, mut u1) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut d1, &mut u1);
+                    let _ = u1.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut d2, mut u2, s2) = (down, up, s.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    let start = Instant::now();
+                    let mut sent = 0usize;
+                    while !s2.load(Ordering::Relaxed) {
+                        let n = match u2.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if d2.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent += n;
+                        // Rate limiting, not synchronisation: stay at `rate` on average.
+                        let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                        if let Some(wait) = due.checked_sub(start.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                    let _ = d2.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        SlowProxy { port, stop }
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for SlowProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// `len` bytes that gzip cannot shrink (xorshift).
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn kill_9_mid_pull_then_the_next_pull_resumes() {
+    if !require_root() {
+        return;
+    }
+    let reg = Registry::start();
+    // Busybox below a 40 MB layer of noise.
+    let mut tars = multi_layer_image().layer_tars;
+    tars.truncate(1);
+    let mut b = tar::Builder::new(Vec::new());
+    let big = noise(40 << 20, 0x9e37_79b9_7f4a_7c15);
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_size(big.len() as u64);
+    h.set_mtime(1_700_000_000);
+    b.append_data(&mut h, "big.bin", big.as_slice()).unwrap();
+    tars.push(b.into_inner().unwrap());
+    let img = image_from_layer_tars(tars).unwrap();
+    push(&reg, "test/big", "v1", &img);
+    let big_digest = sha256(&img.layers[1]);
+    let big_size = img.layers[1].len() as i64;
+
+    // 8 MB/s through the proxy: about five seconds for the big layer.
+    let proxy = SlowProxy::start(reg.host(), 8 << 20);
+    let reference = format!("{}/test/big:v1", proxy.host());
+    let mut d = Corrald::start();
+
+    // Stop reading once a quarter of the big layer is in, and kill corrald right then.
+    let interrupted = pull_with(&d, request(&reference), |e| {
+        !(e.digest == big_digest && e.state() == BlobState::Downloading && e.offset > big_size / 4)
+    });
+    assert!(
+        interrupted
+            .events
+            .iter()
+            .any(|e| e.digest == big_digest && e.offset > 0),
+        "never saw the big layer downloading"
+    );
+    d.kill_9();
+    d.restart();
+    let ctr = d.ctr();
+    assert_no_images(ctr);
+    // The partial download survived, under the ref containerd would use.
+    let active = ctr.ok(&["content", "active"]);
+    let row = active
+        .lines()
+        .find(|l| l.starts_with(&format!("layer-{big_digest}")))
+        .unwrap_or_else(|| panic!("no ingest of the big layer after the restart:\n{active}"));
+    let held = row.split_whitespace().nth(1).unwrap_or("");
+    assert!(held != "0" && held != "0B", "empty ingest: {row}");
+
+    // The next pull starts the big layer where the ingest stopped, and completes.
+    let (events, res) = pull(&d, request(&reference)).ok();
+    let first = events
+        .iter()
+        .find(|e| e.digest == big_digest && e.state() == BlobState::Downloading)
+        .expect("the big layer was downloaded again");
+    assert!(
+        first.offset > 0,
+        "the big layer restarted from 0 instead of resuming: {first:?}\n{}",
+        d.log_tail(20)
+    );
+    assert_eq!(res.chain_id, *chain_ids(&img).last().unwrap());
+    assert_complete_and_unpacked(ctr, &reference);
+    assert_chain(ctr, &chain_ids(&img));
+    let active = ctr.ok(&["content", "active"]);
+    assert!(active.lines().count() <= 1, "ingests left: {active}");
+}

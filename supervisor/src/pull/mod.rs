@@ -1,0 +1,1316 @@
+//! Image pull done by the daemon: registry → content store → snapshotter → image record.
+//!
+//! It leaves exactly the records `ctr images pull` leaves (protocol.md §5.3), so ctr and CRI
+//! see an image corral pulled as their own:
+//!
+//! ```text
+//! reference ──normalise──▶ registry (oci_client: HTTPS, tokens, redirects)
+//!   │ lease (gc.expire = now + 24 h) holds everything below until the image record exists
+//!   ├─ index?    ingest `index-sha256:…`     labels gc.ref.content.m.0 = chosen manifest
+//!   ├─ manifest  ingest `manifest-sha256:…`  labels gc.ref.content.config, gc.ref.content.l.<n>
+//!   ├─ config ─┐ ingests `config-…`/`layer-…`, at most 4 at once, resumed from the ingest's
+//!   ├─ layers ─┘ offset with a Range request; every blob labelled
+//!   │            containerd.io/distribution.source.<host> = <repository>
+//!   ├─ unpack    layer n as soon as layers 0..=n are in: prepare `extract-… <chainID>` on
+//!   │            chainID(n-1), apply, check the diffID against the config, commit as chainID(n)
+//!   │            (skipped when that snapshot exists); layer labelled containerd.io/uncompressed,
+//!   │            config labelled containerd.io/gc.ref.snapshot.<snapshotter> = top chainID
+//!   └─ image record created (or its target updated), /images/create|update published
+//! lease deleted
+//! ```
+//!
+//! A failure at any point deletes the lease and writes no image record: what was committed is
+//! garbage for the next collection, and partial downloads stay as ingests (named per namespace,
+//! as the content service names them) for the next pull to resume.
+
+pub mod auth;
+pub mod reference;
+pub mod registry;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use content::{BlobReader, ContentStore, Digest, WriterOpts};
+use oci_client::manifest::OciDescriptor;
+use protocol::Code;
+use protocol::grpc::any::{IMAGE_CREATE, IMAGE_UPDATE, SNAPSHOT_COMMIT, SNAPSHOT_PREPARE, pack};
+use protocol::grpc::containerd::events::{SnapshotCommit, SnapshotPrepare};
+use protocol::grpc::containerd::services::images::v1::{ImageCreate, ImageUpdate};
+use serde::Deserialize;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::StreamExt;
+
+pub use auth::Credentials;
+use reference::{ImageRef, Platform};
+use registry::Registry;
+
+use crate::metadata::{self, Descriptor, IMAGES, Image, LEASES, Labels, Lease, Time, key};
+use crate::services::Shared;
+use crate::services::content::BLOB_LOCK;
+use crate::snapshots::{self, Busy, Namespaced};
+
+/// Blobs downloaded at once per pull.
+pub const CONCURRENT_DOWNLOADS: usize = 4;
+/// Progress of one blob's bytes is reported at most this often.
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the pull's lease lives if corrald dies before deleting it (containerd's default).
+const LEASE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+
+pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MEDIA_TYPE_DOCKER_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+pub const LABEL_UNCOMPRESSED: &str = "containerd.io/uncompressed";
+pub const LABEL_SOURCE_PREFIX: &str = "containerd.io/distribution.source.";
+pub const LABEL_REF_SNAPSHOT_PREFIX: &str = "containerd.io/gc.ref.snapshot.";
+
+/// Claims on snapshot keys made by pulls (unpack keys are unique per pull; chain IDs may be
+/// wanted by two pulls of the same image at once, and the loser finds the winner's snapshot).
+static BUSY: LazyLock<Busy> = LazyLock::new(Busy::default);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid reference {reference:?}: {reason}")]
+    BadReference { reference: String, reason: String },
+    #[error("invalid platform {0:?}: expected os/arch[/variant], e.g. linux/amd64")]
+    BadPlatform(String),
+    #[error("snapshotter not loaded: {0}")]
+    NoSnapshotter(String),
+    #[error("credentials file {path}: {reason}")]
+    BadCredentialsFile { path: String, reason: String },
+    #[error("registry {host} unreachable: {detail}")]
+    Unreachable { host: String, detail: String },
+    #[error("{what} from registry {host}: {detail}")]
+    Registry {
+        code: Code,
+        host: String,
+        what: String,
+        detail: String,
+    },
+    #[error("{name}: no manifest for platform {wanted} in the index (it has: {available})")]
+    NoPlatform {
+        name: String,
+        wanted: String,
+        available: String,
+    },
+    #[error("{what} of {name}: {reason}")]
+    BadImage {
+        name: String,
+        what: String,
+        reason: String,
+    },
+    #[error(
+        "blob {expected} from registry {host}: the registry served {size} bytes with digest {actual}; nothing was stored"
+    )]
+    DigestMismatch {
+        host: String,
+        expected: String,
+        actual: String,
+        size: u64,
+    },
+    #[error("blob {digest} from registry {host}: {detail}")]
+    BadLength {
+        host: String,
+        digest: String,
+        detail: String,
+    },
+    #[error(
+        "layer {index} ({digest}) of {name}: its diff ID is {actual}, the image config says {expected}"
+    )]
+    DiffIdMismatch {
+        name: String,
+        index: usize,
+        digest: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{0}")]
+    Metadata(#[from] metadata::Error),
+    #[error("content store: {0}")]
+    Content(#[from] content::Error),
+    #[error("{0}")]
+    Snapshot(#[from] snapshots::Error),
+    #[error("unpack layer {digest}: {source}")]
+    Apply {
+        digest: String,
+        source: snapshotter::apply::ApplyError,
+    },
+    #[error("pull worker failed: {0}")]
+    Worker(String),
+}
+
+impl Error {
+    pub fn code(&self) -> Code {
+        match self {
+            Error::BadReference { .. } | Error::BadPlatform(_) | Error::NoSnapshotter(_) => {
+                Code::InvalidArgument
+            }
+            Error::BadCredentialsFile { .. } => Code::FailedPrecondition,
+            Error::Unreachable { .. } => Code::Unavailable,
+            Error::Registry { code, .. } => *code,
+            Error::NoPlatform { .. } => Code::NotFound,
+            Error::BadImage { .. } => Code::FailedPrecondition,
+            Error::DigestMismatch { .. } | Error::BadLength { .. } => Code::DataLoss,
+            Error::DiffIdMismatch { .. } => Code::DataLoss,
+            Error::Metadata(e) => e.code(),
+            Error::Content(e) => e.code(),
+            Error::Snapshot(e) => e.code(),
+            Error::Apply { source, .. } => source.code(),
+            Error::Worker(_) => Code::Internal,
+        }
+    }
+}
+
+/// What to pull, and how.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub reference: String,
+    /// `os/arch[/variant]`; empty for linux/amd64.
+    pub platform: String,
+    pub plain_http: bool,
+    /// `None`: from the docker config file, else anonymous.
+    pub credentials: Option<Credentials>,
+    pub unpack: bool,
+    /// Empty for `overlayfs`.
+    pub snapshotter: String,
+}
+
+/// corrald's registry settings (`[registry]` in its config).
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// A docker-style config.json with `auths`.
+    pub config_path: PathBuf,
+    /// Hosts (`host[:port]`) talked to over plain HTTP.
+    pub insecure: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Index,
+    Manifest,
+    Config,
+    Layer,
+}
+
+impl Kind {
+    /// The ingest ref prefix (containerd's `remotes.MakeRefKey`).
+    fn ref_prefix(self) -> &'static str {
+        match self {
+            Kind::Index => "index",
+            Kind::Manifest => "manifest",
+            Kind::Config => "config",
+            Kind::Layer => "layer",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Waiting,
+    Downloading,
+    Downloaded,
+    Unpacking,
+    Unpacked,
+    Exists,
+    Done,
+}
+
+/// One blob's progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub digest: String,
+    pub media_type: String,
+    pub kind: Kind,
+    /// Position among the layers (0 for the others).
+    pub index: u32,
+    pub total: i64,
+    pub offset: i64,
+    pub state: State,
+}
+
+/// What a successful pull made.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub name: String,
+    pub target: Descriptor,
+    pub manifest: Descriptor,
+    /// Empty if not unpacked.
+    pub chain_id: String,
+    pub snapshotter: String,
+}
+
+/// A descriptor as manifests and indexes carry it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Desc {
+    #[serde(default)]
+    media_type: String,
+    digest: String,
+    size: i64,
+    #[serde(default)]
+    platform: Option<PlatformJson>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    urls: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct PlatformJson {
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+/// An index or a manifest: which one is told by the fields present.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Doc {
+    #[serde(default)]
+    schema_version: Option<i64>,
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    manifests: Option<Vec<Desc>>,
+    #[serde(default)]
+    config: Option<Desc>,
+    #[serde(default)]
+    layers: Option<Vec<Desc>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ImageConfig {
+    rootfs: RootFs,
+}
+
+#[derive(Debug, Deserialize)]
+struct RootFs {
+    #[serde(default)]
+    diff_ids: Vec<String>,
+}
+
+impl Desc {
+    fn to_record(&self) -> Descriptor {
+        Descriptor {
+            media_type: self.media_type.clone(),
+            digest: self.digest.clone(),
+            size: self.size,
+            annotations: self.annotations.clone().into_iter().collect(),
+        }
+    }
+
+    fn to_oci(&self) -> OciDescriptor {
+        OciDescriptor {
+            media_type: self.media_type.clone(),
+            digest: self.digest.clone(),
+            size: self.size,
+            urls: self.urls.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// State shared by the tasks of one pull.
+struct Ctx {
+    d: Shared,
+    ns: String,
+    lease: String,
+    image: ImageRef,
+    registry: Registry,
+    progress: mpsc::Sender<Progress>,
+    downloads: Semaphore,
+    /// `containerd.io/distribution.source.<host>` = repository, on every blob.
+    source: (String, String),
+}
+
+impl Ctx {
+    async fn emit(&self, p: Progress) {
+        // A client that went away does not stop the pull.
+        let _ = self.progress.send(p).await;
+    }
+
+    fn bad_image(&self, what: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::BadImage {
+            name: self.image.name.clone(),
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn source_labels(&self) -> Labels {
+        Labels::from([self.source.clone()])
+    }
+}
+
+fn progress(desc: &Desc, kind: Kind, index: usize, offset: u64, state: State) -> Progress {
+    Progress {
+        digest: desc.digest.clone(),
+        media_type: desc.media_type.clone(),
+        kind,
+        index: index as u32,
+        total: desc.size,
+        offset: offset as i64,
+        state,
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Worker(e.to_string()))?
+}
+
+/// Pulls `req` into namespace `ns`, reporting progress on `events`.
+pub async fn pull(
+    d: Shared,
+    ns: &str,
+    req: Request,
+    settings: &Settings,
+    events: mpsc::Sender<Progress>,
+) -> Result<Pulled, Error> {
+    let image = reference::parse(&req.reference)?;
+    let platform = Platform::parse(&req.platform)?;
+    let sn_name = if req.snapshotter.is_empty() {
+        "overlayfs".to_string()
+    } else {
+        req.snapshotter.clone()
+    };
+    if req.unpack && !d.snapshotters.contains_key(&sn_name) {
+        return Err(Error::NoSnapshotter(sn_name));
+    }
+    let creds = match req.credentials.clone() {
+        Some(c) => c,
+        None => {
+            let (path, host) = (settings.config_path.clone(), image.host().to_string());
+            blocking(move || auth::from_docker_config_file(&path, &host))
+                .await?
+                .unwrap_or(Credentials::Anonymous)
+        }
+    };
+    let plain_http = req.plain_http
+        || settings
+            .insecure
+            .iter()
+            .any(|h| h == image.host() || h == image.endpoint());
+    let registry = Registry::new(&image, plain_http, &creds);
+    log::info!(
+        "pull {} into {ns} (platform {platform}, {}{})",
+        image.name,
+        if plain_http { "plain HTTP" } else { "HTTPS" },
+        match creds {
+            Credentials::Anonymous => "",
+            _ => ", with credentials",
+        }
+    );
+
+    // Resolve before anything is written: a bad name or an unreachable registry leaves no
+    // trace.
+    let (top_bytes, top_digest) = registry
+        .manifest(&image.oci, &format!("manifest {}", image.name))
+        .await?;
+
+    let lease = create_lease(&d, ns).await?;
+    let ctx = Arc::new(Ctx {
+        d: d.clone(),
+        ns: ns.to_string(),
+        lease: lease.clone(),
+        source: (
+            format!("{LABEL_SOURCE_PREFIX}{}", image.host()),
+            image.repository().to_string(),
+        ),
+        image,
+        registry,
+        progress: events,
+        downloads: Semaphore::new(CONCURRENT_DOWNLOADS),
+    });
+    let result = pull_in_lease(
+        &ctx,
+        top_bytes,
+        top_digest,
+        &platform,
+        req.unpack.then_some(sn_name),
+    )
+    .await;
+    // Whatever happened, the lease goes: on success the image record holds everything, on
+    // failure what was stored becomes garbage.
+    let (d2, ns2) = (d.clone(), ns.to_string());
+    if let Err(e) = blocking(move || {
+        let tx = d2.db.write()?;
+        tx.delete_lease(&ns2, &lease)?;
+        tx.commit()?;
+        Ok(())
+    })
+    .await
+    {
+        log::warn!("pull: deleting lease: {e} (it expires in a day)");
+    }
+    match &result {
+        Ok(p) => log::info!("pulled {} ({})", p.name, p.target.digest),
+        Err(e) => {
+            log::warn!("pull {} failed: {e}", ctx.image.name);
+            crate::gc::trigger(d);
+        }
+    }
+    result
+}
+
+/// A lease that expires in a day, as containerd's client makes for a pull.
+async fn create_lease(d: &Shared, ns: &str) -> Result<String, Error> {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = Time::now();
+    let id = format!(
+        "corral-pull-{}{:09}-{}",
+        t.seconds,
+        t.nanos,
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let expire = rfc3339(SystemTime::now() + LEASE_EXPIRY);
+    let (d, ns, lid) = (d.clone(), ns.to_string(), id.clone());
+    blocking(move || {
+        let tx = d.db.write()?;
+        tx.ensure_namespace(&ns)?;
+        tx.put(
+            LEASES,
+            &key(&ns, &[&lid]),
+            &Lease {
+                labels: Labels::from([(crate::gc::LABEL_EXPIRE.to_string(), expire)]),
+                created_at: Time::now(),
+            },
+        )?;
+        tx.commit()?;
+        Ok(())
+    })
+    .await?;
+    Ok(id)
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn parse_doc(ctx: &Ctx, what: &str, bytes: &[u8]) -> Result<Doc, Error> {
+    let doc: Doc = serde_json::from_slice(bytes)
+        .map_err(|e| ctx.bad_image(what, format!("not valid JSON: {e}")))?;
+    if doc.schema_version != Some(2) {
+        return Err(ctx.bad_image(
+            what,
+            format!(
+                "schema version {:?} is not supported (only 2)",
+                doc.schema_version
+            ),
+        ));
+    }
+    Ok(doc)
+}
+
+async fn pull_in_lease(
+    ctx: &Arc<Ctx>,
+    top_bytes: bytes::Bytes,
+    top_digest: String,
+    platform: &Platform,
+    snapshotter: Option<String>,
+) -> Result<Pulled, Error> {
+    let name = ctx.image.name.clone();
+    let top = parse_doc(ctx, "manifest", &top_bytes)?;
+    let is_index = top.manifests.is_some()
+        || matches!(
+            top.media_type.as_deref(),
+            Some(MEDIA_TYPE_OCI_INDEX | MEDIA_TYPE_DOCKER_LIST)
+        );
+    let top_media = top.media_type.clone().unwrap_or_else(|| {
+        if is_index {
+            MEDIA_TYPE_OCI_INDEX.into()
+        } else {
+            MEDIA_TYPE_OCI_MANIFEST.into()
+        }
+    });
+    let top_desc = Desc {
+        media_type: top_media,
+        digest: top_digest,
+        size: top_bytes.len() as i64,
+        platform: None,
+        annotations: BTreeMap::new(),
+        urls: None,
+    };
+
+    // The index, if any: choose the manifest, fetch it.
+    let (manifest_desc, manifest_bytes, manifest) = if is_index {
+        let entries = top.manifests.unwrap_or_default();
+        let chosen = entries
+            .iter()
+            .find(|e| {
+                e.platform
+                    .as_ref()
+                    .is_some_and(|p| platform.matches(&p.os, &p.architecture, p.variant.as_deref()))
+            })
+            .cloned()
+            .ok_or_else(|| Error::NoPlatform {
+                name: name.clone(),
+                wanted: platform.to_string(),
+                available: available_platforms(&entries),
+            })?;
+        let at = ctx.image.at_digest(&chosen.digest);
+        let (bytes, digest) = ctx
+            .registry
+            .manifest(&at, &format!("manifest {}", chosen.digest))
+            .await?;
+        if digest != chosen.digest || bytes.len() as i64 != chosen.size {
+            return Err(Error::DigestMismatch {
+                host: ctx.image.host().to_string(),
+                expected: chosen.digest.clone(),
+                actual: digest,
+                size: bytes.len() as u64,
+            });
+        }
+        let doc = parse_doc(ctx, &format!("manifest {}", chosen.digest), &bytes)?;
+        let mut labels = ctx.source_labels();
+        labels.insert(
+            "containerd.io/gc.ref.content.m.0".into(),
+            chosen.digest.clone(),
+        );
+        ctx.emit(progress(&top_desc, Kind::Index, 0, 0, State::Downloading))
+            .await;
+        let existed = store_bytes(ctx, &top_desc, Kind::Index, top_bytes.clone(), labels).await?;
+        ctx.emit(progress(
+            &top_desc,
+            Kind::Index,
+            0,
+            top_desc.size as u64,
+            if existed {
+                State::Exists
+            } else {
+                State::Downloaded
+            },
+        ))
+        .await;
+        let mut desc = chosen;
+        if desc.media_type.is_empty() {
+            desc.media_type = doc
+                .media_type
+                .clone()
+                .unwrap_or_else(|| MEDIA_TYPE_OCI_MANIFEST.into());
+        }
+        (desc, bytes, doc)
+    } else {
+        (top_desc.clone(), top_bytes, top)
+    };
+    let what = format!("manifest {}", manifest_desc.digest);
+    let config = manifest
+        .config
+        .clone()
+        .ok_or_else(|| ctx.bad_image(&what, "no config descriptor"))?;
+    let layers = manifest.layers.clone().unwrap_or_default();
+    for d in std::iter::once(&config).chain(&layers) {
+        Digest::parse(&d.digest)
+            .map_err(|e| ctx.bad_image(&what, format!("descriptor {:?}: {e}", d.digest)))?;
+        if d.size < 0 {
+            return Err(ctx.bad_image(
+                &what,
+                format!("descriptor {} has a negative size", d.digest),
+            ));
+        }
+    }
+
+    // The manifest, labelled with its children.
+    let mut labels = ctx.source_labels();
+    labels.insert(
+        "containerd.io/gc.ref.content.config".into(),
+        config.digest.clone(),
+    );
+    for (i, l) in layers.iter().enumerate() {
+        labels.insert(
+            format!("containerd.io/gc.ref.content.l.{i}"),
+            l.digest.clone(),
+        );
+    }
+    ctx.emit(progress(
+        &manifest_desc,
+        Kind::Manifest,
+        0,
+        0,
+        State::Downloading,
+    ))
+    .await;
+    let existed = store_bytes(ctx, &manifest_desc, Kind::Manifest, manifest_bytes, labels).await?;
+    ctx.emit(progress(
+        &manifest_desc,
+        Kind::Manifest,
+        0,
+        manifest_desc.size as u64,
+        if existed {
+            State::Exists
+        } else {
+            State::Downloaded
+        },
+    ))
+    .await;
+
+    // Config and layers, concurrently; unpack follows them in order.
+    ctx.emit(progress(&config, Kind::Config, 0, 0, State::Waiting))
+        .await;
+    for (i, l) in layers.iter().enumerate() {
+        ctx.emit(progress(l, Kind::Layer, i, 0, State::Waiting))
+            .await;
+    }
+    let config_task = tokio::spawn(fetch(ctx.clone(), config.clone(), Kind::Config, 0));
+    let mut layer_tasks: Vec<_> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| tokio::spawn(fetch(ctx.clone(), l.clone(), Kind::Layer, i)))
+        .collect();
+    let abort_all = |tasks: &[tokio::task::JoinHandle<Result<(), Error>>]| {
+        for t in tasks {
+            t.abort();
+        }
+    };
+    let joined = |r: Result<Result<(), Error>, tokio::task::JoinError>| {
+        r.map_err(|e| Error::Worker(e.to_string()))?
+    };
+    if let Err(e) = joined(config_task.await) {
+        abort_all(&layer_tasks);
+        return Err(e);
+    }
+    let config_bytes = read_blob(ctx, &config).await?;
+    let image_config: ImageConfig = serde_json::from_slice(&config_bytes)
+        .map_err(|e| ctx.bad_image(format!("config {}", config.digest), e.to_string()))?;
+    let diff_ids = image_config.rootfs.diff_ids;
+    if diff_ids.len() != layers.len() {
+        abort_all(&layer_tasks);
+        return Err(ctx.bad_image(
+            format!("config {}", config.digest),
+            format!(
+                "{} diff IDs for {} layers in the manifest",
+                diff_ids.len(),
+                layers.len()
+            ),
+        ));
+    }
+    let chain = reference::chain_ids(&diff_ids);
+
+    for i in 0..layers.len() {
+        let task = std::mem::replace(&mut layer_tasks[i], tokio::spawn(async { Ok(()) }));
+        if let Err(e) = joined(task.await) {
+            abort_all(&layer_tasks[i + 1..]);
+            return Err(e);
+        }
+        if let Some(sn) = &snapshotter {
+            let parent = if i == 0 {
+                None
+            } else {
+                Some(chain[i - 1].clone())
+            };
+            if let Err(e) =
+                unpack_layer(ctx, sn, i, &layers[i], parent, &chain[i], &diff_ids[i]).await
+            {
+                abort_all(&layer_tasks[i + 1..]);
+                return Err(e);
+            }
+        } else {
+            ctx.emit(progress(
+                &layers[i],
+                Kind::Layer,
+                i,
+                layers[i].size as u64,
+                State::Done,
+            ))
+            .await;
+        }
+    }
+
+    let chain_id = match (&snapshotter, chain.last()) {
+        (Some(sn), Some(top)) => {
+            let labels = Labels::from([(format!("{LABEL_REF_SNAPSHOT_PREFIX}{sn}"), top.clone())]);
+            label_blob(ctx, &config.digest, labels).await?;
+            top.clone()
+        }
+        _ => String::new(),
+    };
+    ctx.emit(progress(
+        &config,
+        Kind::Config,
+        0,
+        config.size as u64,
+        State::Done,
+    ))
+    .await;
+
+    let target = top_desc.to_record();
+    put_image(ctx, &name, target.clone()).await?;
+    ctx.emit(progress(
+        &manifest_desc,
+        Kind::Manifest,
+        0,
+        manifest_desc.size as u64,
+        State::Done,
+    ))
+    .await;
+    Ok(Pulled {
+        name,
+        target,
+        manifest: manifest_desc.to_record(),
+        chain_id,
+        snapshotter: snapshotter.unwrap_or_default(),
+    })
+}
+
+fn available_platforms(entries: &[Desc]) -> String {
+    let all: Vec<String> = entries
+        .iter()
+        .map(|e| match &e.platform {
+            Some(p) => {
+                let mut s = format!("{}/{}", p.os, p.architecture);
+                if let Some(v) = p.variant.as_deref().filter(|v| !v.is_empty()) {
+                    s.push('/');
+                    s.push_str(v);
+                }
+                s
+            }
+            None => format!("{} (no platform)", e.digest),
+        })
+        .collect();
+    if all.is_empty() {
+        "no manifests".into()
+    } else {
+        all.join(", ")
+    }
+}
+
+/// The store ref of an ingest of `desc` in `ns` (the content service's `<ns>/<client ref>`).
+fn ingest_ref(ns: &str, kind: Kind, digest: &str) -> String {
+    format!("{ns}/{}-{digest}", kind.ref_prefix())
+}
+
+/// Makes blob `digest` (on disk) visible in the pull's namespace with `labels` merged in, and
+/// attaches it to the lease. Callers hold `BLOB_LOCK` (read).
+fn record(ctx: &Ctx, digest: &str, size: u64, labels: Labels) -> Result<(), Error> {
+    let tx = ctx.d.db.write()?;
+    tx.add_lease_resource(&ctx.ns, &ctx.lease, "content", digest)?;
+    tx.record_blob(&ctx.ns, digest, size, labels, true)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// If blob `digest` is on disk already, records it (with `labels`) and returns true.
+fn record_if_present(
+    ctx: &Ctx,
+    digest: &Digest,
+    size: u64,
+    labels: &Labels,
+) -> Result<bool, Error> {
+    let _g = BLOB_LOCK.read().unwrap_or_else(|e| e.into_inner());
+    match ctx.d.content.info(digest) {
+        Ok(info) if info.size == size => {
+            record(ctx, &digest.to_string(), size, labels.clone())?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Merges `labels` into the namespace's record of `digest`.
+async fn label_blob(ctx: &Arc<Ctx>, digest: &str, labels: Labels) -> Result<(), Error> {
+    let (c, digest) = (ctx.clone(), digest.to_string());
+    blocking(move || {
+        let tx = c.d.db.write()?;
+        let size = tx
+            .get::<metadata::Blob>(metadata::CONTENT, &key(&c.ns, &[&digest]))?
+            .map(|b| b.size as u64)
+            .ok_or_else(|| metadata::Error::NotFound(format!("content {digest}")))?;
+        tx.record_blob(&c.ns, &digest, size, labels, true)?;
+        tx.commit()?;
+        Ok(())
+    })
+    .await
+}
+
+/// Stores a small blob held in memory (index, manifest). True if it was there already.
+async fn store_bytes(
+    ctx: &Arc<Ctx>,
+    desc: &Desc,
+    kind: Kind,
+    bytes: bytes::Bytes,
+    labels: Labels,
+) -> Result<bool, Error> {
+    let digest = Digest::parse(&desc.digest).map_err(|e| {
+        ctx.bad_image(
+            format!("{kind:?}"),
+            format!("digest {:?}: {e}", desc.digest),
+        )
+    })?;
+    let c = ctx.clone();
+    blocking(move || {
+        let size = bytes.len() as u64;
+        if record_if_present(&c, &digest, size, &labels)? {
+            return Ok(true);
+        }
+        let sref = ingest_ref(&c.ns, kind, &digest.to_string());
+        let mut w =
+            c.d.content
+                .writer(WriterOpts::new(sref.clone()).total(size).expected(digest))?;
+        if w.offset() > 0 {
+            w.truncate(0)?;
+        }
+        w.write_all(&bytes)?;
+        let _g = BLOB_LOCK.read().unwrap_or_else(|e| e.into_inner());
+        match w.commit(Some(size), Some(&digest), Labels::new()) {
+            Ok(_) | Err(content::Error::AlreadyExists(_)) => {}
+            Err(e) => {
+                drop(w);
+                let _ = c.d.content.abort(&sref);
+                return Err(e.into());
+            }
+        }
+        record(&c, &digest.to_string(), size, labels)?;
+        Ok(false)
+    })
+    .await
+}
+
+/// Reads a (small) stored blob whole.
+async fn read_blob(ctx: &Arc<Ctx>, desc: &Desc) -> Result<Vec<u8>, Error> {
+    let digest = Digest::parse(&desc.digest)?;
+    let c = ctx.clone();
+    blocking(move || {
+        let r = c.d.content.reader_at(&digest)?;
+        let mut buf = vec![0u8; r.size() as usize];
+        let mut at = 0;
+        while at < buf.len() {
+            let n = r.read_at(&mut buf[at..], at as u64)?;
+            if n == 0 {
+                break;
+            }
+            at += n;
+        }
+        buf.truncate(at);
+        Ok(buf)
+    })
+    .await
+}
+
+/// Downloads one blob (config or layer) into the content store, resuming its ingest.
+async fn fetch(ctx: Arc<Ctx>, desc: Desc, kind: Kind, index: usize) -> Result<(), Error> {
+    let _permit = ctx
+        .downloads
+        .acquire()
+        .await
+        .map_err(|e| Error::Worker(e.to_string()))?;
+    let digest = Digest::parse(&desc.digest)?;
+    let size = desc.size as u64;
+    let labels = ctx.source_labels();
+    let sref = ingest_ref(&ctx.ns, kind, &desc.digest);
+
+    // Present already, or open (resume) the ingest; another pull of the same blob holds the
+    // ref: wait for it to finish or give up.
+    let mut writer = loop {
+        let (c, l, r) = (ctx.clone(), labels.clone(), sref.clone());
+        let opened = blocking(move || {
+            if record_if_present(&c, &digest, size, &l)? {
+                return Ok(None);
+            }
+            match c
+                .d
+                .content
+                .writer(WriterOpts::new(r).total(size).expected(digest))
+            {
+                Ok(w) => Ok(Some(Some(w))),
+                Err(content::Error::RefLocked(_)) => Ok(Some(None)),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await?;
+        match opened {
+            None => {
+                ctx.emit(progress(&desc, kind, index, size, State::Exists))
+                    .await;
+                return Ok(());
+            }
+            Some(Some(w)) => break w,
+            Some(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let mut offset = writer.offset();
+    if offset > size {
+        writer = blocking(move || {
+            writer.truncate(0)?;
+            Ok(writer)
+        })
+        .await?;
+        offset = 0;
+    }
+    if offset < size || size == 0 {
+        let at = ctx.image.at_digest(&desc.digest);
+        let mut body = ctx.registry.blob(&at, &desc.to_oci(), offset).await?;
+        if body.offset != offset {
+            // The registry ignored the Range: start over.
+            writer = blocking(move || {
+                writer.truncate(0)?;
+                Ok(writer)
+            })
+            .await?;
+            offset = 0;
+        }
+        if offset > 0 {
+            log::info!("pull: resuming {} at {offset} of {size} bytes", desc.digest);
+        }
+        ctx.emit(progress(&desc, kind, index, offset, State::Downloading))
+            .await;
+        // Bytes flow from the network to a blocking writer thread through a short queue.
+        let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(16);
+        let write_task = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = rx.blocking_recv() {
+                writer.write_all(&chunk)?;
+            }
+            Ok::<_, content::Error>(writer)
+        });
+        let mut last = Instant::now();
+        let mut failed = None;
+        while let Some(chunk) = body.stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            offset += chunk.len() as u64;
+            if offset > size {
+                failed = Some(Error::BadLength {
+                    host: ctx.image.host().to_string(),
+                    digest: desc.digest.clone(),
+                    detail: format!(
+                        "the registry sent more than the {size} bytes of the descriptor"
+                    ),
+                });
+                break;
+            }
+            if tx.send(chunk).await.is_err() {
+                break;
+            }
+            if last.elapsed() >= PROGRESS_INTERVAL {
+                last = Instant::now();
+                let _ =
+                    ctx.progress
+                        .try_send(progress(&desc, kind, index, offset, State::Downloading));
+            }
+        }
+        drop(tx);
+        writer = write_task
+            .await
+            .map_err(|e| Error::Worker(e.to_string()))??;
+        if let Some(e) = failed {
+            if matches!(e, Error::BadLength { .. }) {
+                let _ = blocking({
+                    let c = ctx.clone();
+                    let r = sref.clone();
+                    move || {
+                        drop(writer);
+                        c.d.content.abort(&r).map_err(Error::from)
+                    }
+                })
+                .await;
+            }
+            return Err(e);
+        }
+    }
+    let c = ctx.clone();
+    let host = ctx.image.host().to_string();
+    let d2 = desc.clone();
+    blocking(move || {
+        let held = writer.offset();
+        let actual = writer.digest();
+        if held != size || actual != digest {
+            drop(writer);
+            // Wrong bytes must not be resumed from: start clean next time.
+            let _ = c.d.content.abort(&sref);
+            if held != size {
+                return Err(Error::BadLength {
+                    host,
+                    digest: d2.digest.clone(),
+                    detail: format!("the registry sent {held} bytes, the descriptor says {size}"),
+                });
+            }
+            return Err(Error::DigestMismatch {
+                host,
+                expected: d2.digest.clone(),
+                actual: actual.to_string(),
+                size: held,
+            });
+        }
+        let _g = BLOB_LOCK.read().unwrap_or_else(|e| e.into_inner());
+        match writer.commit(Some(size), Some(&digest), Labels::new()) {
+            Ok(_) | Err(content::Error::AlreadyExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        record(&c, &digest.to_string(), size, labels)
+    })
+    .await?;
+    ctx.emit(progress(&desc, kind, index, size, State::Downloaded))
+        .await;
+    Ok(())
+}
+
+/// Unpacks layer `index` onto `parent` as the committed snapshot `chain` (skipped if it exists)
+/// and labels the layer blob with its diff ID.
+async fn unpack_layer(
+    ctx: &Arc<Ctx>,
+    sn: &str,
+    index: usize,
+    layer: &Desc,
+    parent: Option<String>,
+    chain: &str,
+    diff_id: &str,
+) -> Result<(), Error> {
+    let backend = ctx
+        .d
+        .snapshotters
+        .get(sn)
+        .cloned()
+        .ok_or_else(|| Error::NoSnapshotter(sn.to_string()))?;
+    ctx.emit(progress(
+        layer,
+        Kind::Layer,
+        index,
+        layer.size as u64,
+        State::Unpacking,
+    ))
+    .await;
+    let (c, sn2, l, chain2, diff2) = (
+        ctx.clone(),
+        sn.to_string(),
+        layer.clone(),
+        chain.to_string(),
+        diff_id.to_string(),
+    );
+    let made = blocking(move || {
+        let view = Namespaced {
+            db: &c.d.db,
+            busy: &BUSY,
+            ns: &c.ns,
+            name: &sn2,
+            backend: backend.as_ref(),
+            lease: Some(&c.lease),
+        };
+        match view.stat(&chain2) {
+            Ok(_) => return Ok(None),
+            Err(snapshots::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let t = Time::now();
+        let key = format!("extract-{}{:09}-{index} {chain2}", t.seconds, t.nanos);
+        let parent = parent.unwrap_or_default();
+        let mounts = view.prepare(&key, &parent, Labels::new(), false)?;
+        let applied = (|| {
+            let digest = Digest::parse(&l.digest)?;
+            let reader = BlobReader::new(c.d.content.reader_at(&digest)?, 0)?;
+            let media = Some(l.media_type.as_str()).filter(|m| !m.is_empty());
+            snapshotter::apply::apply_to_mounts(&mounts, reader, media).map_err(|source| {
+                Error::Apply {
+                    digest: l.digest.clone(),
+                    source,
+                }
+            })
+        })();
+        let fail = |e: Error| {
+            if let Err(r) = view.remove(&key) {
+                log::warn!("pull: removing {key} after a failed unpack: {r}");
+            }
+            Err(e)
+        };
+        let applied = match applied {
+            Ok(a) => a,
+            Err(e) => return fail(e),
+        };
+        if applied.diff_id != diff2 {
+            return fail(Error::DiffIdMismatch {
+                name: c.image.name.clone(),
+                index,
+                digest: l.digest.clone(),
+                expected: diff2,
+                actual: applied.diff_id,
+            });
+        }
+        match view.commit(&chain2, &key, Labels::new()) {
+            Ok(()) => Ok(Some((key, parent))),
+            // Another pull of the same image got there first.
+            Err(snapshots::Error::AlreadyExists { .. }) => {
+                let _ = view.remove(&key);
+                Ok(None)
+            }
+            Err(e) => fail(e.into()),
+        }
+    })
+    .await?;
+    let state = match made {
+        Some((key, parent)) => {
+            ctx.d.events.publish(
+                &ctx.ns,
+                "/snapshot/prepare",
+                pack(
+                    SNAPSHOT_PREPARE,
+                    &SnapshotPrepare {
+                        key: key.clone(),
+                        parent,
+                    },
+                ),
+            );
+            ctx.d.events.publish(
+                &ctx.ns,
+                "/snapshot/commit",
+                pack(
+                    SNAPSHOT_COMMIT,
+                    &SnapshotCommit {
+                        key,
+                        name: chain.to_string(),
+                    },
+                ),
+            );
+            State::Unpacked
+        }
+        None => State::Exists,
+    };
+    label_blob(
+        ctx,
+        &layer.digest,
+        Labels::from([(LABEL_UNCOMPRESSED.to_string(), diff_id.to_string())]),
+    )
+    .await?;
+    ctx.emit(progress(
+        layer,
+        Kind::Layer,
+        index,
+        layer.size as u64,
+        state,
+    ))
+    .await;
+    Ok(())
+}
+
+/// Creates the image record, or points an existing one at the new target (keeping its labels),
+/// and publishes the event.
+async fn put_image(ctx: &Arc<Ctx>, name: &str, target: Descriptor) -> Result<(), Error> {
+    let (c, n) = (ctx.clone(), name.to_string());
+    let (created, labels) = blocking(move || {
+        let k = key(&c.ns, &[&n]);
+        let tx = c.d.db.write()?;
+        let now = Time::now();
+        let (rec, created) = match tx.get::<Image>(IMAGES, &k)? {
+            Some(mut r) => {
+                r.target = target;
+                r.updated_at = now;
+                (r, false)
+            }
+            None => (
+                Image {
+                    labels: Labels::new(),
+                    target,
+                    created_at: now,
+                    updated_at: now,
+                },
+                true,
+            ),
+        };
+        tx.ensure_namespace(&c.ns)?;
+        tx.put(IMAGES, &k, &rec)?;
+        tx.commit()?;
+        Ok((created, rec.labels))
+    })
+    .await?;
+    let labels = labels.into_iter().collect();
+    let name = name.to_string();
+    if created {
+        ctx.d.events.publish(
+            &ctx.ns,
+            "/images/create",
+            pack(IMAGE_CREATE, &ImageCreate { name, labels }),
+        );
+    } else {
+        ctx.d.events.publish(
+            &ctx.ns,
+            "/images/update",
+            pack(IMAGE_UPDATE, &ImageUpdate { name, labels }),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trips_through_gc() {
+        for secs in [0u64, 951_782_400, 1_700_000_000, 4_102_444_800] {
+            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            let s = rfc3339(t);
+            assert_eq!(crate::gc::parse_rfc3339(&s), Some(t), "{s}");
+        }
+        assert_eq!(
+            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn platforms_of_an_index_are_listed() {
+        let entries: Vec<Desc> = serde_json::from_str(
+            r#"[{"mediaType":"m","digest":"sha256:1","size":1,"platform":{"os":"linux","architecture":"arm","variant":"v7"}},
+                {"mediaType":"m","digest":"sha256:2","size":1,"platform":{"os":"windows","architecture":"amd64"}},
+                {"mediaType":"m","digest":"sha256:3","size":1}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            available_platforms(&entries),
+            "linux/arm/v7, windows/amd64, sha256:3 (no platform)"
+        );
+    }
+
+    #[test]
+    fn error_codes() {
+        let e = reference::parse("UPPER").unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        let e = Error::Unreachable {
+            host: "h:1".into(),
+            detail: "refused".into(),
+        };
+        assert_eq!(e.code(), Code::Unavailable);
+        assert!(e.to_string().contains("h:1"));
+        let e = Error::DigestMismatch {
+            host: "h".into(),
+            expected: "sha256:aa".into(),
+            actual: "sha256:bb".into(),
+            size: 3,
+        };
+        assert!(e.to_string().contains("sha256:aa") && e.to_string().contains("sha256:bb"));
+    }
+}
