@@ -1121,6 +1121,16 @@ async fn unpack_layer(
             backend: backend.as_ref(),
             lease: Some(&c.lease),
         };
+        // Hold the chain ID in the lease before looking: a snapshot that exists now cannot be
+        // collected before the config's label points at it.
+        let tx = c.d.db.write()?;
+        tx.add_lease_resource(
+            &c.ns,
+            &c.lease,
+            &snapshots::lease_resource_type(&sn2),
+            &chain2,
+        )?;
+        tx.commit()?;
         match view.stat(&chain2) {
             Ok(_) => return Ok(None),
             Err(snapshots::Error::NotFound { .. }) => {}
