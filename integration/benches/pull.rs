@@ -85,7 +85,7 @@ fn layer(rng: &mut Rng, vocab: &[Vec<u8>], n: usize, size: usize) -> Vec<u8> {
         b.append_data(&mut h, path, data).unwrap();
     };
     let mut small = 0;
-    let mut i = 0;
+    let mut i = 0usize;
     while small < size / 2 {
         if i.is_multiple_of(100) {
             dir_header(&mut b, &format!("{root}/d{}/", i / 100));
