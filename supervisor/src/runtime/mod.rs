@@ -20,6 +20,7 @@
 
 pub mod binary;
 pub mod bundle;
+pub mod orphans;
 pub mod shim;
 
 use std::collections::{HashMap, HashSet};
@@ -519,9 +520,13 @@ impl Manager {
     /// container is gone) — no shim is left running without a task.
     pub async fn load(self: &Arc<Self>, db: &Db) {
         let dir = self.state_dir.clone();
-        let found = tokio::task::spawn_blocking(move || bundle::scan(&dir))
-            .await
-            .unwrap_or_default();
+        let address = self.env.address.display().to_string();
+        let found = tokio::task::spawn_blocking(move || {
+            orphans::kill_starts(&address);
+            bundle::scan(&dir)
+        })
+        .await
+        .unwrap_or_default();
         let started = std::time::Instant::now();
         let mut set = tokio::task::JoinSet::new();
         for (ns, id) in found {
@@ -547,9 +552,23 @@ impl Manager {
                 live += 1;
             }
         }
+        let live_pids: HashSet<u32> = self
+            .tasks
+            .lock()
+            .unwrap()
+            .values()
+            .filter_map(|e| match e {
+                Entry::Live(s) => Some(s.pid),
+                _ => None,
+            })
+            .collect();
         let work = self.work_dir.clone();
-        let _ =
-            tokio::task::spawn_blocking(move || bundle::remove_stale_work_dirs(&work, &kept)).await;
+        let address = self.env.address.display().to_string();
+        let _ = tokio::task::spawn_blocking(move || {
+            bundle::remove_stale_work_dirs(&work, &kept);
+            orphans::kill_unaccounted(&address, &live_pids);
+        })
+        .await;
         log::info!(
             "runtime: {live} tasks loaded in {} ms",
             started.elapsed().as_millis()
@@ -590,6 +609,9 @@ impl Manager {
             return false;
         };
         let timeout = self.resolver.load_timeout();
+        // A shim blocked opening its log FIFO (no reader while corrald was down) answers only
+        // once the FIFO has a reader again.
+        let log = shim::forward_log(&bundle);
         let connected = async {
             let client = shim::dial(&address, timeout).await?;
             let c = client
@@ -601,7 +623,7 @@ impl Manager {
                     },
                 )
                 .await
-                .map_err(|e| format!("connect: {e}"))?;
+                .map_err(|e| shim::status("connect", e).message().to_string())?;
             let state = client
                 .state(
                     ctx(timeout),
@@ -611,12 +633,12 @@ impl Manager {
                     },
                 )
                 .await;
+            let state = state.map_err(|e| shim::status("state", e));
             Ok::<_, String>((client, c.shim_pid, state))
         }
         .await;
         match connected {
             Ok((client, pid, Ok(_))) if container.is_some() => {
-                let log = shim::forward_log(&bundle);
                 let shim = Arc::new(Shim::new(bundle, binary, client, pid, log));
                 self.tasks
                     .lock()
@@ -629,7 +651,7 @@ impl Manager {
                 // A shim without a task (corrald died between `start` and Create) or a task
                 // whose container record is gone: shut it down, nothing may run unaccounted.
                 let why = match state {
-                    Err(e) => format!("its shim has no task ({e})"),
+                    Err(e) => format!("its shim has no task ({})", e.message()),
                     Ok(_) => "its container is gone".into(),
                 };
                 log::warn!("task {ns}/{id}: {why}; shutting the shim (pid {pid}) down");
@@ -648,7 +670,11 @@ impl Manager {
                         )
                         .await;
                     self.shutdown(&s).await;
-                    let _ = tokio::time::timeout(SHORT, exited).await;
+                    if tokio::time::timeout(SHORT, exited).await.is_err() {
+                        log::warn!("shim of {ns}/{id} (pid {pid}) ignored Shutdown; killing it");
+                        // SAFETY: kill(2) of the shim pid it reported itself, still watched.
+                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                    }
                 }
                 drop(s);
                 binary::delete(&binary, &self.env, &bundle).await;
@@ -657,6 +683,7 @@ impl Manager {
             }
             Err(e) => {
                 log::warn!("task {ns}/{id}: shim unreachable ({e}); running its delete action");
+                drop(log);
                 let exit = binary::delete(&binary, &self.env, &bundle).await;
                 if container.is_none() {
                     self.remove_bundle(bundle).await;
