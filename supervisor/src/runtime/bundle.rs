@@ -131,6 +131,50 @@ impl Bundle {
         }
     }
 
+    /// Removes the container's cgroups (`linux.cgroupsPath` of `config.json`), killing what
+    /// is still in them: a `runc create` cut short leaves them (and possibly a `runc init`
+    /// waiting forever) behind, and runc's own delete then has no state to clean up from.
+    /// Called only when the task is being removed.
+    pub fn remove_cgroups(&self) {
+        let Ok(spec) = fs::read(self.path.join("config.json")) else {
+            return;
+        };
+        let Ok(spec) = serde_json::from_slice::<serde_json::Value>(&spec) else {
+            return;
+        };
+        let Some(path) = spec
+            .pointer("/linux/cgroupsPath")
+            .and_then(|v| v.as_str())
+            .filter(|p| p.starts_with('/') && !p.contains(':') && !p.contains(".."))
+        else {
+            return;
+        };
+        let root = Path::new("/sys/fs/cgroup");
+        let rel = path.trim_start_matches('/');
+        // Only a cgroup named after the task is the task's own (ctr: /<ns>/<id>; CRI ends
+        // in the container id); anything else may be shared and is left alone.
+        if Path::new(rel).file_name().and_then(|n| n.to_str()) != Some(self.id.as_str()) {
+            return;
+        }
+        let mut dirs = vec![root.join(rel)];
+        if let Ok(entries) = fs::read_dir(root) {
+            dirs.extend(entries.flatten().map(|e| e.path().join(rel)));
+        }
+        for d in dirs.into_iter().filter(|d| d.is_dir()) {
+            for _ in 0..50 {
+                if fs::remove_dir(&d).is_ok() {
+                    break;
+                }
+                let procs = fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    // SAFETY: kill(2) of a process inside this task's own cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+
     /// Unmounts whatever is still mounted under `rootfs` (the shim normally did).
     pub fn unmount_rootfs(&self) {
         unmount_below(&self.path.join("rootfs"));

@@ -39,6 +39,9 @@ use self::shim::{LONG, SHORT, Shim, ctx};
 use crate::events::Exchange;
 use crate::metadata::{self, Container, Db, Time};
 
+/// How long a shim without a task gets, at start-up, for a Create in flight to finish.
+const CREATE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The directory name containerd uses under root and state.
 pub const PLUGIN_DIR: &str = "io.containerd.runtime.v2.task";
 
@@ -434,6 +437,7 @@ impl Manager {
 
     async fn remove_bundle(&self, bundle: Bundle) {
         let _ = tokio::task::spawn_blocking(move || {
+            bundle.remove_cgroups();
             if let Err(e) = bundle.remove() {
                 log::warn!("remove bundle {}: {e}", bundle.path.display());
             }
@@ -469,8 +473,18 @@ impl Manager {
                             ..Default::default()
                         },
                     )
-                    .await
-                    .map_err(|e| shim::status(&format!("delete task {id}"), e))?;
+                    .await;
+                let resp = match resp {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let st = shim::status(&format!("delete task {id}"), e);
+                        if st.code() == tonic::Code::NotFound {
+                            // The shim no longer knows the task: nothing is left to keep.
+                            self.forget(&key, &s).await;
+                        }
+                        return Err(st);
+                    }
+                };
                 {
                     let mut tasks = self.tasks.lock().unwrap();
                     if matches!(tasks.get(&key), Some(Entry::Live(x)) if Arc::ptr_eq(x, &s)) {
@@ -494,6 +508,19 @@ impl Manager {
                 Ok(exit)
             }
         }
+    }
+
+    /// Drops a live task whose shim lost it: shim shut down, bundle removed.
+    async fn forget(&self, key: &Key, s: &Arc<Shim>) {
+        {
+            let mut tasks = self.tasks.lock().unwrap();
+            if matches!(tasks.get(key), Some(Entry::Live(x)) if Arc::ptr_eq(x, s)) {
+                tasks.remove(key);
+            }
+        }
+        self.shutdown(s).await;
+        binary::delete(&s.binary, &self.env, &s.bundle).await;
+        self.remove_bundle(s.bundle.clone()).await;
     }
 
     /// Asks a shim we are done with to exit (it stays while it serves other tasks of its group).
@@ -624,15 +651,29 @@ impl Manager {
                 )
                 .await
                 .map_err(|e| shim::status("connect", e).message().to_string())?;
-            let state = client
-                .state(
-                    ctx(timeout),
-                    &api::StateRequest {
-                        id: id.clone(),
-                        ..Default::default()
-                    },
-                )
-                .await;
+            // A shim whose Create is still running (corrald died while waiting for it) says
+            // NotFound until runc is done: give it a moment to become a task.
+            let deadline = tokio::time::Instant::now() + CREATE_GRACE;
+            let state = loop {
+                let state = client
+                    .state(
+                        ctx(timeout),
+                        &api::StateRequest {
+                            id: id.clone(),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                match &state {
+                    Err(e)
+                        if Code::of_ttrpc(e) == Code::NotFound
+                            && tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    _ => break state,
+                }
+            };
             let state = state.map_err(|e| shim::status("state", e));
             Ok::<_, String>((client, c.shim_pid, state))
         }
