@@ -1,14 +1,17 @@
-//! A private containerd 1.6 per test, as an RAII guard.
+//! A private daemon per test — containerd 1.6, or corrald on the same terms — as an RAII
+//! guard. Both are driven by the same `ctr`, run shims the same way (`bin/` first on `PATH`)
+//! and leave the same traces, so every lifecycle test runs against both ([`crate::Target`]).
 //!
 //! Layout of the guard's temp dir (`/tmp/corral-it-XXXXXX/`):
 //!
 //! ```text
-//! config.toml       version 2, root/state below, CRI disabled, debug logging
+//! config.toml       containerd: version 2, root/state below, CRI disabled, debug logging
+//! corrald.toml      corrald: the same paths; io.containerd.corral.v1 → the shim under test
 //! c.sock            gRPC socket (c.sock.ttrpc: the ttrpc socket shims publish events to)
 //! root/ state/      containerd --root / --state
 //! bin/              prepended to containerd's PATH; holds containerd-shim-corral-v1 → our shim
 //! fifo/             --fifo-dir for every `ctr run` / `ctr tasks exec` (ctr leaves -d FIFOs behind)
-//! containerd.log    containerd's stdout+stderr, including the shims' log lines
+//! containerd.log    the daemon's stdout+stderr, including the shims' log lines
 //! ```
 //!
 //! Drop tears everything down even when the test failed: tasks are killed and deleted and
@@ -27,7 +30,9 @@ use std::time::Duration;
 
 use crate::ctr::{Ctr, CtrOutput};
 use crate::image::{IMAGE_REF, test_image_tar};
-use crate::{Runtime, cmd, corral_shim_path, leaks, try_wait_until, unique_namespace};
+use crate::{
+    Daemon, Runtime, Target, cmd, corral_shim_path, leaks, try_wait_until, unique_namespace,
+};
 
 /// How long containerd may take to answer `ctr version` after being started.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,6 +43,7 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A running private containerd; see the module docs.
 pub struct Containerd {
+    daemon: Daemon,
     runtime: Runtime,
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
@@ -49,11 +55,13 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    /// Starts a private containerd for tests of `runtime`, waits until it answers, and imports
-    /// the busybox test image ([`IMAGE_REF`]) into a fresh namespace.
+    /// Starts a private daemon (containerd unless `target` says corrald) for tests of its
+    /// runtime, waits until it answers, and imports the busybox test image ([`IMAGE_REF`]) into
+    /// a fresh namespace.
     ///
-    /// Panics (with the daemon's log) if anything fails, and first if `runtime`'s shim is missing.
-    pub fn start(runtime: Runtime) -> Containerd {
+    /// Panics (with the daemon's log) if anything fails, and first if the shim is missing.
+    pub fn start(target: impl Into<Target>) -> Containerd {
+        let Target { daemon, runtime } = target.into();
         runtime.ensure_available();
         let dir = tempfile::Builder::new()
             .prefix("corral-it-")
@@ -82,10 +90,28 @@ impl Containerd {
             sock = path.join("c.sock").display(),
         );
         fs::write(path.join("config.toml"), config).expect("cannot write containerd config");
+        let corrald_config = format!(
+            "version = 1\n\
+             root = \"{root}\"\n\
+             state = \"{state}\"\n\
+             \n\
+             [grpc]\naddress = \"{sock}\"\n\
+             \n\
+             [debug]\nlevel = \"debug\"\n\
+             \n\
+             [runtime.runtimes.\"{corral}\"]\nbinary = \"{shim}\"\n",
+            root = path.join("root").display(),
+            state = path.join("state").display(),
+            sock = path.join("c.sock").display(),
+            corral = Runtime::Corral.name(),
+            shim = shim.display(),
+        );
+        fs::write(path.join("corrald.toml"), corrald_config).expect("cannot write corrald config");
 
         let namespace = unique_namespace();
         let ctr = Ctr::new(&path.join("c.sock"), &namespace);
         let mut me = Containerd {
+            daemon,
             runtime,
             dir: Some(dir),
             path,
@@ -98,6 +124,11 @@ impl Containerd {
         me.spawn();
         me.import_test_image();
         me
+    }
+
+    /// Which daemon this is.
+    pub fn daemon(&self) -> Daemon {
+        self.daemon
     }
 
     /// The runtime this daemon's tests use for `ctr run`.
@@ -284,17 +315,26 @@ impl Containerd {
             }
             None => self.path.join("bin").into_os_string(),
         };
-        let mut c = Command::new("containerd");
-        c.arg("--config")
-            .arg(self.path.join("config.toml"))
-            .env("PATH", path_env)
+        let mut c = match self.daemon {
+            Daemon::Containerd => {
+                let mut c = Command::new("containerd");
+                c.arg("--config").arg(self.path.join("config.toml"));
+                c
+            }
+            Daemon::Corrald => {
+                let mut c = Command::new(crate::corrald::corrald_path());
+                c.arg("--config").arg(self.path.join("corrald.toml"));
+                c
+            }
+        };
+        c.env("PATH", path_env)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2));
         cmd::die_with_parent(&mut c);
         let child = c
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start containerd (is it installed?): {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {:?} (is it installed?): {e}", self.daemon));
         self.child = Some(child);
 
         let probe = self.ctr.with_timeout(Duration::from_secs(5));

@@ -90,6 +90,32 @@ impl Runtime {
     }
 }
 
+/// The daemon a test drives with `ctr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Daemon {
+    /// containerd 1.6 from Debian: the reference.
+    Containerd,
+    /// Ours, `corrald`.
+    Corrald,
+}
+
+/// What a lifecycle test runs against: a daemon and a runtime (shim).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub daemon: Daemon,
+    pub runtime: Runtime,
+}
+
+impl From<Runtime> for Target {
+    /// A runtime alone means containerd as the daemon.
+    fn from(runtime: Runtime) -> Target {
+        Target {
+            daemon: Daemon::Containerd,
+            runtime,
+        }
+    }
+}
+
 /// Path of our shim binary: `$CORRAL_SHIM_BIN`, else `<workspace>/target/debug/containerd-shim-corral-v1`.
 ///
 /// This crate is usually built with its own `CARGO_TARGET_DIR`, so the shim is looked up in the
@@ -157,27 +183,39 @@ pub fn try_wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) ->
     }
 }
 
-/// Generates one `#[test]` per runtime for each listed function `fn name(rt: Runtime)`:
-/// `runc::name` and `corral::name`. Filter with `cargo test runc::` or `cargo test corral::`.
+/// Generates one `#[test]` per daemon and runtime for each listed function
+/// `fn name(t: Target)`: `runc::name` and `corral::name` against containerd,
+/// `corrald_runc::name` and `corrald_corral::name` against corrald. Filter with
+/// `cargo test corrald_` and the like.
 #[macro_export]
 macro_rules! runtime_tests {
     ($($name:ident),* $(,)?) => {
-        mod runc {
+        $crate::runtime_tests!(@mod runc, Containerd, Runc, $($name),*);
+        $crate::runtime_tests!(@mod corral, Containerd, Corral, $($name),*);
+        $crate::runtime_tests!(@mod corrald_runc, Corrald, Runc, $($name),*);
+        $crate::runtime_tests!(@mod corrald_corral, Corrald, Corral, $($name),*);
+    };
+    (@mod $m:ident, $daemon:ident, $rt:ident, $($name:ident),*) => {
+        mod $m {
             $(
                 #[test]
                 fn $name() {
-                    super::$name($crate::Runtime::Runc)
+                    super::$name($crate::Target {
+                        daemon: $crate::Daemon::$daemon,
+                        runtime: $crate::Runtime::$rt,
+                    })
                 }
             )*
         }
-        mod corral {
-            $(
-                #[test]
-                fn $name() {
-                    super::$name($crate::Runtime::Corral)
-                }
-            )*
-        }
+    };
+}
+
+/// Like [`runtime_tests!`], against corrald only (`corrald_runc::name`, `corrald_corral::name`).
+#[macro_export]
+macro_rules! corrald_runtime_tests {
+    ($($name:ident),* $(,)?) => {
+        $crate::runtime_tests!(@mod corrald_runc, Corrald, Runc, $($name),*);
+        $crate::runtime_tests!(@mod corrald_corral, Corrald, Corral, $($name),*);
     };
 }
 

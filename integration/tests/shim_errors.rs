@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use integration::{Containerd, Runtime, require_root, runtime_tests};
+use integration::{Containerd, Target, require_root, runtime_tests};
 
 const T: Duration = Duration::from_secs(30);
 
 /// A command that does not exist: ctr fails with runc's message, not a generic one.
-fn missing_executable_reports_runcs_message(rt: Runtime) {
+fn missing_executable_reports_runcs_message(rt: Target) {
     if !require_root() {
         return;
     }
@@ -30,7 +30,7 @@ fn missing_executable_reports_runcs_message(rt: Runtime) {
 }
 
 /// Exec ids are unique per task while the exec exists; a stopped task cannot be killed.
-fn duplicate_exec_and_kill_after_exit(rt: Runtime) {
+fn duplicate_exec_and_kill_after_exit(rt: Target) {
     if !require_root() {
         return;
     }

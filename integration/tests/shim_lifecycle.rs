@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use integration::pty::PtySession;
-use integration::{Containerd, EventStream, Runtime, require_root, runtime_tests};
+use integration::{Containerd, EventStream, Target, require_root, runtime_tests};
 use sha2::{Digest, Sha256};
 
 const T: Duration = Duration::from_secs(30);
 
-fn setup(rt: Runtime) -> Option<Containerd> {
+fn setup(rt: Target) -> Option<Containerd> {
     if !require_root() {
         return None;
     }
@@ -35,7 +35,7 @@ fn dialogue(
 
 /// `ctr run --rm` relays stdout and stderr separately and exits with the container's code; the
 /// container is gone afterwards.
-fn run_rm_output_and_exit_code(rt: Runtime) {
+fn run_rm_output_and_exit_code(rt: Target) {
     let Some(ctrd) = setup(rt) else { return };
     let id = ctrd.new_id("run");
     let script = "echo hi; echo oops >&2; read x; exit 3";
@@ -60,7 +60,7 @@ fn run_rm_output_and_exit_code(rt: Runtime) {
 }
 
 /// ~10.9 MB of distinct lines (`seq`) arrive complete and in order.
-fn large_output_arrives_intact(rt: Runtime) {
+fn large_output_arrives_intact(rt: Target) {
     let Some(ctrd) = setup(rt) else { return };
     const N: u32 = 1_500_000;
     let expected: String = (1..=N).map(|i| format!("{i}\n")).collect();
@@ -94,7 +94,7 @@ fn large_output_arrives_intact(rt: Runtime) {
 
 /// Detached task: ls, exec with and without a terminal, ps, pause/resume, metrics, SIGKILL, and
 /// delete reporting 137.
-fn detached_task_lifecycle(rt: Runtime) {
+fn detached_task_lifecycle(rt: Target) {
     let Some(ctrd) = setup(rt) else { return };
     let ctr = ctrd.ctr();
     let id = ctrd.new_id("det");
@@ -195,7 +195,7 @@ fn detached_task_lifecycle(rt: Runtime) {
 
 /// `ctr run -t` under a terminal: the container gets a /dev/pts terminal of ctr's size (24×80,
 /// relayed by ResizePty), typed input arrives, and the exit code passes.
-fn run_with_terminal(rt: Runtime) {
+fn run_with_terminal(rt: Target) {
     let Some(ctrd) = setup(rt) else { return };
     let id = ctrd.new_id("tty");
     let cmd = ctrd
@@ -229,7 +229,7 @@ fn terminal_session(cmd: std::process::Command, expected_code: i32) -> String {
 
 /// 50 `ctr run --rm … true` at once; for each container the event stream shows
 /// create < start < exit < delete, each exactly once, with consistent pids and status 0.
-fn parallel_short_containers_with_events(rt: Runtime) {
+fn parallel_short_containers_with_events(rt: Target) {
     let Some(ctrd) = setup(rt) else { return };
     const N: usize = 50;
     let events = EventStream::start(&ctrd);

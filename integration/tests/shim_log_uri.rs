@@ -5,9 +5,9 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use integration::{Containerd, Runtime, require_root, runtime_tests, wait_until};
+use integration::{Containerd, Target, require_root, runtime_tests, wait_until};
 
-fn file_uri_appends_stdout_and_stderr(rt: Runtime) {
+fn file_uri_appends_stdout_and_stderr(rt: Target) {
     if !require_root() {
         return;
     }
@@ -30,7 +30,7 @@ fn file_uri_appends_stdout_and_stderr(rt: Runtime) {
     ctrd.assert_no_leaks();
 }
 
-fn binary_uri_feeds_a_logger_process(rt: Runtime) {
+fn binary_uri_feeds_a_logger_process(rt: Target) {
     if !require_root() {
         return;
     }

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use integration::{Containerd, EventStream, Runtime, require_root, runtime_tests};
+use integration::{Containerd, EventStream, Target, require_root, runtime_tests};
 
-fn oom_kill_publishes_oom_event(rt: Runtime) {
+fn oom_kill_publishes_oom_event(rt: Target) {
     if !require_root() {
         return;
     }

@@ -6,12 +6,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use integration::{
-    Containerd, EventStream, Runtime, leaks, require_root, runtime_tests, wait_until,
+    Containerd, Daemon, EventStream, Runtime, Target, leaks, require_root, runtime_tests,
+    wait_until,
 };
 
 const T: Duration = Duration::from_secs(30);
 
-fn setup(rt: Runtime) -> Option<Containerd> {
+fn setup(rt: Target) -> Option<Containerd> {
     if !require_root() {
         return None;
     }
@@ -25,7 +26,7 @@ fn process_gone(pid: u32) -> bool {
 /// containerd dies (SIGKILL) with 3 running containers and one that exits while it is down.
 /// After a restart on the same paths the 3 are still RUNNING and accept exec; the exited one is
 /// STOPPED and its delete reports exit code 7.
-fn containerd_kill9_and_restart(rt: Runtime) {
+fn containerd_kill9_and_restart(rt: Target) {
     let Some(mut ctrd) = setup(rt) else { return };
     let sleepers: Vec<String> = (0..3).map(|_| ctrd.new_id("live")).collect();
     for id in &sleepers {
@@ -117,7 +118,7 @@ fn containerd_kill9_and_restart(rt: Runtime) {
 /// A shim dies (SIGKILL) under a running containerd: containerd notices the closed connection,
 /// runs the shim's `delete` (which kills the container) and publishes exit 137; the task ends up
 /// gone or STOPPED, can be removed, and nothing leaks.
-fn shim_kill9_is_cleaned_up(rt: Runtime) {
+fn shim_kill9_is_cleaned_up(rt: Target) {
     let Some(ctrd) = setup(rt) else { return };
     let ctr = ctrd.ctr();
     let events = EventStream::start(&ctrd);
@@ -151,7 +152,23 @@ fn shim_kill9_is_cleaned_up(rt: Runtime) {
         Some(t) if t.status != "RUNNING" => Some(Some(t.status)),
         Some(_) => None,
     });
-    if let Some(status) = status {
+    if ctrd.daemon() == Daemon::Corrald {
+        // corrald keeps the task, stopped, until it is deleted (containerd forgets it).
+        assert_eq!(
+            status.as_deref(),
+            Some("STOPPED"),
+            "task after its shim died"
+        );
+        let delete = events.wait_for("/tasks/delete after the shim died", T, |evs| {
+            evs.iter()
+                .find(|e| e.topic == "/tasks/delete" && e.container_id() == Some(&id))
+                .cloned()
+        });
+        assert_eq!(delete.u64_field("exit_status"), 137, "{}", delete.payload);
+        let out = ctr.run(&["tasks", "rm", &id]);
+        assert!(out.success(), "{}", out.describe());
+        assert!(out.stderr.contains("exit code 137"), "{}", out.describe());
+    } else if let Some(status) = status {
         assert_eq!(status, "STOPPED");
         let out = ctr.run(&["tasks", "rm", &id]);
         assert!(
@@ -163,7 +180,7 @@ fn shim_kill9_is_cleaned_up(rt: Runtime) {
     assert!(ctr.task(&id).is_none(), "task still listed");
     ctr.ok(&["containers", "rm", &id]);
     drop(events);
-    if rt == Runtime::Runc {
+    if rt == Target::from(Runtime::Runc) {
         // runc-v2 (1.6) removes its socket only when its server exits normally, and its
         // `delete` action does not remove it, so a SIGKILLed runc-v2 shim leaves
         // /run/containerd/s/<hash> behind. Ours must not.

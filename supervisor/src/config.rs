@@ -21,6 +21,47 @@ pub struct Config {
     pub debug: Debug,
     pub gc: Gc,
     pub registry: Registry,
+    pub runtime: RuntimeConfig,
+}
+
+/// How tasks get their shims.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Runtime for containers that name none.
+    pub default: String,
+    /// Runtimes by name (`io.containerd.runc.v2`, or any name of your own), each mapped to a
+    /// shim binary and default options. Names not listed resolve as containerd does:
+    /// `io.containerd.<name>.<version>` → `containerd-shim-<name>-<version>`, looked up next to
+    /// corrald, then on `PATH`.
+    pub runtimes: std::collections::BTreeMap<String, RuntimeEntry>,
+    /// Seconds to wait for each shim while reconnecting to them at start-up.
+    pub load_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeEntry {
+    /// The shim binary (absolute, or a name looked up like the default).
+    pub binary: Option<PathBuf>,
+    /// runc options given to the shim when neither the task nor the container brings any
+    /// (`containerd.runc.v1.Options`).
+    pub options: Option<RuncOptions>,
+}
+
+/// The fields of `containerd.runc.v1.Options`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuncOptions {
+    pub binary_name: String,
+    pub root: String,
+    pub systemd_cgroup: bool,
+    pub no_pivot_root: bool,
+    pub no_new_keyring: bool,
+    pub shim_cgroup: String,
+    pub io_uid: u32,
+    pub io_gid: u32,
+    pub criu_path: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,6 +126,17 @@ impl Default for Config {
             debug: Debug::default(),
             gc: Gc::default(),
             registry: Registry::default(),
+            runtime: RuntimeConfig::default(),
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> RuntimeConfig {
+        RuntimeConfig {
+            default: "io.containerd.corral.v1".into(),
+            runtimes: Default::default(),
+            load_timeout_secs: 5,
         }
     }
 }

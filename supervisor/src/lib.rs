@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Modules: `config` (TOML + flags), `daemon` (root lock, socket), `metadata` (schema drawn
-//! there), `events` (exchange), `ttrpc_events` (the
+//! there), `events` (exchange), `pull` (image pull from registries), `ttrpc_events` (the
 //! `<address>.ttrpc` socket shims forward events to), `services/*` (one file per gRPC service),
 //! `server` (wiring).
 
@@ -23,6 +23,7 @@ pub mod events;
 pub mod gc;
 pub mod metadata;
 pub mod pull;
+pub mod runtime;
 pub mod server;
 pub mod services;
 pub mod snapshots;

@@ -48,6 +48,19 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         content: Arc::new(content),
         snapshotters,
     });
+    let runtime = Arc::new(crate::runtime::Manager::new(
+        &cfg.root,
+        &cfg.state,
+        crate::runtime::binary::ShimEnv {
+            address: cfg.grpc.address.clone(),
+            ttrpc_address: cfg.ttrpc_address(),
+            publish_binary: std::env::current_exe()
+                .unwrap_or_else(|_| std::path::PathBuf::from("corrald")),
+            debug: matches!(cfg.debug.level.as_str(), "debug" | "trace"),
+        },
+        cfg.runtime.clone(),
+        daemon.events.clone(),
+    ));
     crate::gc::spawn_timer(
         daemon.clone(),
         std::time::Duration::from_secs(cfg.gc.interval_secs),
@@ -68,6 +81,9 @@ pub async fn run(cfg: Config) -> Result<(), String> {
                 return Err(e);
             }
         };
+    // Before serving: every task is found again by asking its shim (shims forward events to
+    // the ttrpc socket above, which is up by now).
+    runtime.load(&daemon.db).await;
 
     let router = tonic::transport::Server::builder()
         .add_service(VersionServer::new(version::VersionService))
@@ -92,6 +108,11 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             })
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            crate::services::tasks::server(daemon.clone(), runtime.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(
             crate::services::containers::server(daemon.clone())

@@ -46,6 +46,9 @@ fn plugins() -> Vec<Plugin> {
         p("io.containerd.grpc.v1", "images"),
         p("io.containerd.service.v1", "containers-service"),
         p("io.containerd.grpc.v1", "containers"),
+        p("io.containerd.runtime.v2", "task"),
+        p("io.containerd.service.v1", "tasks-service"),
+        p("io.containerd.grpc.v1", "tasks"),
         p("io.containerd.event.v1", "exchange"),
         p("io.containerd.grpc.v1", "events"),
     ]

@@ -1,0 +1,196 @@
+//! corrald's own recovery guarantees, with both shims (`corrald_runc::`, `corrald_corral::`):
+//! after a kill -9 of corrald every task is found again by asking its shim — running ones
+//! keep running, ones that ended while corrald was down (exited, killed from the host, or whose
+//! shim died) are STOPPED with their exit status — and a corrald killed over and over while
+//! containers are being created leaves no shim without a task and nothing behind.
+//!
+//! The plain lifecycle (run, exec, tty, ps, pause, metrics, kill, events, shim kill -9) runs
+//! against corrald through the `shim_*` suites, which cover both daemons.
+
+use std::path::Path;
+use std::time::Duration;
+
+use integration::{Containerd, Target, corrald_runtime_tests, leaks, require_root, wait_until};
+
+const T: Duration = Duration::from_secs(30);
+
+fn process_gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn kill(pid: u32, sig: i32) {
+    // SAFETY: kill(2) of a pid the test just read (a container init or a shim).
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "cannot signal pid {pid}");
+}
+
+/// kill -9 corrald with 10 running containers; while it is down one container exits (7), one
+/// is SIGKILLed from the host (137) and one loses its shim (SIGKILL). After the restart the 10
+/// are RUNNING with the same pids and accept exec; the other three are STOPPED and `ctr tasks
+/// rm` reports their exit status.
+fn kill9_with_running_exited_and_dead(t: Target) {
+    if !require_root() {
+        return;
+    }
+    let mut d = Containerd::start(t);
+    let sleepers: Vec<String> = (0..10).map(|_| d.new_id("live")).collect();
+    for id in &sleepers {
+        let out = d.ctr_run(&["-d"], id, &["sleep", "1000"]);
+        assert!(out.success(), "{}", out.describe());
+    }
+    let exiter = d.new_id("exit7");
+    let script = "trap 'exit 7' TERM; touch /tmp/trap-set; sleep 1000 & wait";
+    assert!(d.ctr_run(&["-d"], &exiter, &["sh", "-c", script]).success());
+    let host_killed = d.new_id("hostkill");
+    assert!(
+        d.ctr_run(&["-d"], &host_killed, &["sleep", "1000"])
+            .success()
+    );
+    let orphaned = d.new_id("shimkill");
+    assert!(d.ctr_run(&["-d"], &orphaned, &["sleep", "1000"]).success());
+
+    let ctr = d.ctr().clone();
+    let before = ctr.tasks();
+    let pid_of = |id: &str| before.iter().find(|t| t.id == id).map(|t| t.pid).unwrap();
+    wait_until("the exiter's trap", T, || {
+        let p = pid_of(&exiter);
+        Path::new(&format!("/proc/{p}/root/tmp/trap-set"))
+            .exists()
+            .then_some(())
+    });
+    let shim = leaks::serving_shim(d.namespace(), &orphaned).expect("shim of the orphan");
+
+    d.kill_9();
+    kill(pid_of(&exiter), libc::SIGTERM);
+    kill(pid_of(&host_killed), libc::SIGKILL);
+    kill(shim.pid, libc::SIGKILL);
+    for id in [&exiter, &host_killed] {
+        let p = pid_of(id);
+        wait_until("the process to exit and be reaped", T, || {
+            process_gone(p).then_some(())
+        });
+    }
+    wait_until("the killed shim to be gone", T, || {
+        process_gone(shim.pid).then_some(())
+    });
+
+    d.restart();
+    let after = ctr.tasks();
+    for id in &sleepers {
+        let t = after.iter().find(|t| &t.id == id);
+        assert!(
+            t.is_some_and(|t| t.status == "RUNNING" && t.pid == pid_of(id)),
+            "{id} after restart: {t:?}"
+        );
+    }
+    for id in [&exiter, &host_killed, &orphaned] {
+        let t = after.iter().find(|t| &t.id == id);
+        assert!(
+            t.is_some_and(|t| t.status == "STOPPED"),
+            "{id} after restart: {t:?}"
+        );
+    }
+    // The orphan's container process went with its shim's delete action.
+    wait_until("the orphan's container to be gone", T, || {
+        process_gone(pid_of(&orphaned)).then_some(())
+    });
+
+    let out = d.ctr_exec(&[], &sleepers[3], "after", &["sh", "-c", "exit 5"]);
+    assert_eq!(out.code(), Some(5), "{}", out.describe());
+
+    for (id, code) in [(&exiter, 7), (&host_killed, 137), (&orphaned, 137)] {
+        let out = ctr.run(&["tasks", "rm", id]);
+        assert!(out.success(), "{}", out.describe());
+        assert!(
+            out.stderr.contains(&format!("exit code {code}")),
+            "tasks rm {id} did not report {code}: {}",
+            out.describe()
+        );
+    }
+    for id in &sleepers {
+        ctr.ok(&["tasks", "kill", "-s", "SIGKILL", id]);
+        ctr.wait_task_status(id, "STOPPED", T);
+        ctr.ok(&["tasks", "rm", id]);
+    }
+    for id in d.ids() {
+        ctr.ok(&["containers", "rm", &id]);
+    }
+    d.assert_no_leaks();
+}
+
+/// corrald is killed (SIGKILL) at different points while four containers are being created,
+/// five times over. Afterwards every listed task answers `tasks ps`, every shim serves a listed
+/// task, and once everything is removed no shim, mount, bundle or runc state is left.
+fn kill9_while_creating(t: Target) {
+    if !require_root() {
+        return;
+    }
+    let mut d = Containerd::start(t);
+    let ns = d.namespace().to_string();
+    let ctr = d.ctr().with_timeout(Duration::from_secs(60));
+    for round in 0..5u32 {
+        let ids: Vec<String> = (0..4).map(|_| d.new_id(&format!("r{round}"))).collect();
+        let sessions: Vec<_> = ids
+            .iter()
+            .map(|id| ctr.spawn(&d.run_args(&["-d"], id, &["sleep", "1000"])))
+            .collect();
+        // Each round kills at a different stage: as soon as a shim is being started, once a
+        // shim serves, or after a delay that lands in Create/Start.
+        let shims = |serving: bool| {
+            leaks::shim_processes(&ns, None)
+                .into_iter()
+                .filter(|p| !serving || p.action().is_none())
+                .filter(|p| {
+                    leaks::flag_value(&p.args, "id").is_some_and(|id| ids.iter().any(|x| x == id))
+                })
+                .count()
+        };
+        match round {
+            0 => wait_until("a shim being started", T, || {
+                (shims(false) > 0).then_some(())
+            }),
+            1 => wait_until("a serving shim", T, || (shims(true) > 0).then_some(())),
+            2 => wait_until("two serving shims", T, || (shims(true) > 1).then_some(())),
+            _ => std::thread::sleep(Duration::from_millis(60 * u64::from(round))),
+        }
+        d.kill_9();
+        drop(sessions);
+        d.restart();
+
+        // Every task answers, and every shim of ours serves a listed task.
+        let tasks = ctr.tasks();
+        for task in &tasks {
+            let out = ctr.run(&["tasks", "ps", &task.id]);
+            assert!(
+                out.success() || task.status == "STOPPED",
+                "task {} ({}) does not answer: {}",
+                task.id,
+                task.status,
+                out.describe()
+            );
+        }
+        let listed: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+        wait_until("every shim to serve a listed task", T, || {
+            let strays: Vec<String> = leaks::shim_processes(&ns, None)
+                .into_iter()
+                .filter_map(|p| leaks::flag_value(&p.args, "id").map(str::to_string))
+                .filter(|id| !listed.contains(&id.as_str()))
+                .collect();
+            strays.is_empty().then_some(())
+        });
+    }
+
+    for task in ctr.tasks() {
+        if task.status != "STOPPED" {
+            ctr.ok(&["tasks", "kill", "-s", "SIGKILL", &task.id]);
+            ctr.wait_task_status(&task.id, "STOPPED", T);
+        }
+        ctr.ok(&["tasks", "rm", &task.id]);
+    }
+    for id in ctr.ok(&["containers", "ls", "-q"]).split_whitespace() {
+        ctr.ok(&["containers", "rm", id]);
+    }
+    d.assert_no_leaks();
+}
+
+corrald_runtime_tests!(kill9_with_running_exited_and_dead, kill9_while_creating);
