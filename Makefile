@@ -55,9 +55,9 @@ install: release
 	install -D -m 0755 $(RELEASE_SHIM) $(DESTDIR)$(PREFIX)/bin/containerd-shim-corral-v1
 	install -D -m 0755 $(RELEASE_CORRALD) $(DESTDIR)$(PREFIX)/bin/corrald
 
-## run: install what is missing, build, install, start corrald on its default paths
-## (/var/lib/corral, /run/corral, socket $(CORRALD_SOCK)) and, until corrald runs containers,
-## containerd on its own, so that `ctr run --runtime io.containerd.corral.v1` works.
+## run: install what is missing, build, install, and start corrald on its default paths
+## (/var/lib/corral, /run/corral, socket $(CORRALD_SOCK)); it runs containers with our shim
+## (io.containerd.corral.v1, its default) or containerd's (io.containerd.runc.v2).
 run: deps install
 	@if ctr -a $(CORRALD_SOCK) version >/dev/null 2>&1; then \
 		echo "corrald is running on $(CORRALD_SOCK)"; \
@@ -67,15 +67,7 @@ run: deps install
 		for i in $$(seq 100); do ctr -a $(CORRALD_SOCK) version >/dev/null 2>&1 && break; sleep 0.1; done; \
 		ctr -a $(CORRALD_SOCK) version; \
 	fi
-	@if ctr version >/dev/null 2>&1; then \
-		echo "containerd is running on /run/containerd/containerd.sock"; \
-	else \
-		echo "starting containerd (log: /var/log/corral-containerd.log)"; \
-		nohup containerd >/var/log/corral-containerd.log 2>&1 & \
-		for i in $$(seq 100); do ctr version >/dev/null 2>&1 && break; sleep 0.1; done; \
-		ctr version >/dev/null; \
-	fi
-	@echo "ready: ctr run --rm --runtime io.containerd.corral.v1 <image> <id> <cmd>"
+	@echo "ready: ctr -a $(CORRALD_SOCK) run --rm --runtime io.containerd.corral.v1 <image> <id> <cmd>"
 
 ## bench: shim idle memory beside containerd's Go shim, content ingest, layer apply
 bench: deps release
