@@ -193,4 +193,177 @@ fn kill9_while_creating(t: Target) {
     d.assert_no_leaks();
 }
 
-corrald_runtime_tests!(kill9_with_running_exited_and_dead, kill9_while_creating);
+fn with_namespace<T>(ns: &str, m: T) -> protocol::grpc::tonic::Request<T> {
+    let mut r = protocol::grpc::tonic::Request::new(m);
+    r.metadata_mut()
+        .insert("containerd-namespace", ns.parse().unwrap());
+    r
+}
+
+/// Over the raw gRPC API: a task created without rootfs mounts gets its container's snapshot
+/// (containerd requires clients to send them); the error codes clients rely on.
+fn grpc_create_without_rootfs_and_error_codes(t: Target) {
+    use protocol::grpc::containerd::services::tasks::v1 as tasks;
+    use protocol::grpc::tonic;
+    use tasks::tasks_client::TasksClient;
+
+    if !require_root() {
+        return;
+    }
+    let d = Containerd::start(t);
+    let ctr = d.ctr();
+    let id = d.new_id("raw");
+    ctr.ok(&[
+        "containers",
+        "create",
+        "--runtime",
+        t.runtime.name(),
+        integration::IMAGE_REF,
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "test -x /bin/busybox && exit 3",
+    ]);
+    let ns = d.namespace().to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let channel = protocol::grpc::unix::connect(&d.address())
+            .await
+            .expect("connect to corrald");
+        let mut client = TasksClient::new(channel);
+        let created = client
+            .create(with_namespace(
+                &ns,
+                tasks::CreateTaskRequest {
+                    container_id: id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("create without rootfs")
+            .into_inner();
+        assert!(created.pid > 0);
+        let again = client
+            .create(with_namespace(
+                &ns,
+                tasks::CreateTaskRequest {
+                    container_id: id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(again.code(), tonic::Code::AlreadyExists, "{again:?}");
+        client
+            .start(with_namespace(
+                &ns,
+                tasks::StartRequest {
+                    container_id: id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("start");
+        let waited = client
+            .wait(with_namespace(
+                &ns,
+                tasks::WaitRequest {
+                    container_id: id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("wait")
+            .into_inner();
+        assert_eq!(waited.exit_status, 3, "the rootfs was the image's");
+        let deleted = client
+            .delete(with_namespace(
+                &ns,
+                tasks::DeleteTaskRequest {
+                    container_id: id.clone(),
+                },
+            ))
+            .await
+            .expect("delete")
+            .into_inner();
+        assert_eq!(deleted.exit_status, 3);
+        for (what, e) in [
+            (
+                "get of a deleted task",
+                client
+                    .get(with_namespace(
+                        &ns,
+                        tasks::GetRequest {
+                            container_id: id.clone(),
+                            ..Default::default()
+                        },
+                    ))
+                    .await
+                    .unwrap_err(),
+            ),
+            (
+                "kill of a deleted task",
+                client
+                    .kill(with_namespace(
+                        &ns,
+                        tasks::KillRequest {
+                            container_id: id.clone(),
+                            signal: 9,
+                            ..Default::default()
+                        },
+                    ))
+                    .await
+                    .unwrap_err(),
+            ),
+            (
+                "create for a missing container",
+                client
+                    .create(with_namespace(
+                        &ns,
+                        tasks::CreateTaskRequest {
+                            container_id: "nosuch".into(),
+                            ..Default::default()
+                        },
+                    ))
+                    .await
+                    .unwrap_err(),
+            ),
+        ] {
+            assert_eq!(e.code(), tonic::Code::NotFound, "{what}: {e:?}");
+        }
+        let e = client
+            .checkpoint(with_namespace(
+                &ns,
+                tasks::CheckpointTaskRequest {
+                    container_id: id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
+        let e = client
+            .create(with_namespace(
+                &ns,
+                tasks::CreateTaskRequest {
+                    container_id: "../x".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    });
+    ctr.ok(&["containers", "rm", &id]);
+    d.assert_no_leaks();
+}
+
+corrald_runtime_tests!(
+    kill9_with_running_exited_and_dead,
+    kill9_while_creating,
+    grpc_create_without_rootfs_and_error_codes,
+);

@@ -62,6 +62,20 @@ impl SnapshotsService {
         .await
     }
 
+    /// The mounts of a namespaced snapshot (what Tasks.Create uses when a client sends no
+    /// rootfs for a container with a snapshot).
+    pub async fn mounts_of(
+        &self,
+        ns: String,
+        snapshotter: String,
+        key: String,
+    ) -> Result<Vec<WireMount>, Status> {
+        let mounts = self
+            .with(ns, snapshotter, None, move |s| s.mounts(&key))
+            .await?;
+        Ok(mounts.into_iter().map(mount_to_wire).collect())
+    }
+
     fn backend(&self, name: &str) -> Result<Arc<dyn snapshotter::Snapshotter>, Status> {
         if name.is_empty() {
             return Err(Code::InvalidArgument.grpc_status("snapshotter argument missing"));

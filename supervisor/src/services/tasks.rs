@@ -150,8 +150,20 @@ impl Tasks for TasksService {
                     r.container_id
                 ))
             })?;
-        let rootfs = r
-            .rootfs
+        // containerd takes the rootfs from the request only; a client that sends none for a
+        // container with a snapshot gets the snapshot's mounts.
+        let wire_rootfs = if r.rootfs.is_empty() && !container.snapshot_key.is_empty() {
+            super::snapshots::SnapshotsService::new(self.daemon.clone())
+                .mounts_of(
+                    ns.clone(),
+                    container.snapshotter.clone(),
+                    container.snapshot_key.clone(),
+                )
+                .await?
+        } else {
+            r.rootfs
+        };
+        let rootfs = wire_rootfs
             .iter()
             .map(|m| {
                 to_protobuf::<protocol::mount::Mount>(m)
