@@ -201,6 +201,9 @@ fn main() {
             "corral's image is not complete and unpacked: {check}"
         );
         corral_times.push(took2);
+        if std::env::var_os("PULL_BENCH_LOG").is_some() {
+            eprintln!("{}", d.log_tail(30));
+        }
         drop(d);
         eprintln!("run {run}: ctr {took:.2?}, corral {took2:.2?}");
     }

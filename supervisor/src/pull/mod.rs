@@ -925,6 +925,7 @@ async fn fetch(ctx: Arc<Ctx>, desc: Desc, kind: Kind, index: usize) -> Result<()
         .acquire()
         .await
         .map_err(|e| Error::Worker(e.to_string()))?;
+    let started = Instant::now();
     let digest = Digest::parse(&desc.digest)?;
     let size = desc.size as u64;
     let labels = ctx.source_labels();
@@ -1075,6 +1076,11 @@ async fn fetch(ctx: Arc<Ctx>, desc: Desc, kind: Kind, index: usize) -> Result<()
         record(&c, &digest.to_string(), size, labels)
     })
     .await?;
+    log::debug!(
+        "pull: {kind:?} {index} {} downloaded ({size} bytes) in {:?}",
+        desc.digest,
+        started.elapsed()
+    );
     ctx.emit(progress(&desc, kind, index, size, State::Downloaded))
         .await;
     Ok(())
@@ -1105,6 +1111,7 @@ async fn unpack_layer(
         State::Unpacking,
     ))
     .await;
+    let started = Instant::now();
     let (c, sn2, l, chain2, diff2) = (
         ctx.clone(),
         sn.to_string(),
@@ -1181,6 +1188,11 @@ async fn unpack_layer(
         }
     })
     .await?;
+    log::debug!(
+        "pull: layer {index} {} unpacked in {:?}",
+        layer.digest,
+        started.elapsed()
+    );
     let state = match made {
         Some((key, parent)) => {
             ctx.d.events.publish(
