@@ -499,6 +499,13 @@ fn failures_are_clear_and_leave_no_image() {
     assert_eq!(e.code(), tonic::Code::Unavailable, "{}", e.message());
     assert!(e.message().contains(&host), "{}", e.message());
 
+    // HTTPS unless the user names the host as plain HTTP: the plain registry cannot answer.
+    let mut req = request(&format!("{}/test/busybox:good", reg.host()));
+    req.plain_http = false;
+    let e = pull(&d, req).err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{}", e.message());
+    assert!(e.message().contains(&reg.host()), "{}", e.message());
+
     // Unknown manifest: NotFound.
     let e = pull(&d, request(&format!("{}/test/none:latest", reg.host()))).err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
