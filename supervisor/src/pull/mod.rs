@@ -56,6 +56,8 @@ use crate::snapshots::{self, Busy, Namespaced};
 pub const CONCURRENT_DOWNLOADS: usize = 4;
 /// Progress of one blob's bytes is reported at most this often.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+/// Image configs are read whole into memory; a bigger one is refused.
+const MAX_CONFIG_SIZE: i64 = 16 << 20;
 /// How long the pull's lease lives if corrald dies before deleting it (containerd's default).
 const LEASE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 
@@ -631,6 +633,15 @@ async fn pull_in_lease(
         .clone()
         .ok_or_else(|| ctx.bad_image(&what, "no config descriptor"))?;
     let layers = manifest.layers.clone().unwrap_or_default();
+    if config.size > MAX_CONFIG_SIZE {
+        return Err(ctx.bad_image(
+            &what,
+            format!(
+                "config {} is {} bytes, more than the {MAX_CONFIG_SIZE} accepted",
+                config.digest, config.size
+            ),
+        ));
+    }
     for d in std::iter::once(&config).chain(&layers) {
         Digest::parse(&d.digest)
             .map_err(|e| ctx.bad_image(&what, format!("descriptor {:?}: {e}", d.digest)))?;
@@ -701,9 +712,18 @@ async fn pull_in_lease(
         abort_all(&layer_tasks);
         return Err(e);
     }
-    let config_bytes = read_blob(ctx, &config).await?;
-    let image_config: ImageConfig = serde_json::from_slice(&config_bytes)
-        .map_err(|e| ctx.bad_image(format!("config {}", config.digest), e.to_string()))?;
+    let parsed = match read_blob(ctx, &config).await {
+        Ok(bytes) => serde_json::from_slice::<ImageConfig>(&bytes)
+            .map_err(|e| ctx.bad_image(format!("config {}", config.digest), e.to_string())),
+        Err(e) => Err(e),
+    };
+    let image_config = match parsed {
+        Ok(c) => c,
+        Err(e) => {
+            abort_all(&layer_tasks);
+            return Err(e);
+        }
+    };
     let diff_ids = image_config.rootfs.diff_ids;
     if diff_ids.len() != layers.len() {
         abort_all(&layer_tasks);
