@@ -46,10 +46,14 @@ impl Pulled {
         }
     }
 
+    /// The error (printed, so the test output shows what a user would read).
     fn err(self) -> tonic::Status {
         match self.result {
             Ok(r) => panic!("pull succeeded: {r:?}"),
-            Err(e) => e,
+            Err(e) => {
+                eprintln!("pull error: {:?}: {}", e.code(), e.message());
+                e
+            }
         }
     }
 
@@ -504,7 +508,11 @@ fn failures_are_clear_and_leave_no_image() {
     req.plain_http = false;
     let e = pull(&d, req).err();
     assert_eq!(e.code(), tonic::Code::Unavailable, "{}", e.message());
-    assert!(e.message().contains(&reg.host()), "{}", e.message());
+    assert!(
+        e.message().contains(&reg.host()) && e.message().contains("plain HTTP"),
+        "{}",
+        e.message()
+    );
 
     // Unknown manifest: NotFound.
     let e = pull(&d, request(&format!("{}/test/none:latest", reg.host()))).err();

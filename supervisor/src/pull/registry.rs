@@ -200,6 +200,15 @@ fn request_error(host: &str, what: &str, r: &reqwest::Error) -> Error {
         detail.push_str(&s.to_string());
         src = s.source();
     }
+    // TLS spoken to a plain HTTP server: say what to do about it.
+    if detail.contains("https://")
+        && (detail.contains("InvalidContentType") || detail.contains("corrupt message"))
+    {
+        detail.push_str(&format!(
+            " (does {host} serve plain HTTP? then pull with plain HTTP, or list it under \
+             [registry] insecure in corrald's config)"
+        ));
+    }
     if r.is_connect() || r.is_timeout() {
         Error::Unreachable {
             host: host.to_string(),
