@@ -717,3 +717,68 @@ fn kill_9_mid_pull_then_the_next_pull_resumes() {
     let active = ctr.ok(&["content", "active"]);
     assert!(active.lines().count() <= 1, "ingests left: {active}");
 }
+
+/// `ctr events` filtered to what a pull publishes (and the marker namespaces); returns once the
+/// subscription is live, which a marker namespace's `/namespaces/delete` proves.
+fn live_events(d: &Corrald) -> integration::EventStream {
+    let s = integration::EventStream::spawn(
+        d.ctr(),
+        &[r#"topic~="/images/|/snapshot/|/namespaces/delete""#],
+    );
+    for attempt in 0..40 {
+        let marker = format!("{}-mark{attempt}", d.namespace());
+        d.ctr().ok(&["namespaces", "create", &marker]);
+        d.ctr().ok(&["namespaces", "rm", &marker]);
+        let seen = s.try_wait_for(Duration::from_millis(500), |evs| {
+            evs.iter()
+                .any(|e| e.topic == "/namespaces/delete" && e.payload["name"] == marker.as_str())
+                .then_some(())
+        });
+        if seen.is_some() {
+            return s;
+        }
+    }
+    panic!("`ctr events` did not deliver a marker /namespaces/delete within 20 s");
+}
+
+#[test]
+fn pull_publishes_image_and_snapshot_events() {
+    if !require_root() {
+        return;
+    }
+    let reg = Registry::start();
+    let img = multi_layer_image();
+    push(&reg, "test/busybox", "ev", &img);
+    let d = Corrald::start();
+    let events = live_events(&d);
+    let reference = format!("{}/test/busybox:ev", reg.host());
+    pull(&d, request(&reference)).ok();
+    let chain = chain_ids(&img);
+    events.wait_for(
+        "/images/create and a /snapshot/commit per layer",
+        Duration::from_secs(20),
+        |evs| {
+            let ours = |topic: &str| {
+                evs.iter()
+                    .filter(|e| e.namespace == d.namespace() && e.topic == topic)
+                    .collect::<Vec<_>>()
+            };
+            let created = ours("/images/create")
+                .iter()
+                .any(|e| e.payload["name"] == reference.as_str());
+            let commits = ours("/snapshot/commit");
+            let all = chain
+                .iter()
+                .all(|c| commits.iter().any(|e| e.payload["name"] == c.as_str()));
+            let prepares = ours("/snapshot/prepare").len() == chain.len();
+            (created && all && prepares).then_some(())
+        },
+    );
+    // A second pull of the same name updates the image.
+    pull(&d, request(&reference)).ok();
+    events.wait_for("/images/update", Duration::from_secs(20), |evs| {
+        evs.iter()
+            .any(|e| e.topic == "/images/update" && e.payload["name"] == reference.as_str())
+            .then_some(())
+    });
+}
