@@ -26,8 +26,8 @@
 //!    then the backend snapshots, children first. No transaction is held across backend work.
 //!
 //! Data goes after metadata: a crash between steps leaves orphan blobs or backend snapshots
-//! that the next run (or the snapshotter's cleanup) removes. A snapshot created between the
-//! mark and step 3 is kept (its creation time is after the run began); one that became
+//! that the next run (or the snapshotter's cleanup) removes. A snapshot the mark did not see
+//! (created, or re-created under the same key, after the mark's transaction) is kept; one that became
 //! reachable only in that window through a new label is the race containerd accepts too (its
 //! unpacker holds a lease while it labels). In-flight ingests are not touched.
 
@@ -174,7 +174,11 @@ pub fn collect(d: &Daemon, now: SystemTime) -> Result<Report, Error> {
     drop(blob_guard);
 
     // Snapshots: records in one transaction of their own, then backend removals outside it.
-    let removed = snapshots::sweep(&d.db, &d.snapshotters, &marked.snapshots, started)?;
+    let seen: std::collections::HashMap<String, String> = snaps
+        .iter()
+        .map(|(k, s)| (k.clone(), s.backend_key.clone()))
+        .collect();
+    let removed = snapshots::sweep(&d.db, &d.snapshotters, &marked.snapshots, &seen)?;
     report.snapshots = removed.len();
     for k in &removed {
         log::debug!("gc: removed snapshot {}", k.replace('\0', "/"));

@@ -577,17 +577,20 @@ pub const GC_ROOT_LABEL: &str = "containerd.io/gc.root";
 /// The sweep half of garbage collection for snapshots.
 ///
 /// `live` holds the record keys ([`key_of`]) the collector found reachable (from content
-/// labels `containerd.io/gc.ref.snapshot.<snapshotter>`, containers, unexpired leases). Kept
-/// besides them: snapshots labelled [`GC_ROOT_LABEL`], records created at or after `started`
-/// (made while the collector was marking), and every ancestor of a kept snapshot. Everything
-/// else is removed: the records in one transaction, then the backend snapshots, children before
-/// parents (a failed backend removal is logged and left to [`Namespaced::cleanup`]).
-/// Returns the removed record keys.
+/// labels `containerd.io/gc.ref.snapshot.<snapshotter>`, containers, unexpired leases);
+/// `seen` every record the mark looked at (record key → backend key). Only a record the mark
+/// saw, unchanged, can be unreachable: one created (or re-created under the same key) after
+/// the mark's transaction is kept — it may have been prepared under a lease the mark never
+/// saw (its creation time is no guide: a prepare stamps it before waiting for its write
+/// transaction). Kept as well: snapshots labelled [`GC_ROOT_LABEL`] and every ancestor of a
+/// kept snapshot. Everything else is removed: the records in one transaction, then the
+/// backend snapshots, children before parents (a failed backend removal is logged and left
+/// to [`Namespaced::cleanup`]). Returns the removed record keys.
 pub fn sweep(
     db: &Db,
     backends: &std::collections::BTreeMap<String, std::sync::Arc<dyn Snapshotter>>,
     live: &HashSet<String>,
-    started: Time,
+    seen: &HashMap<String, String>,
 ) -> Result<Vec<String>> {
     let tx = db.write()?;
     let mut records: HashMap<String, Snapshot> = HashMap::new();
@@ -608,7 +611,9 @@ pub fn sweep(
     let mut stack: Vec<String> = records
         .iter()
         .filter(|(k, r)| {
-            live.contains(*k) || r.labels.contains_key(GC_ROOT_LABEL) || r.created_at >= started
+            live.contains(*k)
+                || r.labels.contains_key(GC_ROOT_LABEL)
+                || seen.get(*k) != Some(&r.backend_key)
         })
         .map(|(k, _)| k.clone())
         .collect();
@@ -924,7 +929,7 @@ mod tests {
         backends.insert("native".into(), e.backend.clone());
 
         let live: HashSet<String> = [key_of("a", "native", "l2")].into();
-        let removed = sweep(&e.db, &backends, &live, Time::now()).unwrap();
+        let removed = sweep(&e.db, &backends, &live, &seen(&e.db)).unwrap();
         let mut removed: Vec<String> = removed.iter().map(|k| k.replace('\0', "/")).collect();
         removed.sort();
         assert_eq!(
@@ -945,12 +950,35 @@ mod tests {
             "backend snapshots of swept records remain"
         );
 
-        // Records made after the collector started are never swept.
-        let started = Time::now();
+        // Records the mark did not see (made after it, or re-made under a seen key) are never
+        // swept: they may belong to a lease the mark did not see either.
+        let before = seen(&e.db);
         a.prepare("new", "", Labels::new(), false).unwrap();
-        let removed = sweep(&e.db, &backends, &HashSet::new(), started).unwrap();
-        assert!(!removed.iter().any(|k| k.ends_with("\0new")), "{removed:?}");
+        a.remove("rooted").unwrap();
+        a.prepare("rooted", "", Labels::new(), false).unwrap();
+        let removed = sweep(&e.db, &backends, &HashSet::new(), &before).unwrap();
+        assert!(
+            !removed
+                .iter()
+                .any(|k| k.ends_with("\0new") || k.ends_with("\0rooted")),
+            "{removed:?}"
+        );
         assert_eq!(a.stat("new").unwrap().kind, Kind::Active);
+        assert_eq!(a.stat("rooted").unwrap().kind, Kind::Active);
+    }
+
+    /// What a mark would see: every record key and its backend key.
+    fn seen(db: &Db) -> HashMap<String, String> {
+        let tx = db.write().unwrap();
+        tx.keys_all(SNAPSHOTS)
+            .unwrap()
+            .into_iter()
+            .filter_map(|k| {
+                tx.get::<Snapshot>(SNAPSHOTS, &k)
+                    .unwrap()
+                    .map(|s| (k, s.backend_key))
+            })
+            .collect()
     }
 
     #[test]
