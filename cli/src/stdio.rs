@@ -175,12 +175,13 @@ impl Attached {
                             }
                         }
                     }
-                    drop(tx);
-                    // CloseIO before Start would find no process to close (an exec's stdin
-                    // is opened when it starts).
+                    // Not before the process started: an exec's FIFO may not be open on the
+                    // shim's side yet, and a FIFO's buffered bytes vanish with its last open
+                    // end; and CloseIO before Start would find no process to close.
                     if started_rx.wait_for(|s| *s).await.is_err() {
                         return;
                     }
+                    drop(tx);
                     let _ = client
                         .tasks()
                         .close_io(client.req(tasks::CloseIoRequest {
