@@ -148,7 +148,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub rm: bool,
     /// Start and return; output goes to the log file.
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "rm")]
     pub detach: bool,
     /// Give the process a terminal.
     #[arg(short, long)]
@@ -380,5 +380,7 @@ mod tests {
         assert!(Cli::try_parse_from(["corral", "exec", "c"]).is_err());
         assert!(Cli::try_parse_from(["corral", "run", "--mount", "src=/a", "img"]).is_err());
         assert!(Cli::try_parse_from(["corral", "ps", "--output", "yaml"]).is_err());
+        // Nobody would be there to remove a detached container when it exits.
+        assert!(Cli::try_parse_from(["corral", "run", "-d", "--rm", "img"]).is_err());
     }
 }

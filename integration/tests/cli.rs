@@ -635,3 +635,79 @@ fn exec_with_a_terminal_and_events() {
     assert!(body["pid"].as_u64().unwrap() > 0, "{start}");
     s.ctrd.assert_no_leaks();
 }
+
+#[test]
+fn interactive_terminal_signals_and_detached_terminal() {
+    let Some(s) = setup() else { return };
+    // -i -t: what we type reaches the shell through the terminal; its exit code is ours.
+    let id = s.id("it");
+    let cmd = s
+        .corral
+        .command(&["run", "-i", "-t", "--rm", "--name", &id, IMAGE_REF, "sh"]);
+    let mut pty = integration::pty::PtySession::spawn(cmd).unwrap();
+    pty.send(b"echo typed-$((40+2))\n").unwrap();
+    assert!(
+        pty.expect("typed-42", Duration::from_secs(30)),
+        "{}",
+        pty.text()
+    );
+    pty.send(b"exit 9\n").unwrap();
+    let out = pty.finish(Duration::from_secs(30)).unwrap();
+    assert_eq!(out.status.code(), Some(9), "{}", out.text());
+
+    // SIGTERM to corral is forwarded to the container's process.
+    let id = s.id("sig");
+    let child = s
+        .corral
+        .command(&[
+            "run",
+            "--rm",
+            "--name",
+            &id,
+            IMAGE_REF,
+            "sh",
+            "-c",
+            "trap 'exit 5' TERM; while true; do sleep 0.1; done",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    s.wait_status(&id, "running");
+    // The trap is set before the loop; give the shell its first loop iteration.
+    wait_until("the loop runs", Duration::from_secs(10), || {
+        let pid = s.ps_row(&id)?["pid"].as_u64()?;
+        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .filter(|c| !c.trim().is_empty())
+            .map(|_| ())
+    });
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let (status, timed_out) =
+        integration::cmd::wait_with_timeout(child, Duration::from_secs(30)).unwrap();
+    assert!(!timed_out);
+    assert_eq!(status.code(), Some(5), "{status:?}");
+
+    // -d -t: the terminal's output goes to the log file.
+    let id = s.id("dt");
+    s.corral.ok(&[
+        "run",
+        "-d",
+        "-t",
+        "--name",
+        &id,
+        IMAGE_REF,
+        "sh",
+        "-c",
+        "tty; echo dt-done",
+    ]);
+    s.wait_status(&id, "stopped");
+    let logs = s.corral.ok(&["logs", &id]);
+    assert!(
+        logs.contains("/dev/pts/") && logs.contains("dt-done"),
+        "{logs:?}"
+    );
+    s.corral.ok(&["rm", &id]);
+    s.ctrd.assert_no_leaks();
+}

@@ -268,14 +268,31 @@ impl ProcessIo {
         set_nonblocking(&master)?;
         let master = Arc::new(master);
         if !paths.stdout.is_empty() {
-            let path = paths
-                .stdout
-                .strip_prefix("fifo://")
-                .unwrap_or(&paths.stdout);
-            let fifo = open_fifo(Path::new(path), libc::O_RDWR)?;
             let m = dup(&master)?;
             let token = self.drain_token();
-            self.outputs.push(tokio::spawn(copy_out(m, fifo, token)));
+            match parse_dest(&paths.stdout)? {
+                // A terminal's output to a log file: the shim copies it (there is no pipe to
+                // hand over), capped or not.
+                Dest::File(path) => {
+                    let log = CappedLog::open(path, u64::MAX)?;
+                    let log = Arc::new(std::sync::Mutex::new(log));
+                    self.outputs.push(tokio::spawn(copy_to_log(m, log, token)));
+                }
+                Dest::CappedFile(path, max) => {
+                    let log = Arc::new(std::sync::Mutex::new(CappedLog::open(path, max)?));
+                    self.outputs.push(tokio::spawn(copy_to_log(m, log, token)));
+                }
+                Dest::Fifo(path) => {
+                    let fifo = open_fifo(&path, libc::O_RDWR)?;
+                    self.outputs.push(tokio::spawn(copy_out(m, fifo, token)));
+                }
+                Dest::Binary(..) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "a terminal's output cannot go to a logger binary",
+                    ));
+                }
+            }
         }
         if let Some(parked) = self.stdin.take() {
             parked.abort();
