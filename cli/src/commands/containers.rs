@@ -461,7 +461,7 @@ pub async fn ps(client: &Client, out: Output) -> Result<()> {
 }
 
 pub async fn logs(client: &Client, a: LogsArgs, log_dir: &Path) -> Result<()> {
-    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::io::{Read, Write};
     // Errors for an unknown container, not for a missing file.
     get_container(client, &a.id).await?;
     let path = log_path(log_dir, &client.namespace, &a.id);
@@ -492,9 +492,8 @@ pub async fn logs(client: &Client, a: LogsArgs, log_dir: &Path) -> Result<()> {
         }
         Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
     };
-    let mut pos = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
-    let mut copy = |file: &mut std::fs::File, pos: &mut u64| -> Result<usize> {
+    let mut copy = |file: &mut std::fs::File| -> Result<usize> {
         let mut total = 0;
         loop {
             let n = file.read(&mut buf)?;
@@ -502,41 +501,47 @@ pub async fn logs(client: &Client, a: LogsArgs, log_dir: &Path) -> Result<()> {
                 break;
             }
             stdout.write_all(&buf[..n])?;
-            *pos += n as u64;
             total += n;
         }
         stdout.flush()?;
         Ok(total)
     };
-    copy(&mut file, &mut pos)?;
+    copy(&mut file)?;
     if !a.follow {
         return Ok(());
     }
+    // Rotated: the path names a new file; what is left of ours was copied first.
+    let switch = |file: &mut std::fs::File| -> Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.ino() != file.metadata()?.ino() => {
+                *file = std::fs::File::open(&path)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    };
     let mut last_check = Instant::now();
     loop {
-        let n = copy(&mut file, &mut pos)?;
-        // Rotated: the path is a new, shorter file; finish the old one and switch.
-        if let Ok(meta) = std::fs::metadata(&path) {
-            use std::os::unix::fs::MetadataExt;
-            let ours = file.metadata()?;
-            if meta.ino() != ours.ino() {
-                copy(&mut file, &mut pos)?;
-                file = std::fs::File::open(&path)?;
-                pos = 0;
-                file.seek(SeekFrom::Start(0))?;
-                continue;
-            }
+        let n = copy(&mut file)?;
+        if switch(&mut file)? {
+            continue;
         }
-        if n == 0 {
-            if last_check.elapsed() > Duration::from_millis(500) || !running(client, &a.id).await? {
-                last_check = Instant::now();
-                if !running(client, &a.id).await? {
-                    copy(&mut file, &mut pos)?;
-                    return Ok(());
+        if n > 0 {
+            continue;
+        }
+        if last_check.elapsed() >= Duration::from_millis(300) {
+            last_check = Instant::now();
+            if !running(client, &a.id).await? {
+                // The shim reports an exit after the output is written: take the rest.
+                copy(&mut file)?;
+                if switch(&mut file)? {
+                    copy(&mut file)?;
                 }
+                return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
