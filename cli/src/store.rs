@@ -86,20 +86,20 @@ impl BlobWriter {
     }
 
     async fn send(&mut self, req: WriteContentRequest) -> Result<()> {
-        if self.tx.send(req).await.is_err() {
-            // The stream ended early: the task holds the reason.
-            let (tx, _) = mpsc::channel(1);
-            let task = std::mem::replace(&mut self.task, tokio::spawn(async { Ok(String::new()) }));
-            drop(std::mem::replace(&mut self.tx, tx));
-            return match task.await {
-                Ok(Err(e)) => Err(e),
-                _ => Err(anyhow!(
-                    "cannot write {}: the stream ended early",
-                    self.r#ref
-                )),
-            };
+        if self.tx.send(req).await.is_ok() {
+            return Ok(());
         }
-        Ok(())
+        // The stream ended early: the task holds the daemon's reason.
+        let (idle, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, idle));
+        let task = std::mem::replace(&mut self.task, tokio::spawn(async { Ok(String::new()) }));
+        match task.await {
+            Ok(Err(e)) => Err(e),
+            _ => Err(anyhow!(
+                "cannot write {}: the stream ended early",
+                self.r#ref
+            )),
+        }
     }
 
     pub async fn write(&mut self, data: Bytes) -> Result<()> {
