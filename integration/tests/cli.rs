@@ -383,6 +383,20 @@ fn errors_are_one_line() {
         "127.0.0.1:9/none:1",
     );
     assert!(s.ps_row(&id).is_none());
+    // A runtime that does not exist: one line, and --rm leaves nothing behind.
+    let id = s.id("nort");
+    let out = s.corral.run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.nope.v1",
+        "--name",
+        &id,
+        IMAGE_REF,
+        "true",
+    ]);
+    assert_one_line_error(&out, &id);
+    assert!(s.ps_row(&id).is_none());
     // A daemon that is not there.
     let dead = Corral::new(
         Path::new("/nonexistent/corral.sock"),
