@@ -28,6 +28,7 @@
 //! a hash that includes our socket path: runc state (`/run/containerd/runc/<ns>`) and shim sockets
 //! (`/run/containerd/s/<sha256>`).
 
+pub mod cli;
 pub mod cmd;
 pub mod containerd;
 pub mod corrald;

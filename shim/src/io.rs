@@ -12,6 +12,10 @@
 //!   EOF until `CloseIO` drops the kept end.
 //! - `file:///abs/path`: stdout and stderr are appended to that file, given to the process
 //!   directly (no copy).
+//! - `file:///abs/path?max-size=<bytes>` (corral's extension, used by `corral run`): the shim
+//!   pipes stdout and stderr and appends their raw bytes to the file itself, so it can cap it:
+//!   a write that would take the file past `max-size` first renames it to `path.1` (replacing
+//!   the previous one) and starts a new file. At most about 2 × max-size is kept.
 //! - `binary:///abs/path?k=v`: a logger process gets the read ends of the process's pipes as
 //!   fds 3 and 4 and closes fd 5 when it is ready.
 //! - A terminal: runc hands us the pty master through a console socket; stdin is copied to
@@ -60,6 +64,8 @@ pub struct ProcessIo {
 enum Dest {
     Fifo(PathBuf),
     File(PathBuf),
+    /// A file the shim writes itself, rotated at `max` bytes.
+    CappedFile(PathBuf, u64),
     Binary(PathBuf, Vec<String>),
 }
 
@@ -68,7 +74,34 @@ fn parse_dest(uri: &str) -> io::Result<Dest> {
         return Ok(Dest::Fifo(rest.into()));
     }
     if let Some(rest) = uri.strip_prefix("file://") {
-        return Ok(Dest::File(rest.into()));
+        let Some((path, query)) = rest.split_once('?') else {
+            return Ok(Dest::File(rest.into()));
+        };
+        let mut max = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("max-size", v)) => {
+                    max = Some(v.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!(
+                                "invalid max-size {v:?} in {uri:?}: want a positive byte count"
+                            ),
+                        )
+                    })?)
+                }
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("unsupported file log option {pair:?} in {uri:?}"),
+                    ));
+                }
+            }
+        }
+        return Ok(match max {
+            Some(max) => Dest::CappedFile(percent_decode(path).into(), max),
+            None => Dest::File(percent_decode(path).into()),
+        });
     }
     if let Some(rest) = uri.strip_prefix("binary://") {
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -187,6 +220,23 @@ impl ProcessIo {
                 child.stdout = stdout.as_ref().map(|_| f.into());
                 child.stderr = stderr.as_ref().map(|_| f2.into());
             }
+            (Some(Dest::CappedFile(path, max)), _) | (None, Some(Dest::CappedFile(path, max))) => {
+                let log = Arc::new(std::sync::Mutex::new(CappedLog::open(path.clone(), *max)?));
+                for (wanted, slot) in [
+                    (stdout.is_some(), &mut child.stdout),
+                    (stderr.is_some(), &mut child.stderr),
+                ] {
+                    if wanted {
+                        let (r, w) = pipe()?;
+                        chown(&w, s.io_uid, s.io_gid);
+                        set_nonblocking(&r)?;
+                        *slot = Some(w);
+                        let token = io.drain_token();
+                        io.outputs
+                            .push(tokio::spawn(copy_to_log(r, log.clone(), token)));
+                    }
+                }
+            }
             (Some(Dest::Binary(path, args)), _) | (None, Some(Dest::Binary(path, args))) => {
                 let (out_r, out_w) = pipe()?;
                 let (err_r, err_w) = pipe()?;
@@ -218,14 +268,31 @@ impl ProcessIo {
         set_nonblocking(&master)?;
         let master = Arc::new(master);
         if !paths.stdout.is_empty() {
-            let path = paths
-                .stdout
-                .strip_prefix("fifo://")
-                .unwrap_or(&paths.stdout);
-            let fifo = open_fifo(Path::new(path), libc::O_RDWR)?;
             let m = dup(&master)?;
             let token = self.drain_token();
-            self.outputs.push(tokio::spawn(copy_out(m, fifo, token)));
+            match parse_dest(&paths.stdout)? {
+                // A terminal's output to a log file: the shim copies it (there is no pipe to
+                // hand over), capped or not.
+                Dest::File(path) => {
+                    let log = CappedLog::open(path, u64::MAX)?;
+                    let log = Arc::new(std::sync::Mutex::new(log));
+                    self.outputs.push(tokio::spawn(copy_to_log(m, log, token)));
+                }
+                Dest::CappedFile(path, max) => {
+                    let log = Arc::new(std::sync::Mutex::new(CappedLog::open(path, max)?));
+                    self.outputs.push(tokio::spawn(copy_to_log(m, log, token)));
+                }
+                Dest::Fifo(path) => {
+                    let fifo = open_fifo(&path, libc::O_RDWR)?;
+                    self.outputs.push(tokio::spawn(copy_out(m, fifo, token)));
+                }
+                Dest::Binary(..) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "a terminal's output cannot go to a logger binary",
+                    ));
+                }
+            }
         }
         if let Some(parked) = self.stdin.take() {
             parked.abort();
@@ -529,6 +596,77 @@ async fn copy_out(src: OwnedFd, fifo: OwnedFd, _done: mpsc::Sender<()>) {
     }
 }
 
+/// A log file capped at `max` bytes: see the module docs. Writes are plain blocking appends
+/// to a local file (fast, and the shim's one thread has nothing better to do meanwhile).
+pub struct CappedLog {
+    path: PathBuf,
+    max: u64,
+    file: std::fs::File,
+    size: u64,
+}
+
+impl CappedLog {
+    pub fn open(path: PathBuf, max: u64) -> io::Result<CappedLog> {
+        let file = open_log_file(&path)?;
+        let size = file.metadata()?.len();
+        Ok(CappedLog {
+            path,
+            max,
+            file,
+            size,
+        })
+    }
+
+    /// Appends `data`, rotating first whenever the file would pass `max`. A chunk larger
+    /// than what is left is split, so no file ever exceeds `max`.
+    pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        while !data.is_empty() {
+            if self.size >= self.max {
+                self.rotate()?;
+            }
+            let room = (self.max - self.size).min(data.len() as u64) as usize;
+            self.file.write_all(&data[..room])?;
+            self.size += room as u64;
+            data = &data[room..];
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let mut old = self.path.clone().into_os_string();
+        old.push(".1");
+        std::fs::rename(&self.path, &old).map_err(|e| {
+            io::Error::new(e.kind(), format!("rotate log {}: {e}", self.path.display()))
+        })?;
+        self.file = open_log_file(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+/// One process output pipe → the capped log file it shares with the other stream, until the
+/// pipe ends. The lock is held only for a synchronous append, never across an await, and the
+/// shim's runtime has one thread, so the two copiers never contend.
+async fn copy_to_log(src: OwnedFd, log: Arc<std::sync::Mutex<CappedLog>>, _done: mpsc::Sender<()>) {
+    let run = async {
+        let src = async_fd(src)?;
+        let mut buf = vec![0u8; BUF];
+        loop {
+            let n = read_some(&src, &mut buf).await?;
+            if n == 0 {
+                return Ok::<_, io::Error>(());
+            }
+            log.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .write(&buf[..n])?;
+        }
+    };
+    if let Err(e) = run.await {
+        log::warn!("copy process output to log file: {e}");
+    }
+}
+
 /// Client stdin FIFO → process stdin pipe (or pty master), until EOF or the process is gone.
 async fn copy_stdin(fifo: OwnedFd, dst: OwnedFd) {
     let run = async {
@@ -643,6 +781,53 @@ mod tests {
         }
         let e = parse_dest("tcp://1.2.3.4:5").err().unwrap();
         assert!(e.to_string().contains("tcp"));
+    }
+
+    #[test]
+    fn capped_file_destinations() {
+        match parse_dest("file:///var/log/c.log?max-size=1024").unwrap() {
+            Dest::CappedFile(p, max) => {
+                assert_eq!(p, Path::new("/var/log/c.log"));
+                assert_eq!(max, 1024);
+            }
+            _ => panic!("not a capped file"),
+        }
+        for bad in [
+            "file:///a?max-size=0",
+            "file:///a?max-size=x",
+            "file:///a?colour=red",
+        ] {
+            let e = parse_dest(bad).err().unwrap();
+            assert!(e.to_string().contains("file:///a"), "{e}");
+        }
+    }
+
+    #[test]
+    fn capped_log_rotates_and_keeps_one_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/c.log");
+        let old = dir.path().join("sub/c.log.1");
+        let mut log = CappedLog::open(path.clone(), 10).unwrap();
+        log.write(b"0123456").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"0123456");
+        assert!(!old.exists());
+        // Crossing the cap splits the chunk: the file is filled to exactly 10, then rotated.
+        log.write(b"789abcd").unwrap();
+        assert_eq!(std::fs::read(&old).unwrap(), b"0123456789");
+        assert_eq!(std::fs::read(&path).unwrap(), b"abcd");
+        // A chunk larger than two caps: only the last file and one old one survive.
+        log.write(b"efghijklmnopqrstuvwxyz").unwrap();
+        assert_eq!(std::fs::read(&old).unwrap(), b"klmnopqrst");
+        assert_eq!(std::fs::read(&path).unwrap(), b"uvwxyz");
+        // Reopening continues the current file's size.
+        drop(log);
+        let mut log = CappedLog::open(path.clone(), 10).unwrap();
+        log.write(b"1234").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"uvwxyz1234");
+        assert_eq!(std::fs::read(&old).unwrap(), b"klmnopqrst");
+        log.write(b"5").unwrap();
+        assert_eq!(std::fs::read(&old).unwrap(), b"uvwxyz1234");
+        assert_eq!(std::fs::read(&path).unwrap(), b"5");
     }
 
     #[test]

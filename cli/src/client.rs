@@ -1,0 +1,237 @@
+//! The connection to corrald: one gRPC channel over its unix socket, and requests that carry
+//! the namespace (and, inside a lease, the lease) as containerd metadata.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, anyhow};
+use protocol::grpc::containerd::services::containers::v1::containers_client::ContainersClient;
+use protocol::grpc::containerd::services::content::v1::content_client::ContentClient;
+use protocol::grpc::containerd::services::diff::v1::diff_client::DiffClient;
+use protocol::grpc::containerd::services::events::v1::events_client::EventsClient;
+use protocol::grpc::containerd::services::images::v1::images_client::ImagesClient;
+use protocol::grpc::containerd::services::introspection::v1::introspection_client::IntrospectionClient;
+use protocol::grpc::containerd::services::leases::v1 as leases;
+use protocol::grpc::containerd::services::leases::v1::leases_client::LeasesClient;
+use protocol::grpc::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
+use protocol::grpc::containerd::services::tasks::v1::tasks_client::TasksClient;
+use protocol::grpc::containerd::services::version::v1::version_client::VersionClient;
+use protocol::grpc::corral::services::transfer::v1::transfer_client::TransferClient;
+use protocol::grpc::tonic::{Code, Request, Status, transport::Channel};
+
+pub const NAMESPACE_HEADER: &str = "containerd-namespace";
+pub const LEASE_HEADER: &str = "containerd-lease";
+/// ctr's message limit, both ways.
+const MAX_MESSAGE: usize = 16 << 20;
+
+/// The snapshotter images are unpacked into and containers are prepared on.
+pub const SNAPSHOTTER: &str = "overlayfs";
+
+#[derive(Clone)]
+pub struct Client {
+    channel: Channel,
+    pub namespace: String,
+    pub address: PathBuf,
+    lease: Option<String>,
+}
+
+/// Turns a gRPC status into an error whose text is the daemon's message (the code is kept
+/// for callers that branch on it, see [`code_of`]).
+pub fn rpc_err(s: Status) -> anyhow::Error {
+    anyhow::Error::new(RpcError(s))
+}
+
+#[derive(Debug)]
+pub struct RpcError(pub Status);
+
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let msg = self.0.message();
+        match self.0.code() {
+            Code::Unavailable if msg.is_empty() || msg.contains("transport") => {
+                write!(f, "corrald is not reachable ({msg})")
+            }
+            Code::Unimplemented => write!(f, "corrald does not support this ({msg})"),
+            _ if msg.is_empty() => write!(f, "{}", self.0.code()),
+            _ => write!(f, "{msg}"),
+        }
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+/// The gRPC code of an error made by [`rpc_err`], if it is one.
+pub fn code_of(e: &anyhow::Error) -> Option<Code> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<RpcError>())
+        .map(|r| r.0.code())
+}
+
+pub fn is_not_found(e: &anyhow::Error) -> bool {
+    code_of(e) == Some(Code::NotFound)
+}
+
+macro_rules! service {
+    ($name:ident, $client:ident) => {
+        pub fn $name(&self) -> $client<Channel> {
+            $client::new(self.channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE)
+        }
+    };
+}
+
+impl Client {
+    pub async fn connect(address: PathBuf, namespace: String) -> Result<Client> {
+        let channel = protocol::grpc::unix::connect(&address)
+            .await
+            .map_err(|e| {
+                let why = std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| e.to_string());
+                anyhow!("{why}")
+            })
+            .with_context(|| format!("cannot connect to corrald at {}", address.display()))?;
+        Ok(Client {
+            channel,
+            namespace,
+            address,
+            lease: None,
+        })
+    }
+
+    /// A request in our namespace (and lease, if this client is inside one).
+    pub fn req<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        self.decorate(&mut r);
+        r
+    }
+
+    fn decorate<T>(&self, r: &mut Request<T>) {
+        if let Ok(v) = self.namespace.parse() {
+            r.metadata_mut().insert(NAMESPACE_HEADER, v);
+        }
+        if let Some(l) = &self.lease
+            && let Ok(v) = l.parse()
+        {
+            r.metadata_mut().insert(LEASE_HEADER, v);
+        }
+    }
+
+    /// A streaming request (client side) in our namespace and lease.
+    pub fn stream_req<S>(&self, stream: S) -> Request<S> {
+        let mut r = Request::new(stream);
+        self.decorate(&mut r);
+        r
+    }
+
+    service!(version, VersionClient);
+    service!(introspection, IntrospectionClient);
+    service!(images, ImagesClient);
+    service!(content, ContentClient);
+    service!(snapshots, SnapshotsClient);
+    service!(diff, DiffClient);
+    service!(leases, LeasesClient);
+    service!(containers, ContainersClient);
+    service!(tasks, TasksClient);
+    service!(events, EventsClient);
+    service!(transfer, TransferClient);
+
+    /// Creates a lease that expires on its own after `expire` (so a crashed client leaves
+    /// nothing pinned for long) and returns a client whose requests carry it.
+    pub async fn with_lease(&self, expire: Duration) -> Result<Client> {
+        let until = SystemTime::now() + expire;
+        let mut labels = std::collections::HashMap::new();
+        labels.insert("containerd.io/gc.expire".to_string(), rfc3339(until));
+        let id = format!("corral-{}-{}", std::process::id(), nanos());
+        let lease = self
+            .leases()
+            .create(self.req(leases::CreateRequest { id, labels }))
+            .await
+            .map_err(rpc_err)
+            .context("cannot create a lease")?
+            .into_inner()
+            .lease
+            .ok_or_else(|| anyhow!("the daemon returned no lease"))?;
+        Ok(Client {
+            lease: Some(lease.id),
+            ..self.clone()
+        })
+    }
+
+    /// Deletes this client's lease (what it protected is then up to the other references).
+    pub async fn end_lease(&self) -> Result<()> {
+        let Some(id) = &self.lease else {
+            return Ok(());
+        };
+        let mut plain = self.clone();
+        plain.lease = None;
+        plain
+            .leases()
+            .delete(plain.req(leases::DeleteRequest {
+                id: id.clone(),
+                sync: false,
+            }))
+            .await
+            .map_err(rpc_err)
+            .with_context(|| format!("cannot delete lease {id}"))?;
+        Ok(())
+    }
+}
+
+pub fn nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for a time after the epoch.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    format_utc(secs)
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` from seconds since the epoch (civil-from-days, Howard Hinnant).
+pub fn format_utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The time of a protobuf timestamp, as text (empty when unset).
+pub fn format_ts(ts: Option<&protocol::grpc::prost_types::Timestamp>) -> String {
+    match ts {
+        Some(t) if t.seconds > 0 => format_utc(t.seconds),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formatting() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}
