@@ -9,13 +9,15 @@ export CARGO_TARGET_DIR := $(TARGET_DIR)
 DEBUG_SHIM := $(TARGET_DIR)/debug/containerd-shim-corral-v1
 RELEASE_SHIM := $(TARGET_DIR)/shim/containerd-shim-corral-v1
 RELEASE_CORRALD := $(TARGET_DIR)/release/corrald
+RELEASE_CORRAL := $(TARGET_DIR)/release/corral
+IMAGE_TAR := $(TARGET_DIR)/busybox-image.tar
 CORRALD_SOCK := /run/corral/corral.sock
 
 # Debian packages the tests and `make run` need. Installed only when something is missing.
 PACKAGES := runc containerd busybox-static docker-registry
 NEEDED_COMMANDS := runc containerd ctr containerd-shim-runc-v2 busybox docker-registry
 
-.PHONY: all build release test lint fmt install deps run bench clean
+.PHONY: all build release test lint fmt install deps run image bench clean
 
 all: build
 
@@ -35,12 +37,13 @@ build:
 ## size-optimised profile
 release:
 	$(CARGO) build --profile shim -p shim
-	$(CARGO) build --release -p supervisor
+	$(CARGO) build --release -p supervisor -p cli
 
 ## test: unit, conformance, crash and end-to-end tests (root tests need root; CI sets
 ## CORRAL_REQUIRE_ROOT=1 so that they fail instead of skipping)
 test: deps build
-	CORRAL_SHIM_BIN=$(DEBUG_SHIM) CORRALD_BIN=$(TARGET_DIR)/debug/corrald $(CARGO) test --workspace --no-fail-fast
+	CORRAL_SHIM_BIN=$(DEBUG_SHIM) CORRALD_BIN=$(TARGET_DIR)/debug/corrald \
+		CORRAL_BIN=$(TARGET_DIR)/debug/corral $(CARGO) test --workspace --no-fail-fast
 
 ## lint: formatting and clippy with warnings as errors
 lint:
@@ -50,10 +53,12 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## install: the shim and corrald into $(PREFIX)/bin (containerd finds the shim on its PATH)
+## install: the shim, corrald and corral into $(PREFIX)/bin (corrald and containerd find the
+## shim there)
 install: release
 	install -D -m 0755 $(RELEASE_SHIM) $(DESTDIR)$(PREFIX)/bin/containerd-shim-corral-v1
 	install -D -m 0755 $(RELEASE_CORRALD) $(DESTDIR)$(PREFIX)/bin/corrald
+	install -D -m 0755 $(RELEASE_CORRAL) $(DESTDIR)$(PREFIX)/bin/corral
 
 ## run: install what is missing, build, install, and start corrald on its default paths
 ## (/var/lib/corral, /run/corral, socket $(CORRALD_SOCK)); it runs containers with our shim
@@ -67,7 +72,14 @@ run: deps install
 		for i in $$(seq 100); do ctr -a $(CORRALD_SOCK) version >/dev/null 2>&1 && break; sleep 0.1; done; \
 		ctr -a $(CORRALD_SOCK) version; \
 	fi
-	@echo "ready: ctr -a $(CORRALD_SOCK) run --rm --runtime io.containerd.corral.v1 <image> <id> <cmd>"
+	@echo "ready: make image, then: corral run --rm busybox echo hello"
+
+## image: build a busybox image from Debian's busybox-static (no internet registry here) and
+## import it into the running corrald as docker.io/library/busybox:latest
+image: deps
+	$(CARGO) build -q -p integration --bin busybox-image
+	$(TARGET_DIR)/debug/busybox-image $(IMAGE_TAR)
+	$(PREFIX)/bin/corral images import $(IMAGE_TAR)
 
 ## bench: shim idle memory beside containerd's Go shim, content ingest, layer apply
 bench: deps release

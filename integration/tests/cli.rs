@@ -542,11 +542,9 @@ fn images_import_ls_inspect_export_rm() {
     assert!(images_json(&c).is_empty());
 }
 
-/// `corral pull` from a real local registry, then run the pulled image. Needs corrald's
-/// Transfer service, which is on main (helper-12) but not on this branch: ignored here, to be
-/// un-ignored when the branches meet (it passes with main's corrald as CORRALD_BIN).
+/// `corral pull` from a real local registry (corrald's Transfer service), then run the pulled
+/// image.
 #[test]
-#[ignore = "needs corrald with corral.services.transfer.v1.Transfer/Pull (on main)"]
 fn pull_then_run_the_pulled_image() {
     let Some(s) = setup() else { return };
     let reg = integration::registry::Registry::start();
