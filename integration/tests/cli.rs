@@ -412,6 +412,12 @@ fn errors_are_one_line() {
     );
     let v: Value = serde_json::from_str(&s.corral.ok(&["info", "--output", "json"])).unwrap();
     assert_eq!(v["images"], 1, "{v}");
+    assert_eq!(
+        v["root"],
+        s.ctrd.root().display().to_string(),
+        "corrald reports its root: {v}"
+    );
+    assert_eq!(v["default_runtime"], "io.containerd.corral.v1", "{v}");
 }
 
 fn docker_save_tar(img: &ImageBlobs, repo: &str, tag: &str) -> Vec<u8> {

@@ -133,6 +133,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         .add_service(IntrospectionServer::new(
             introspection::IntrospectionService {
                 daemon: daemon.clone(),
+                default_runtime: cfg.runtime.default.clone(),
             },
         ))
         .add_service(

@@ -173,6 +173,14 @@ pub async fn info(client: &Client, out: Output) -> Result<()> {
             .collect()
     };
     let runtimes = of_type("io.containerd.runtime");
+    let runtime_export = |key: &str| {
+        plugins
+            .iter()
+            .find(|p| p.r#type == "io.containerd.runtime.v2")
+            .and_then(|p| p.exports.get(key).cloned())
+    };
+    let root = runtime_export("root");
+    let default_runtime = runtime_export("default");
     let snapshotters: Vec<String> = plugins
         .iter()
         .filter(|p| p.r#type == "io.containerd.snapshotter.v1")
@@ -216,7 +224,8 @@ pub async fn info(client: &Client, out: Output) -> Result<()> {
             "{}",
             serde_json::to_string_pretty(&json!({
                 "version": v.version, "revision": v.revision, "uuid": uuid,
-                "address": address, "root": null,
+                "address": address, "root": root,
+                "default_runtime": default_runtime,
                 "namespace": client.namespace,
                 "runtime_plugins": runtimes, "snapshotters": snapshotters,
                 "images": images, "containers": containers,
@@ -227,8 +236,14 @@ pub async fn info(client: &Client, out: Output) -> Result<()> {
             println!("Version:      {} ({})", v.version, v.revision);
             println!("UUID:         {uuid}");
             println!("Address:      {address}");
-            println!("Root:         (not reported by corrald)");
+            println!(
+                "Root:         {}",
+                root.as_deref().unwrap_or("(not reported by the daemon)")
+            );
             println!("Runtimes:     {}", runtimes.join(", "));
+            if let Some(d) = &default_runtime {
+                println!("Default:      {d}");
+            }
             println!("Snapshotters: {}", snapshotters.join(", "));
             println!("Namespace:    {}", client.namespace);
             println!("Images:       {images}");

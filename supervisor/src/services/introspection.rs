@@ -11,6 +11,8 @@ use super::{Shared, blocking, db_err};
 
 pub struct IntrospectionService {
     pub daemon: Shared,
+    /// Exported by the runtime plugin (`default`), with corrald's root (`root`).
+    pub default_runtime: String,
 }
 
 /// The plugins a containerd client may look for, under containerd's type names.
@@ -64,6 +66,16 @@ impl Introspection for IntrospectionService {
         let filters = req.into_inner().filters;
         let plugins = plugins()
             .into_iter()
+            .map(|mut p| {
+                if p.r#type == "io.containerd.runtime.v2" {
+                    p.exports = [
+                        ("default".to_string(), self.default_runtime.clone()),
+                        ("root".to_string(), self.daemon.root.display().to_string()),
+                    ]
+                    .into();
+                }
+                p
+            })
             .filter(|p| {
                 filters.is_empty()
                     || filters.iter().any(|f| {
