@@ -116,6 +116,10 @@ pub struct PullArgs {
     /// os/arch[/variant] to pick from an index.
     #[arg(long)]
     pub platform: Option<String>,
+    /// Registry credentials `USER[:PASSWORD]`; without a password it is read from stdin.
+    /// Without this flag corrald uses its docker-style config.json.
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
     pub reference: String,
 }
 

@@ -80,6 +80,7 @@ async fn ensure_image(client: &Client, reference: &str) -> Result<image::Resolve
                     let args = crate::PullArgs {
                         plain_http: false,
                         platform: None,
+                        user: None,
                         reference: reference.into(),
                     };
                     name = crate::commands::pull::pull_to(client, &args, true)
