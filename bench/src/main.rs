@@ -34,7 +34,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use integration::containerd::Options;
-use integration::ctr::parse_tasks_ls;
+use integration::ctr::{CtrOutput, parse_tasks_ls};
 use integration::registry::Registry;
 use integration::{Containerd, Daemon, Runtime, Target, cmd, leaks};
 
@@ -253,14 +253,40 @@ struct FiftyRows {
     teardown: Row,
 }
 
-/// One round of blocks 2, 3 and 5 on one daemon.
-fn fifty_round(cfg: &Config, d: &mut Containerd, rows: &mut FiftyRows, report: &mut Report) {
+/// Concurrent `ctr tasks rm -f` + `ctr containers rm` of `ids`; the outputs of all calls.
+fn remove_all(d: &Containerd, ids: &[String]) -> Vec<CtrOutput> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                s.spawn(move || {
+                    let a = d.ctr().run(&["tasks", "rm", "-f", id]);
+                    let b = d.ctr().run(&["containers", "rm", id]);
+                    [a, b]
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
+}
+
+/// One round of blocks 2, 3 and 5 on one daemon. A failed sanity check ends the round with
+/// an error (the caller notes it and removes what is left); samples taken so far stay.
+fn fifty_round(
+    cfg: &Config,
+    d: &mut Containerd,
+    ids: &[String],
+    rows: &mut FiftyRows,
+    report: &mut Report,
+) -> Result<(), String> {
     let target = Target {
         daemon: d.daemon(),
         runtime: d.runtime(),
     };
-    let n = cfg.containers;
-    let ids: Vec<String> = (0..n).map(|_| d.new_id("c")).collect();
+    let n = ids.len();
 
     // 2. N concurrent `ctr run -d`.
     report.quiet(cfg, &format!("{n} × run -d, {}", label(target)));
@@ -276,20 +302,15 @@ fn fifty_round(cfg: &Config, d: &mut Containerd, rows: &mut FiftyRows, report: &
         })
     };
     let el = t.elapsed();
-    for o in &outs {
-        assert!(
-            o.success(),
-            "{}: ctr run -d failed: {}",
-            label(target),
-            o.describe()
-        );
+    if let Some(o) = outs.iter().find(|o| !o.success()) {
+        return Err(format!("ctr run -d failed: {}", o.describe()));
     }
-    assert_eq!(
-        running(d, Duration::from_secs(30)),
-        Some(n),
-        "{}: not all {n} tasks are RUNNING after ctr run -d",
-        label(target)
-    );
+    let up = running(d, Duration::from_secs(30));
+    if up != Some(n) {
+        return Err(format!(
+            "{up:?} of {n} tasks RUNNING after all ctr run -d succeeded"
+        ));
+    }
     side(&mut rows.start, target).push(el.as_secs_f64());
 
     let shims: Vec<u32> = leaks::shim_processes(d.namespace(), None)
@@ -313,7 +334,7 @@ fn fifty_round(cfg: &Config, d: &mut Containerd, rows: &mut FiftyRows, report: &
             shims.len()
         ));
     }
-    let daemon_pid = d.pid().expect("daemon is running");
+    let daemon_pid = d.pid().ok_or("the daemon is not running")?;
     side(&mut rows.daemon_rss, target).push(mem_of(daemon_pid).3 / 1024.0);
 
     // 3. kill -9 and restart.
@@ -325,12 +346,12 @@ fn fifty_round(cfg: &Config, d: &mut Containerd, rows: &mut FiftyRows, report: &
         if running(d, Duration::from_secs(10)) == Some(n) {
             break;
         }
-        assert!(
-            t.elapsed() < RESTART_TIMEOUT,
-            "{}: not all {n} tasks RUNNING {RESTART_TIMEOUT:?} after a restart; log:\n{}",
-            label(target),
-            d.log_tail(40)
-        );
+        if t.elapsed() > RESTART_TIMEOUT {
+            return Err(format!(
+                "not all {n} tasks RUNNING {RESTART_TIMEOUT:?} after a restart; log:\n{}",
+                d.log_tail(40)
+            ));
+        }
         std::thread::sleep(Duration::from_millis(2));
     }
     side(&mut rows.restart, target).push(ms(t.elapsed()));
@@ -338,38 +359,17 @@ fn fifty_round(cfg: &Config, d: &mut Containerd, rows: &mut FiftyRows, report: &
     // 5. Teardown.
     report.quiet(cfg, &format!("teardown, {}", label(target)));
     let t = Instant::now();
-    let outs: Vec<_> = {
-        let d: &Containerd = d;
-        std::thread::scope(|s| {
-            let handles: Vec<_> = ids
-                .iter()
-                .map(|id| {
-                    s.spawn(move || {
-                        let a = d.ctr().run(&["tasks", "rm", "-f", id]);
-                        let b = d.ctr().run(&["containers", "rm", id]);
-                        [a, b]
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        })
-    };
+    let outs = remove_all(d, ids);
     let el = t.elapsed();
-    for o in outs.iter().flatten() {
-        assert!(
-            o.success(),
-            "{}: teardown failed: {}",
-            label(target),
-            o.describe()
-        );
+    if let Some(o) = outs.iter().find(|o| !o.success()) {
+        return Err(format!("teardown failed: {}", o.describe()));
     }
     let left = d.ctr().ok(&["containers", "ls", "-q"]);
-    assert!(
-        left.trim().is_empty(),
-        "{}: containers left after teardown:\n{left}",
-        label(target)
-    );
+    if !left.trim().is_empty() {
+        return Err(format!("containers left after teardown:\n{left}"));
+    }
     side(&mut rows.teardown, target).push(el.as_secs_f64());
+    Ok(())
 }
 
 /// Blocks 2, 3, 5: `rounds` rounds, containerd then corrald in each.
@@ -405,8 +405,22 @@ fn fifty_blocks(cfg: &Config, daemons: [&mut Containerd; 2], report: &mut Report
     let [a, b] = daemons;
     for r in 0..cfg.rounds {
         println!("  round {}/{}", r + 1, cfg.rounds);
-        fifty_round(cfg, a, &mut rows, report);
-        fifty_round(cfg, b, &mut rows, report);
+        for d in [&mut *a, &mut *b] {
+            let ids: Vec<String> = (0..n).map(|_| d.new_id("c")).collect();
+            if let Err(e) = fifty_round(cfg, d, &ids, &mut rows, report) {
+                let what = label(Target {
+                    daemon: d.daemon(),
+                    runtime: d.runtime(),
+                });
+                eprintln!("  {what}: round {} failed: {e}", r + 1);
+                report.notes.push(format!(
+                    "**Round {} on {what} failed** (its remaining samples are missing): {}",
+                    r + 1,
+                    e.lines().take(12).collect::<Vec<_>>().join(" / ")
+                ));
+                remove_all(d, &ids);
+            }
+        }
     }
     let FiftyRows {
         start,
@@ -624,7 +638,7 @@ fn pull_block(cfg: &Config, report: &mut Report) {
     for (m, why) in PULLS.iter().zip(&unavailable) {
         if let Some(why) = why {
             report.notes.push(format!(
-                "Not measured: {} into {}: {why}",
+                "Not measured: \"{}\" on {}: {why}",
                 m.figure,
                 label(m.target)
             ));
@@ -714,6 +728,23 @@ fn markdown(cfg: &Config, host: &[(String, String)], report: &Report, took: Dura
     s
 }
 
+/// Runs a block; if it panics (a sanity check failed), notes that in the report so that what
+/// was measured before is still written.
+fn guarded(report: &mut Report, block: &str, f: impl FnOnce(&mut Report)) {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(report)));
+    if let Err(p) = result {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        report.notes.push(format!(
+            "**Block \"{block}\" aborted** (its remaining figures are missing): {}",
+            msg.lines().take(12).collect::<Vec<_>>().join(" / ")
+        ));
+    }
+}
+
 fn main() {
     if !integration::require_root() {
         eprintln!("corral-bench needs root (it mounts, runs runc and containerd)");
@@ -743,17 +774,19 @@ fn main() {
         quiet: Vec::new(),
     };
     if cfg.wants("run") || cfg.wants("fifty") {
-        let mut a = Containerd::start_with(CONTAINERD, BENCH_OPTIONS);
-        let mut b = Containerd::start_with(CORRALD, BENCH_OPTIONS);
-        if cfg.wants("run") {
-            run_rm_block(&cfg, &[&a, &b], &mut report);
-        }
-        if cfg.wants("fifty") {
-            fifty_blocks(&cfg, [&mut a, &mut b], &mut report);
-        }
+        guarded(&mut report, "run --rm / 50 containers", |report| {
+            let mut a = Containerd::start_with(CONTAINERD, BENCH_OPTIONS);
+            let mut b = Containerd::start_with(CORRALD, BENCH_OPTIONS);
+            if cfg.wants("run") {
+                run_rm_block(&cfg, &[&a, &b], report);
+            }
+            if cfg.wants("fifty") {
+                fifty_blocks(&cfg, [&mut a, &mut b], report);
+            }
+        });
     }
     if cfg.wants("pull") {
-        pull_block(&cfg, &mut report);
+        guarded(&mut report, "pull", |report| pull_block(&cfg, report));
     }
     let md = markdown(&cfg, &host, &report, started.elapsed());
     println!("\n{md}");
