@@ -563,7 +563,7 @@ fn pull_block(cfg: &Config, report: &mut Report) {
                     continue;
                 }
             };
-            report.quiet(cfg, &format!("pull, {}", m.figure));
+            report.quiet(cfg, &format!("pull into {}: {}", label(m.target), m.figure));
             let t = Instant::now();
             let out = cmd::output_with_timeout(&mut c, PULL_TIMEOUT);
             let el = t.elapsed();
@@ -674,6 +674,21 @@ fn markdown(cfg: &Config, host: &[(String, String)], report: &Report, took: Dura
     ));
     s.push_str(&format!("| duration | {:.0} s |\n\n", took.as_secs_f64()));
     s.push_str("## Results\n\n");
+    let busy = report
+        .quiet
+        .iter()
+        .filter(|q| q.idle < cfg.min_idle)
+        .count();
+    if busy * 2 > report.quiet.len() {
+        s.push_str(&format!(
+            "**The machine was busy** ({busy} of {} blocks started below {:.0}% CPU idle, see \
+             the last section): timings and their ratios are not representative; memory \
+             figures are.\n\n",
+            report.quiet.len(),
+            cfg.min_idle
+        ));
+    }
+
     s.push_str(&stats::table(&report.rows));
     if !report.floor.is_empty() {
         s.push_str("\n## Floor: runc alone (no daemon, no shim, no client)\n\n");
@@ -702,11 +717,6 @@ fn markdown(cfg: &Config, host: &[(String, String)], report: &Report, took: Dura
          trip (see the `ctr version` row).\n",
     );
     s.push_str("\n## Machine load before each block\n\n");
-    let busy = report
-        .quiet
-        .iter()
-        .filter(|q| q.idle < cfg.min_idle)
-        .count();
     s.push_str(&format!(
         "Wanted ≥ {:.0}% CPU idle over 1 s before each block, waiting at most {} s; {} of {} \
          blocks started on a busier machine.\n\n",
