@@ -41,6 +41,24 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline of each best-effort cleanup `ctr` call in Drop.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How [`Containerd::start_with`] sets a daemon up. The default is what tests use.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// The daemon's log level (`debug` for tests; benchmarks use `info`, as in production).
+    pub log_level: &'static str,
+    /// Import the busybox test image ([`IMAGE_REF`]) after start-up.
+    pub import_image: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            log_level: "debug",
+            import_image: true,
+        }
+    }
+}
+
 /// A running private containerd; see the module docs.
 pub struct Containerd {
     daemon: Daemon,
@@ -61,6 +79,11 @@ impl Containerd {
     ///
     /// Panics (with the daemon's log) if anything fails, and first if the shim is missing.
     pub fn start(target: impl Into<Target>) -> Containerd {
+        Containerd::start_with(target, Options::default())
+    }
+
+    /// Like [`Containerd::start`], set up as `options` say.
+    pub fn start_with(target: impl Into<Target>, options: Options) -> Containerd {
         let Target { daemon, runtime } = target.into();
         runtime.ensure_available();
         let dir = tempfile::Builder::new()
@@ -84,7 +107,8 @@ impl Containerd {
              \n\
              [grpc]\n  address = \"{sock}\"\n\
              \n\
-             [debug]\n  level = \"debug\"\n",
+             [debug]\n  level = \"{level}\"\n",
+            level = options.log_level,
             root = path.join("root").display(),
             state = path.join("state").display(),
             sock = path.join("c.sock").display(),
@@ -97,12 +121,13 @@ impl Containerd {
              \n\
              [grpc]\naddress = \"{sock}\"\n\
              \n\
-             [debug]\nlevel = \"debug\"\n\
+             [debug]\nlevel = \"{level}\"\n\
              \n\
              [runtime.runtimes.\"{corral}\"]\nbinary = \"{shim}\"\n",
             root = path.join("root").display(),
             state = path.join("state").display(),
             sock = path.join("c.sock").display(),
+            level = options.log_level,
             corral = Runtime::Corral.name(),
             shim = shim.display(),
         );
@@ -122,7 +147,9 @@ impl Containerd {
             next_id: AtomicU32::new(0),
         };
         me.spawn();
-        me.import_test_image();
+        if options.import_image {
+            me.import_test_image();
+        }
         me
     }
 
@@ -261,6 +288,12 @@ impl Containerd {
         self.spawn();
     }
 
+    /// Starts the daemon again on the same paths after [`Containerd::kill_9`] and returns at
+    /// once, without waiting for it to answer: for timing a restart from the caller's side.
+    pub fn relaunch_no_wait(&mut self) {
+        self.launch();
+    }
+
     /// Last `lines` lines of containerd's log.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = fs::read(self.log_path()).unwrap_or_default();
@@ -299,6 +332,12 @@ impl Containerd {
     }
 
     fn spawn(&mut self) {
+        self.launch();
+        self.wait_answering();
+    }
+
+    /// Starts the daemon process (log appended to `containerd.log`).
+    fn launch(&mut self) {
         assert!(self.child.is_none(), "containerd is already running");
         let log = OpenOptions::new()
             .create(true)
@@ -336,7 +375,11 @@ impl Containerd {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {:?} (is it installed?): {e}", self.daemon));
         self.child = Some(child);
+    }
 
+    /// Waits until the daemon just launched answers `ctr version`; panics with its log if it
+    /// exits or does not answer within [`STARTUP_TIMEOUT`].
+    fn wait_answering(&mut self) {
         let probe = self.ctr.with_timeout(Duration::from_secs(5));
         let mut exited = None;
         let ready = try_wait_until(STARTUP_TIMEOUT, || {

@@ -81,7 +81,8 @@ pub const APPLETS: &[&str] = &[
 /// Fixed mtime of every entry (2023-11-14), so the layer digest does not depend on the clock.
 const MTIME: u64 = 1_700_000_000;
 
-const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Media type of the OCI image manifests built here.
+pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const MEDIA_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
@@ -221,6 +222,22 @@ pub fn image_from_layer_tars(layer_tars: Vec<Vec<u8>>) -> io::Result<ImageBlobs>
         layers.push(gz.finish()?);
     }
     let diff_ids: Vec<String> = layer_tars.iter().map(|t| sha256_digest(t)).collect();
+    let (manifest, config) = manifest_for_gzip_layers(&layers, &diff_ids)?;
+    Ok(ImageBlobs {
+        manifest,
+        config,
+        layers,
+        layer_tars,
+    })
+}
+
+/// OCI manifest and config (in that order) of an image made of already compressed gzip
+/// `layers` (base first) whose uncompressed tars have the digests `diff_ids` (`sha256:<hex>`).
+/// For callers that build big layers as a stream and never hold the tars in memory.
+pub fn manifest_for_gzip_layers(
+    layers: &[Vec<u8>],
+    diff_ids: &[String],
+) -> io::Result<(Vec<u8>, Vec<u8>)> {
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": oci_arch(),
         "os": "linux",
@@ -234,12 +251,13 @@ pub fn image_from_layer_tars(layer_tars: Vec<Vec<u8>>) -> io::Result<ImageBlobs>
         "config": descriptor(MEDIA_CONFIG, &config),
         "layers": layer_descs,
     }))?;
-    Ok(ImageBlobs {
-        manifest,
-        config,
-        layers,
-        layer_tars,
-    })
+    Ok((manifest, config))
+}
+
+/// The uncompressed tar of the test image's single layer (the busybox root filesystem), e.g. to
+/// build an OCI bundle for plain `runc run`.
+pub fn busybox_layer_tar() -> io::Result<Vec<u8>> {
+    layer_tar(&std::fs::read(busybox_path())?)
 }
 
 /// An OCI image layout tar of `img` named `reference`. Layers are stored last-first, so an

@@ -804,4 +804,39 @@ mod tests {
             assert_eq!(t(bad), None, "{bad}");
         }
     }
+
+    /// A snapshot prepared under a lease while collections run is never swept: the sweep keeps
+    /// what its mark did not see by creation time, which must therefore be stamped inside the
+    /// record's write transaction (a time taken before it, while a collection held the write
+    /// lock, once let a lease-held snapshot go — seen as `ctr run` failing with "snapshot …
+    /// does not exist" when 50 started at once).
+    #[test]
+    fn snapshots_prepared_during_collections_survive() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let d = daemon(dir.path());
+        lease(&d, "a", "l1", None, &[]);
+        let busy = snapshots::Busy::default();
+        let stop = AtomicBool::new(false);
+        let n = 400;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    collect(&d, SystemTime::now()).unwrap();
+                }
+            });
+            let sn = snaps(&d, &busy, "a", Some("l1"));
+            for i in 0..n {
+                sn.prepare(&format!("k{i}"), "", Labels::new(), false)
+                    .unwrap();
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        collect(&d, SystemTime::now()).unwrap();
+        let sn = snaps(&d, &busy, "a", Some("l1"));
+        let lost: Vec<usize> = (0..n)
+            .filter(|i| sn.stat(&format!("k{i}")).is_err())
+            .collect();
+        assert!(lost.is_empty(), "swept while held by a lease: {lost:?}");
+    }
 }

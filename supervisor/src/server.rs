@@ -25,21 +25,39 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let _lock = crate::daemon::lock_root(&cfg.root)?;
     std::fs::create_dir_all(&cfg.state)
         .map_err(|e| format!("create state {}: {e}", cfg.state.display()))?;
-    let db = Db::open(&cfg.root.join("meta.redb")).map_err(|e| e.to_string())?;
-    let content = content::LocalStore::open(cfg.root.join("io.containerd.content.v1.content"))
-        .map_err(|e| format!("content store: {e}"))?;
-    let mut snapshotters: BTreeMap<String, Arc<dyn snapshotter::Snapshotter>> = BTreeMap::new();
+    // The four stores open side by side: each open syncs its redb file a few times (more after
+    // a crash, when redb repairs it), which in a row made up most of a restart.
     let overlay_root = cfg.root.join("io.containerd.snapshotter.v1.overlayfs");
-    match snapshotter::OverlaySnapshotter::open(&overlay_root) {
+    let (db, content, overlay, native) = std::thread::scope(|s| {
+        let content = s.spawn(|| {
+            content::LocalStore::open(cfg.root.join("io.containerd.content.v1.content"))
+                .map_err(|e| format!("content store: {e}"))
+        });
+        let overlay = s.spawn(|| snapshotter::OverlaySnapshotter::open(&overlay_root));
+        let native = s.spawn(|| {
+            snapshotter::NativeSnapshotter::open(
+                cfg.root.join("io.containerd.snapshotter.v1.native"),
+            )
+            .map_err(|e| format!("native snapshotter: {e}"))
+        });
+        let db = Db::open(&cfg.root.join("meta.redb")).map_err(|e| e.to_string());
+        let joined = |what: &str| format!("opening the {what} panicked");
+        (
+            db,
+            content.join().map_err(|_| joined("content store")),
+            overlay.join().map_err(|_| joined("overlayfs snapshotter")),
+            native.join().map_err(|_| joined("native snapshotter")),
+        )
+    });
+    let (db, content, native) = (db?, content??, native??);
+    let mut snapshotters: BTreeMap<String, Arc<dyn snapshotter::Snapshotter>> = BTreeMap::new();
+    match overlay? {
         Ok(s) => {
             snapshotters.insert("overlayfs".into(), Arc::new(s));
         }
         // A host without overlay still gets the native snapshotter.
         Err(e) => log::warn!("overlayfs snapshotter unavailable: {e}"),
     }
-    let native =
-        snapshotter::NativeSnapshotter::open(cfg.root.join("io.containerd.snapshotter.v1.native"))
-            .map_err(|e| format!("native snapshotter: {e}"))?;
     snapshotters.insert("native".into(), Arc::new(native));
     let daemon = Arc::new(Daemon {
         db,

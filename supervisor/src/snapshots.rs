@@ -319,16 +319,18 @@ impl Namespaced<'_> {
                 }
             }
         };
-        let now = Time::now();
-        let rec = Snapshot {
-            backend_key: backend_key.clone(),
-            parent: parent.to_string(),
-            labels,
-            created_at: now,
-            updated_at: now,
-        };
         let written = (|| {
             let tx = self.db.write()?;
+            // Stamped inside the write transaction: GC keeps the records its mark did not see
+            // by their creation time, so that time must not precede the transaction.
+            let now = Time::now();
+            let rec = Snapshot {
+                backend_key: backend_key.clone(),
+                parent: parent.to_string(),
+                labels,
+                created_at: now,
+                updated_at: now,
+            };
             // The parent may have been removed while the backend worked: recheck in the
             // transaction that records the child (remove checks children in its own).
             if let Some(pb) = &parent_backend
@@ -405,16 +407,17 @@ impl Namespaced<'_> {
                 }
             }
         };
-        let now = Time::now();
-        let rec = Snapshot {
-            backend_key: backend_name.clone(),
-            parent: active.parent.clone(),
-            labels,
-            created_at: now,
-            updated_at: now,
-        };
         let written = (|| {
             let tx = self.db.write()?;
+            // Stamped inside the write transaction, as in `create`: GC relies on it.
+            let now = Time::now();
+            let rec = Snapshot {
+                backend_key: backend_name.clone(),
+                parent: active.parent.clone(),
+                labels,
+                created_at: now,
+                updated_at: now,
+            };
             tx.delete(SNAPSHOTS, &rk)?;
             tx.put(SNAPSHOTS, &rn, &rec)?;
             self.attach_to_lease(&tx, name)?;

@@ -1,0 +1,807 @@
+//! `corral-bench`: corrald with our shim beside containerd 1.6 with its Go shim, on the same
+//! machine, driven by the same `ctr`, runs interleaved (containerd, corrald, containerd, …).
+//!
+//! Blocks (see issue 7), each preceded by a wait for a quiet machine ([`host::wait_quiet`]):
+//! 1. `ctr run --rm <busybox> <id> /bin/true` latency, and its floor: `runc run` of the same
+//!    root filesystem alone, without and with an overlay mount ([`floor`]).
+//! 2. N (50) containers started by N concurrent `ctr run -d … sleep 1000`: wall time; each shim's
+//!    Pss, anonymous memory and threads; the daemon's RSS with N tasks.
+//! 3. Restart with the N running: kill -9 the daemon, start it, time until `ctr tasks ls` lists
+//!    all N RUNNING.
+//! 5. Teardown of the N: concurrent `ctr tasks rm -f` + `ctr containers rm`: wall time.
+//! 4. Pull + unpack of a ~280 MB 4-layer gzip image from a local docker-registry into a fresh
+//!    daemon ([`PULLS`]): `ctr images pull --plain-http`, and `corral pull` into corrald once the
+//!    `corral` CLI and corrald's `corral.services.transfer.v1.Transfer/Pull` exist.
+//!
+//! Both daemons log at `info` (the test harness uses `debug`). Results: a Markdown report
+//! printed and written to `bench/results/<YYYY-MM-DD>.md`. Benchmarks are not tests: nothing
+//! here judges a timing; it only checks that the containers really ran.
+//!
+//! Needs root. Binaries: `CORRALD_BIN`, `CORRAL_SHIM_BIN` (release builds for real numbers),
+//! `CORRAL_BIN` (the `corral` CLI, optional). Knobs: `BENCH_ROUNDS` (default 3: rounds of blocks
+//! 2–5), `BENCH_RUN_ITERS` (default 10 × rounds), `BENCH_CONTAINERS` (50), `BENCH_LAYER_MB`
+//! (70 MB per layer, compressed), `BENCH_LAYERS=<dir>` (keep the generated layers for the next
+//! run), `BENCH_QUIET_IDLE` (% idle wanted, default 80), `BENCH_QUIET_MAX_S` (cap of each
+//! wait, default 20), `BENCH_ONLY=run,fifty,pull` (a subset of blocks), `BENCH_OUT=<dir>`.
+
+mod bigimage;
+mod floor;
+mod host;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use integration::containerd::Options;
+use integration::ctr::{CtrOutput, parse_tasks_ls};
+use integration::registry::Registry;
+use integration::{Containerd, Daemon, Runtime, Target, cmd, leaks};
+
+use host::Quiet;
+use stats::{Row, Samples, Single, Unit};
+
+const CONTAINERD: Target = Target {
+    daemon: Daemon::Containerd,
+    runtime: Runtime::Runc,
+};
+const CORRALD: Target = Target {
+    daemon: Daemon::Corrald,
+    runtime: Runtime::Corral,
+};
+const BENCH_OPTIONS: Options = Options {
+    log_level: "info",
+    import_image: true,
+};
+/// Deadline of the restart block's wait for all tasks RUNNING.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
+/// Deadline of one pull.
+const PULL_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+struct Config {
+    rounds: usize,
+    run_iters: usize,
+    containers: usize,
+    layer_bytes: u64,
+    layers_cache: Option<PathBuf>,
+    min_idle: f64,
+    quiet_cap: Duration,
+    only: Option<Vec<String>>,
+    out_dir: PathBuf,
+}
+
+impl Config {
+    fn from_env() -> Config {
+        let rounds = knob("BENCH_ROUNDS", 3).max(1) as usize;
+        Config {
+            rounds,
+            run_iters: knob("BENCH_RUN_ITERS", 10 * rounds as u64).max(1) as usize,
+            containers: knob("BENCH_CONTAINERS", 50).max(1) as usize,
+            layer_bytes: knob("BENCH_LAYER_MB", 70).max(1) * 1_000_000,
+            layers_cache: std::env::var_os("BENCH_LAYERS").map(PathBuf::from),
+            min_idle: knob("BENCH_QUIET_IDLE", 80) as f64,
+            quiet_cap: Duration::from_secs(knob("BENCH_QUIET_MAX_S", 20)),
+            only: std::env::var("BENCH_ONLY")
+                .ok()
+                .map(|v| v.split(',').map(|s| s.trim().to_string()).collect()),
+            out_dir: std::env::var_os("BENCH_OUT")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("results")),
+        }
+    }
+
+    fn wants(&self, block: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|b| b == block))
+    }
+}
+
+/// Everything measured, in report order.
+struct Report {
+    rows: Vec<Row>,
+    floor: Vec<Single>,
+    notes: Vec<String>,
+    quiet: Vec<Quiet>,
+}
+
+impl Report {
+    fn quiet(&mut self, cfg: &Config, block: &str) {
+        let q = host::wait_quiet(block, cfg.min_idle, cfg.quiet_cap);
+        self.quiet.push(q);
+    }
+}
+
+fn side(row: &mut Row, target: Target) -> &mut Samples {
+    match target.daemon {
+        Daemon::Containerd => &mut row.containerd,
+        Daemon::Corrald => &mut row.corral,
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn label(t: Target) -> &'static str {
+    match t.daemon {
+        Daemon::Containerd => "containerd",
+        Daemon::Corrald => "corrald",
+    }
+}
+
+/// Block 1: `ctr run --rm … /bin/true` on both daemons, and plain runc.
+fn run_rm_block(cfg: &Config, daemons: &[&Containerd; 2], report: &mut Report) {
+    println!(
+        "== block 1: ctr run --rm /bin/true ({} iterations)",
+        cfg.run_iters
+    );
+    let mut floor = floor::RuncFloor::new();
+    let mut row = Row::new(
+        "`ctr run --rm` busybox `/bin/true`",
+        Unit::Millis,
+        Some(0.5),
+    );
+    let mut version = Row::new(
+        "`ctr version` round trip (client floor)",
+        Unit::Millis,
+        None,
+    );
+    let mut plain = Samples::default();
+    let mut overlay = Samples::default();
+    let once = |d: &Containerd| {
+        let id = d.new_id("rm");
+        let t = Instant::now();
+        let out = d.ctr_run(&["--rm"], &id, &["/bin/true"]);
+        let el = t.elapsed();
+        assert!(
+            out.success(),
+            "{}: ctr run --rm failed: {}",
+            label(Target {
+                daemon: d.daemon(),
+                runtime: d.runtime()
+            }),
+            out.describe()
+        );
+        el
+    };
+    // Warm-up: page cache, first-use paths in both daemons.
+    for d in daemons {
+        once(d);
+        once(d);
+    }
+    floor.run_plain();
+    floor.run_overlay();
+    report.quiet(cfg, "run --rm");
+    for i in 0..cfg.run_iters {
+        if i > 0 && i % 10 == 0 {
+            report.quiet(cfg, "run --rm (cont.)");
+        }
+        for d in daemons {
+            let target = Target {
+                daemon: d.daemon(),
+                runtime: d.runtime(),
+            };
+            side(&mut row, target).push(ms(once(d)));
+            let t = Instant::now();
+            d.ctr().ok(&["version"]);
+            side(&mut version, target).push(ms(t.elapsed()));
+        }
+        plain.push(ms(floor.run_plain()));
+        overlay.push(ms(floor.run_overlay()));
+    }
+    println!("{}", stats::table(std::slice::from_ref(&row)));
+    report.rows.push(row);
+    report.rows.push(version);
+    report.floor.push(Single {
+        figure: "`runc run` of the same rootfs, `/bin/true` (prepared dir)".into(),
+        unit: Unit::Millis,
+        samples: plain,
+    });
+    report.floor.push(Single {
+        figure: "`runc run` + overlay mount/unmount each time".into(),
+        unit: Unit::Millis,
+        samples: overlay,
+    });
+}
+
+/// Memory of one process: (Pss kB, anonymous kB, threads, VmRSS kB).
+fn mem_of(pid: u32) -> (f64, f64, f64, f64) {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (
+        field(&rollup, "Pss:"),
+        field(&rollup, "Anonymous:"),
+        field(&status, "Threads:"),
+        field(&status, "VmRSS:"),
+    )
+}
+
+fn running(d: &Containerd, timeout: Duration) -> Option<usize> {
+    let out = d.ctr().with_timeout(timeout).run(&["tasks", "ls"]);
+    out.success().then(|| {
+        parse_tasks_ls(&out.stdout_str())
+            .iter()
+            .filter(|t| t.status == "RUNNING")
+            .count()
+    })
+}
+
+/// Rows of blocks 2, 3 and 5, filled round by round.
+struct FiftyRows {
+    start: Row,
+    pss: Row,
+    anon: Row,
+    threads: Row,
+    pss_total: Row,
+    daemon_rss: Row,
+    restart: Row,
+    teardown: Row,
+}
+
+/// Concurrent `ctr tasks rm -f` + `ctr containers rm` of `ids`; the outputs of all calls.
+fn remove_all(d: &Containerd, ids: &[String]) -> Vec<CtrOutput> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                s.spawn(move || {
+                    let a = d.ctr().run(&["tasks", "rm", "-f", id]);
+                    let b = d.ctr().run(&["containers", "rm", id]);
+                    [a, b]
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
+}
+
+/// One round of blocks 2, 3 and 5 on one daemon. A failed sanity check ends the round with
+/// an error (the caller notes it and removes what is left); samples taken so far stay.
+fn fifty_round(
+    cfg: &Config,
+    d: &mut Containerd,
+    ids: &[String],
+    rows: &mut FiftyRows,
+    report: &mut Report,
+) -> Result<(), String> {
+    let target = Target {
+        daemon: d.daemon(),
+        runtime: d.runtime(),
+    };
+    let n = ids.len();
+
+    // 2. N concurrent `ctr run -d`.
+    report.quiet(cfg, &format!("{n} × run -d, {}", label(target)));
+    let t = Instant::now();
+    let outs: Vec<_> = {
+        let d: &Containerd = d;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = ids
+                .iter()
+                .map(|id| s.spawn(move || d.ctr_run(&["-d"], id, &["sleep", "1000"])))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let el = t.elapsed();
+    if let Some(o) = outs.iter().find(|o| !o.success()) {
+        return Err(format!("ctr run -d failed: {}", o.describe()));
+    }
+    let up = running(d, Duration::from_secs(30));
+    if up != Some(n) {
+        return Err(format!(
+            "{up:?} of {n} tasks RUNNING after all ctr run -d succeeded"
+        ));
+    }
+    side(&mut rows.start, target).push(el.as_secs_f64());
+
+    let shims: Vec<u32> = leaks::shim_processes(d.namespace(), None)
+        .into_iter()
+        .filter(|p| p.action().is_none())
+        .map(|p| p.pid)
+        .collect();
+    let mut total = 0.0;
+    for &pid in &shims {
+        let (pss, anon, threads, _) = mem_of(pid);
+        side(&mut rows.pss, target).push(pss / 1024.0);
+        side(&mut rows.anon, target).push(anon / 1024.0);
+        side(&mut rows.threads, target).push(threads);
+        total += pss / 1024.0;
+    }
+    side(&mut rows.pss_total, target).push(total);
+    if shims.len() != n {
+        report.notes.push(format!(
+            "{}: found {} serving shim processes for {n} containers",
+            label(target),
+            shims.len()
+        ));
+    }
+    let daemon_pid = d.pid().ok_or("the daemon is not running")?;
+    side(&mut rows.daemon_rss, target).push(mem_of(daemon_pid).3 / 1024.0);
+
+    // 3. kill -9 and restart.
+    report.quiet(cfg, &format!("restart, {}", label(target)));
+    d.kill_9();
+    let t = Instant::now();
+    d.relaunch_no_wait();
+    loop {
+        if running(d, Duration::from_secs(10)) == Some(n) {
+            break;
+        }
+        if t.elapsed() > RESTART_TIMEOUT {
+            return Err(format!(
+                "not all {n} tasks RUNNING {RESTART_TIMEOUT:?} after a restart; log:\n{}",
+                d.log_tail(40)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    side(&mut rows.restart, target).push(ms(t.elapsed()));
+
+    // 5. Teardown.
+    report.quiet(cfg, &format!("teardown, {}", label(target)));
+    let t = Instant::now();
+    let outs = remove_all(d, ids);
+    let el = t.elapsed();
+    if let Some(o) = outs.iter().find(|o| !o.success()) {
+        return Err(format!("teardown failed: {}", o.describe()));
+    }
+    let left = d.ctr().ok(&["containers", "ls", "-q"]);
+    if !left.trim().is_empty() {
+        return Err(format!("containers left after teardown:\n{left}"));
+    }
+    side(&mut rows.teardown, target).push(el.as_secs_f64());
+    Ok(())
+}
+
+/// Blocks 2, 3, 5: `rounds` rounds, containerd then corrald in each.
+fn fifty_blocks(cfg: &Config, daemons: [&mut Containerd; 2], report: &mut Report) {
+    let n = cfg.containers;
+    println!("== blocks 2, 3, 5: {n} containers ({} rounds)", cfg.rounds);
+    let mut rows = FiftyRows {
+        start: Row::new(
+            format!("{n} × `ctr run -d` concurrently (wall)"),
+            Unit::Seconds,
+            None,
+        ),
+        pss: Row::new("shim Pss (median over shims)", Unit::MegaBytes, Some(0.25)),
+        anon: Row::new("shim anonymous memory (median)", Unit::MegaBytes, None),
+        threads: Row::new("shim threads (median)", Unit::Count, None),
+        pss_total: Row::new(format!("Pss of all {n} shims"), Unit::MegaBytes, None),
+        daemon_rss: Row::new(
+            format!("daemon RSS with {n} tasks"),
+            Unit::MegaBytes,
+            Some(0.3),
+        ),
+        restart: Row::new(
+            format!("restart after kill -9 until {n} RUNNING"),
+            Unit::Millis,
+            Some(0.5),
+        ),
+        teardown: Row::new(
+            format!("teardown of {n} (`tasks rm -f`, `containers rm`, concurrent)"),
+            Unit::Seconds,
+            None,
+        ),
+    };
+    let [a, b] = daemons;
+    for r in 0..cfg.rounds {
+        println!("  round {}/{}", r + 1, cfg.rounds);
+        for d in [&mut *a, &mut *b] {
+            let ids: Vec<String> = (0..n).map(|_| d.new_id("c")).collect();
+            if let Err(e) = fifty_round(cfg, d, &ids, &mut rows, report) {
+                let what = label(Target {
+                    daemon: d.daemon(),
+                    runtime: d.runtime(),
+                });
+                eprintln!("  {what}: round {} failed: {e}", r + 1);
+                report.notes.push(format!(
+                    "**Round {} on {what} failed** (its remaining samples are missing): {}",
+                    r + 1,
+                    e.lines().take(12).collect::<Vec<_>>().join(" / ")
+                ));
+                remove_all(d, &ids);
+            }
+        }
+    }
+    let FiftyRows {
+        start,
+        pss,
+        anon,
+        threads,
+        pss_total,
+        daemon_rss,
+        restart,
+        teardown,
+    } = rows;
+    let all = [
+        start, pss, anon, threads, pss_total, daemon_rss, restart, teardown,
+    ];
+    println!("{}", stats::table(&all));
+    report.rows.extend(all);
+}
+
+/// One way of pulling the benchmark image into a fresh daemon: a row of block 4.
+struct PullMethod {
+    /// Row label and the column it fills.
+    figure: &'static str,
+    target: Target,
+    /// The program to run, or why this method is not available.
+    command: fn(&Containerd, &str) -> Result<Command, String>,
+    /// Highest corral/containerd ratio wanted, against `ctr images pull` into containerd.
+    target_ratio: Option<f64>,
+}
+
+/// The pulls of block 4. Row 1 (`ctr images pull` into each daemon) is filled by the first two
+/// entries; every further entry is a row of its own, compared with `ctr images pull` into
+/// containerd. A new way of pulling is one more entry here.
+const PULLS: &[PullMethod] = &[
+    PullMethod {
+        figure: "pull + unpack: `ctr images pull --plain-http`",
+        target: CONTAINERD,
+        command: ctr_pull,
+        target_ratio: None,
+    },
+    PullMethod {
+        figure: "pull + unpack: `ctr images pull --plain-http`",
+        target: CORRALD,
+        command: ctr_pull,
+        target_ratio: None,
+    },
+    PullMethod {
+        figure: "pull + unpack: `corral pull --plain-http` (server side) vs ctr into containerd",
+        target: CORRALD,
+        command: corral_pull,
+        target_ratio: Some(0.5),
+    },
+];
+
+fn ctr_pull(d: &Containerd, reference: &str) -> Result<Command, String> {
+    Ok(d.ctr()
+        .command(&["images", "pull", "--plain-http", reference]))
+}
+
+/// The `corral` CLI: `$CORRAL_BIN`, else `corral` next to corrald.
+fn corral_cli() -> PathBuf {
+    std::env::var_os("CORRAL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| integration::corrald::corrald_path().with_file_name("corral"))
+}
+
+/// `corral --address <sock> --namespace <ns> pull --plain-http <ref>` (issue 6's CLI), when
+/// the binary exists.
+fn corral_pull(d: &Containerd, reference: &str) -> Result<Command, String> {
+    let bin = corral_cli();
+    if !bin.is_file() {
+        return Err(format!(
+            "no corral CLI at {} (set CORRAL_BIN; needs corral.services.transfer.v1.Transfer/Pull \
+             in corrald, issue 6)",
+            bin.display()
+        ));
+    }
+    let mut c = Command::new(bin);
+    c.arg("--address")
+        .arg(d.address())
+        .arg("--namespace")
+        .arg(d.namespace())
+        .args(["pull", "--plain-http", reference]);
+    cmd::die_with_parent(&mut c);
+    Ok(c)
+}
+
+/// Block 4.
+fn pull_block(cfg: &Config, report: &mut Report) {
+    println!(
+        "== block 4: pull of a 4-layer image of ~{} MB ({} rounds)",
+        4 * cfg.layer_bytes / 1_000_000,
+        cfg.rounds
+    );
+    let registry = Registry::start();
+    let t = Instant::now();
+    let img = bigimage::push(
+        &registry,
+        "bench/big",
+        "v1",
+        cfg.layer_bytes,
+        4,
+        cfg.layers_cache.as_deref(),
+    )
+    .expect("cannot build and push the pull image");
+    println!(
+        "  image: {} layers, {:.1} MB compressed, {:.1} MB uncompressed (ready in {:.1}s)",
+        img.layers,
+        img.compressed as f64 / 1e6,
+        img.uncompressed as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    report.notes.push(format!(
+        "Pull image: {} gzip layers from /usr/share and /usr/lib, {:.1} MB compressed, {:.1} MB \
+         uncompressed, served by a local docker-registry over plain HTTP; each pull goes into a \
+         fresh daemon.",
+        img.layers,
+        img.compressed as f64 / 1e6,
+        img.uncompressed as f64 / 1e6
+    ));
+    let reference = format!("{}/bench/big:v1", registry.host());
+    let mut rows: Vec<Row> = Vec::new();
+    let mut unavailable: Vec<Option<String>> = vec![None; PULLS.len()];
+    for r in 0..cfg.rounds {
+        println!("  round {}/{}", r + 1, cfg.rounds);
+        for (i, m) in PULLS.iter().enumerate() {
+            if unavailable[i].is_some() {
+                continue;
+            }
+            let d = Containerd::start_with(
+                m.target,
+                Options {
+                    log_level: "info",
+                    import_image: false,
+                },
+            );
+            let mut c = match (m.command)(&d, &reference) {
+                Ok(c) => c,
+                Err(why) => {
+                    unavailable[i] = Some(why);
+                    continue;
+                }
+            };
+            report.quiet(cfg, &format!("pull into {}: {}", label(m.target), m.figure));
+            let t = Instant::now();
+            let out = cmd::output_with_timeout(&mut c, PULL_TIMEOUT);
+            let el = t.elapsed();
+            let ok = match &out {
+                Ok(o) if o.status.success() && !o.timed_out => Ok(()),
+                Ok(o) => Err(format!(
+                    "exited {}{}: {}",
+                    o.status,
+                    if o.timed_out { " (timed out)" } else { "" },
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(why) = ok {
+                if m.target_ratio.is_some() || i >= 2 {
+                    // An optional way of pulling that does not work yet: note and skip it.
+                    unavailable[i] = Some(why);
+                    continue;
+                }
+                panic!("{}: {} failed: {why}", label(m.target), m.figure);
+            }
+            // Sanity: the image is there, complete and unpacked.
+            let check = d.ctr().ok(&["images", "check"]);
+            let line = check
+                .lines()
+                .find(|l| l.starts_with(&reference))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{}: no image {reference} after pull:\n{check}",
+                        label(m.target)
+                    )
+                });
+            assert!(
+                line.contains("complete") && line.contains("true"),
+                "{}: image not complete and unpacked after {}: {line}",
+                label(m.target),
+                m.figure
+            );
+            let ls = d.ctr().ok(&["images", "ls"]);
+            assert!(
+                ls.contains(&img.manifest_digest),
+                "{}: wrong manifest:\n{ls}",
+                label(m.target)
+            );
+            let row = match rows.iter_mut().find(|row| row.figure == m.figure) {
+                Some(row) => row,
+                None => {
+                    rows.push(Row::new(m.figure, Unit::Seconds, m.target_ratio));
+                    rows.last_mut().unwrap()
+                }
+            };
+            side(row, m.target).push(el.as_secs_f64());
+            println!(
+                "    {} → {}: {:.2}s",
+                m.figure,
+                label(m.target),
+                el.as_secs_f64()
+            );
+        }
+    }
+    // Rows beyond the first compare with ctr into containerd.
+    let baseline = rows
+        .iter()
+        .find(|r| r.figure == PULLS[0].figure)
+        .map(|r| r.containerd.clone())
+        .unwrap_or_default();
+    for row in rows.iter_mut().filter(|r| r.figure != PULLS[0].figure) {
+        if row.containerd.is_empty() {
+            row.containerd = baseline.clone();
+        }
+    }
+    for (m, why) in PULLS.iter().zip(&unavailable) {
+        if let Some(why) = why {
+            report.notes.push(format!(
+                "Not measured: \"{}\" on {}: {why}",
+                m.figure,
+                label(m.target)
+            ));
+            if !rows.iter().any(|r| r.figure == m.figure) {
+                rows.push(Row::new(m.figure, Unit::Seconds, m.target_ratio));
+            }
+        }
+    }
+    println!("{}", stats::table(&rows));
+    report.rows.extend(rows);
+}
+
+fn markdown(cfg: &Config, host: &[(String, String)], report: &Report, took: Duration) -> String {
+    let mut s = String::new();
+    s.push_str("# corral beside containerd: side-by-side benchmark\n\n");
+    s.push_str(
+        "Generated by `corral-bench` (`make bench`, see bench/src/main.rs). containerd 1.6 with its \
+         Go shim (`io.containerd.runc.v2`) against corrald with the corral shim \
+         (`io.containerd.corral.v1`), both on private paths, logging at `info`, driven by the same \
+         `ctr`, runs interleaved containerd/corrald. Cells: median (min–max, n). Ratio: corral / \
+         containerd of the medians; lower is better for every row.\n\n",
+    );
+    s.push_str("## Host and versions\n\n| | |\n|---|---|\n");
+    for (k, v) in host {
+        s.push_str(&format!("| {k} | {v} |\n"));
+    }
+    s.push_str(&format!(
+        "| settings | BENCH_ROUNDS={} BENCH_RUN_ITERS={} BENCH_CONTAINERS={} BENCH_LAYER_MB={} |\n",
+        cfg.rounds,
+        cfg.run_iters,
+        cfg.containers,
+        cfg.layer_bytes / 1_000_000
+    ));
+    s.push_str(&format!("| duration | {:.0} s |\n\n", took.as_secs_f64()));
+    s.push_str("## Results\n\n");
+    let busy = report
+        .quiet
+        .iter()
+        .filter(|q| q.idle < cfg.min_idle)
+        .count();
+    if busy * 2 > report.quiet.len() {
+        s.push_str(&format!(
+            "**The machine was busy** ({busy} of {} blocks started below {:.0}% CPU idle, see \
+             the last section): timings and their ratios are not representative; memory \
+             figures are.\n\n",
+            report.quiet.len(),
+            cfg.min_idle
+        ));
+    }
+
+    s.push_str(&stats::table(&report.rows));
+    if !report.floor.is_empty() {
+        s.push_str("\n## Floor: runc alone (no daemon, no shim, no client)\n\n");
+        s.push_str(&stats::single_table(&report.floor));
+    }
+    let missed: Vec<&Row> = report
+        .rows
+        .iter()
+        .filter(|r| matches!((r.target, r.ratio()), (Some(t), Some(x)) if x > t))
+        .collect();
+    s.push_str("\n## Notes\n\n");
+    for r in &missed {
+        s.push_str(&format!(
+            "- Target missed: {} — {:.2}x, target ≤ {:.2}x.\n",
+            r.figure,
+            r.ratio().unwrap_or(f64::NAN),
+            r.target.unwrap_or(f64::NAN)
+        ));
+    }
+    for n in &report.notes {
+        s.push_str(&format!("- {n}\n"));
+    }
+    s.push_str(
+        "- Restart is timed from starting the daemon (right after kill -9) until a `ctr tasks ls` \
+         lists every task RUNNING; probes run back to back, so the resolution is one `ctr` round \
+         trip (see the `ctr version` row).\n",
+    );
+    s.push_str("\n## Machine load before each block\n\n");
+    s.push_str(&format!(
+        "Wanted ≥ {:.0}% CPU idle over 1 s before each block, waiting at most {} s; {} of {} \
+         blocks started on a busier machine.\n\n",
+        cfg.min_idle,
+        cfg.quiet_cap.as_secs(),
+        busy,
+        report.quiet.len()
+    ));
+    s.push_str("| block | CPU idle % | load (1 min) | waited |\n|---|---|---|---|\n");
+    for q in &report.quiet {
+        s.push_str(&format!(
+            "| {} | {:.0} | {:.2} | {:.1} s |\n",
+            q.block,
+            q.idle,
+            q.load1,
+            q.waited.as_secs_f64()
+        ));
+    }
+    s
+}
+
+/// Runs a block; if it panics (a sanity check failed), notes that in the report so that what
+/// was measured before is still written.
+fn guarded(report: &mut Report, block: &str, f: impl FnOnce(&mut Report)) {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(report)));
+    if let Err(p) = result {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        report.notes.push(format!(
+            "**Block \"{block}\" aborted** (its remaining figures are missing): {}",
+            msg.lines().take(12).collect::<Vec<_>>().join(" / ")
+        ));
+    }
+}
+
+fn main() {
+    if !integration::require_root() {
+        eprintln!("corral-bench needs root (it mounts, runs runc and containerd)");
+        std::process::exit(2);
+    }
+    let cfg = Config::from_env();
+    let started = Instant::now();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let corrald = integration::corrald::corrald_path();
+    let shim = integration::corral_shim_path();
+    assert!(
+        corrald.is_file(),
+        "corrald not found at {} (set CORRALD_BIN to a release build)",
+        corrald.display()
+    );
+    let host = host::describe(&corrald, &shim, &workspace);
+    for (k, v) in &host {
+        println!("{k}: {v}");
+    }
+    let mut report = Report {
+        rows: Vec::new(),
+        floor: Vec::new(),
+        notes: Vec::new(),
+        quiet: Vec::new(),
+    };
+    if cfg.wants("run") || cfg.wants("fifty") {
+        guarded(&mut report, "run --rm / 50 containers", |report| {
+            let mut a = Containerd::start_with(CONTAINERD, BENCH_OPTIONS);
+            let mut b = Containerd::start_with(CORRALD, BENCH_OPTIONS);
+            if cfg.wants("run") {
+                run_rm_block(&cfg, &[&a, &b], report);
+            }
+            if cfg.wants("fifty") {
+                fifty_blocks(&cfg, [&mut a, &mut b], report);
+            }
+        });
+    }
+    if cfg.wants("pull") {
+        guarded(&mut report, "pull", |report| pull_block(&cfg, report));
+    }
+    let md = markdown(&cfg, &host, &report, started.elapsed());
+    println!("\n{md}");
+    std::fs::create_dir_all(&cfg.out_dir).expect("cannot create the results dir");
+    let out = cfg.out_dir.join(format!("{}.md", host::today()));
+    std::fs::write(&out, &md).unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));
+    println!("written to {}", out.display());
+}
