@@ -81,10 +81,12 @@ image: deps
 	$(TARGET_DIR)/debug/busybox-image $(IMAGE_TAR)
 	$(PREFIX)/bin/corral images import $(IMAGE_TAR)
 
-## bench: shim idle memory beside containerd's Go shim, content ingest, layer apply
+## bench: corral beside containerd 1.6 on this machine (run latency, 50 containers: start time,
+## shim and daemon memory, restart after kill -9, teardown; image pull), written to
+## bench/results/<date>.md; then content ingest and layer apply. Benchmarks are never tests.
 bench: deps release
-	SHIM_MEMORY_N=20 CORRAL_SHIM_BIN=$(RELEASE_SHIM) $(CARGO) bench -p integration --bench shim_memory
-	SHIM_MEMORY_N=1 CORRAL_SHIM_BIN=$(RELEASE_SHIM) $(CARGO) bench -p integration --bench shim_memory
+	CORRALD_BIN=$(RELEASE_CORRALD) CORRAL_SHIM_BIN=$(RELEASE_SHIM) CORRAL_BIN=$(RELEASE_CORRAL) \
+		BENCH_LAYERS=$(TARGET_DIR)/bench-layers $(CARGO) run -q -p bench --bin corral-bench
 	$(CARGO) bench -p content --bench ingest
 	$(CARGO) bench -p snapshotter --bench apply
 
