@@ -101,6 +101,11 @@ fn main() -> ExitCode {
         };
     }
     server::init_logging(&cfg.debug.level);
+    // glibc gives every thread that allocates its own malloc arena; with tokio's blocking pool
+    // that is dozens of mostly idle arenas after a burst of container starts. Two are plenty
+    // for a daemon whose work is I/O.
+    // SAFETY: mallopt before any other thread exists; it only tunes the allocator.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
