@@ -181,3 +181,25 @@ pub fn wait_quiet(block: &str, min_idle: f64, cap: Duration) -> Quiet {
         }
     }
 }
+
+/// sync(2), then waits (at most 2 min) until the kernel has written back what was dirty.
+pub fn flush_dirty_pages() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::time::Instant::now() < deadline {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let kb = |name: &str| -> u64 {
+            meminfo
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        if kb("Dirty:") + kb("Writeback:") < 16 * 1024 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
