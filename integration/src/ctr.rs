@@ -168,6 +168,33 @@ impl Ctr {
     }
 
     /// Rows of `ctr tasks ls`.
+    /// The `ctr images check` row of image `name`; panics if there is none.
+    pub fn images_check_row(&self, name: &str) -> String {
+        let check = self.ok(&["images", "check"]);
+        check
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no `images check` row for {name}: {check}"))
+            .to_string()
+    }
+
+    /// Asserts `ctr snapshots ls` holds `chain` committed, each key on the one before.
+    pub fn assert_snapshot_chain(&self, chain: &[String]) {
+        let ls = self.ok(&["snapshots", "ls"]);
+        for (i, id) in chain.iter().enumerate() {
+            let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
+            let found = ls.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                match f.as_slice() {
+                    [k, kind] => k == id && parent.is_empty() && *kind == "Committed",
+                    [k, p, kind] => k == id && *p == parent && *kind == "Committed",
+                    _ => false,
+                }
+            });
+            assert!(found, "no committed snapshot {id} on {parent:?}:\n{ls}");
+        }
+    }
+
     pub fn tasks(&self) -> Vec<TaskRow> {
         parse_tasks_ls(&self.ok(&["tasks", "ls"]))
     }

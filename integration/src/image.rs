@@ -198,6 +198,23 @@ pub struct ImageBlobs {
     pub layer_tars: Vec<Vec<u8>>,
 }
 
+impl ImageBlobs {
+    /// containerd's chain IDs of the layers (chainID(n) = sha256(chainID(n-1) + " " +
+    /// diffID(n))), computed here independently of the code under test.
+    pub fn chain_ids(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for t in &self.layer_tars {
+            let diff = sha256_digest(t);
+            let id = match out.last() {
+                None => diff,
+                Some(parent) => sha256_digest(format!("{parent} {diff}").as_bytes()),
+            };
+            out.push(id);
+        }
+        out
+    }
+}
+
 /// Builds a busybox image with one extra layer per `extra` entry, each holding the given
 /// `(path, contents)` regular files (mode 0644, parents must exist in a lower layer).
 pub fn image_blobs(busybox: &Path, extra: &[Vec<(String, Vec<u8>)>]) -> io::Result<ImageBlobs> {

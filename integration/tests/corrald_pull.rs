@@ -6,7 +6,7 @@ use std::path::Path;
 
 use integration::image::{ImageBlobs, busybox_path, image_blobs};
 use integration::registry::Registry;
-use integration::{Corrald, Ctr, require_root};
+use integration::{Corrald, require_root};
 use sha2::{Digest, Sha256};
 
 const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -26,46 +26,6 @@ fn multi_layer_image() -> ImageBlobs {
         ],
     )
     .expect("cannot build the multi-layer test image")
-}
-
-/// Chain IDs of the layers (the committed snapshot keys ctr unpacks to).
-fn chain_ids(img: &ImageBlobs) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for t in &img.layer_tars {
-        let diff = sha256(t);
-        let id = match out.last() {
-            None => diff,
-            Some(parent) => sha256(format!("{parent} {diff}").as_bytes()),
-        };
-        out.push(id);
-    }
-    out
-}
-
-/// Asserts `ctr snapshots ls` holds the committed chain, each key with the right parent.
-fn assert_chain(ctr: &Ctr, chain: &[String]) {
-    let ls = ctr.ok(&["snapshots", "ls"]);
-    for (i, id) in chain.iter().enumerate() {
-        let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
-        let found = ls.lines().any(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            match f.as_slice() {
-                [k, kind] => k == id && parent.is_empty() && *kind == "Committed",
-                [k, p, kind] => k == id && *p == parent && *kind == "Committed",
-                _ => false,
-            }
-        });
-        assert!(found, "no committed snapshot {id} on {parent:?}:\n{ls}");
-    }
-}
-
-fn check_row(ctr: &Ctr, name: &str) -> String {
-    let check = ctr.ok(&["images", "check"]);
-    check
-        .lines()
-        .find(|l| l.starts_with(name))
-        .unwrap_or_else(|| panic!("no row for {name}: {check}"))
-        .to_string()
 }
 
 #[test]
@@ -97,7 +57,7 @@ fn pull_multi_layer_image_from_a_local_registry() {
         ls.contains(&reference) && ls.contains(&sha256(&img.manifest)),
         "{ls}"
     );
-    let row = check_row(ctr, &reference);
+    let row = ctr.images_check_row(&reference);
     assert!(
         row.contains("complete") && row.contains("true"),
         "not complete and unpacked: {row}"
@@ -116,7 +76,7 @@ fn pull_multi_layer_image_from_a_local_registry() {
         assert!(got.success(), "{}", got.describe());
         assert_eq!(sha256(&got.stdout), sha256(b));
     }
-    assert_chain(ctr, &chain_ids(&img));
+    ctr.assert_snapshot_chain(&img.chain_ids());
 
     ctr.ok(&["images", "rm", &reference]);
     let ls = ctr.ok(&["images", "ls", "-q"]);
@@ -124,7 +84,7 @@ fn pull_multi_layer_image_from_a_local_registry() {
     // Pulling again after rm works (content and snapshots may be reused).
     let out = ctr.run(&["images", "pull", "--plain-http", &reference]);
     assert!(out.success(), "{}", out.describe());
-    assert!(check_row(ctr, &reference).contains("complete"));
+    assert!(ctr.images_check_row(&reference).contains("complete"));
 }
 
 /// A `docker save` archive: `manifest.json`, `repositories`, `<id>.json`, `<id>/layer.tar`.
@@ -180,12 +140,12 @@ fn import_docker_save_archive() {
     let name = "docker.io/test/saved:v1";
     let ls = ctr.ok(&["images", "ls", "-q"]);
     assert!(ls.lines().any(|l| l == name), "{ls}");
-    let row = check_row(ctr, name);
+    let row = ctr.images_check_row(name);
     assert!(
         row.contains("complete") && row.contains("true"),
         "not complete and unpacked: {row}"
     );
-    assert_chain(ctr, &chain_ids(&img));
+    ctr.assert_snapshot_chain(&img.chain_ids());
     // The config is stored as given.
     let got = ctr.run(&["content", "get", &sha256(&img.config)]);
     assert!(got.success(), "{}", got.describe());

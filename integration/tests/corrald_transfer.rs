@@ -165,48 +165,8 @@ fn push(reg: &Registry, name: &str, tag: &str, img: &ImageBlobs) {
         .expect("push to the registry");
 }
 
-/// Chain IDs of the layers, computed here independently of corrald.
-fn chain_ids(img: &ImageBlobs) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for t in &img.layer_tars {
-        let diff = sha256(t);
-        let id = match out.last() {
-            None => diff,
-            Some(parent) => sha256(format!("{parent} {diff}").as_bytes()),
-        };
-        out.push(id);
-    }
-    out
-}
-
-/// Asserts `ctr snapshots ls` holds the committed chain, each key with the right parent.
-fn assert_chain(ctr: &Ctr, chain: &[String]) {
-    let ls = ctr.ok(&["snapshots", "ls"]);
-    for (i, id) in chain.iter().enumerate() {
-        let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
-        let found = ls.lines().any(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            match f.as_slice() {
-                [k, kind] => k == id && parent.is_empty() && *kind == "Committed",
-                [k, p, kind] => k == id && *p == parent && *kind == "Committed",
-                _ => false,
-            }
-        });
-        assert!(found, "no committed snapshot {id} on {parent:?}:\n{ls}");
-    }
-}
-
-fn check_row(ctr: &Ctr, name: &str) -> String {
-    let check = ctr.ok(&["images", "check"]);
-    check
-        .lines()
-        .find(|l| l.starts_with(name))
-        .unwrap_or_else(|| panic!("no row for {name}: {check}"))
-        .to_string()
-}
-
 fn assert_complete_and_unpacked(ctr: &Ctr, name: &str) {
-    let row = check_row(ctr, name);
+    let row = ctr.images_check_row(name);
     assert!(
         row.contains("complete") && row.contains("true"),
         "not complete and unpacked: {row}"
@@ -240,7 +200,7 @@ fn pull_single_manifest_image_unpacks_like_ctr() {
     let reference = format!("{}/test/busybox:multi", reg.host());
 
     let (events, res) = pull(&d, request(&reference)).ok();
-    let chain = chain_ids(&img);
+    let chain = img.chain_ids();
     assert_eq!(res.name, reference);
     let target = res.target.clone().unwrap();
     assert_eq!(
@@ -274,7 +234,7 @@ fn pull_single_manifest_image_unpacks_like_ctr() {
         "{ls}"
     );
     assert_complete_and_unpacked(ctr, &reference);
-    assert_chain(ctr, &chain);
+    ctr.assert_snapshot_chain(&chain);
     let source = format!(
         "containerd.io/distribution.source.{}=test/busybox",
         reg.host()
@@ -327,7 +287,7 @@ fn pull_single_manifest_image_unpacks_like_ctr() {
     assert!(content.trim().is_empty(), "{content}");
     let out = ctr.run(&["images", "pull", "--plain-http", &reference]);
     assert!(out.success(), "{}", out.describe());
-    assert_chain(ctr, &chain);
+    ctr.assert_snapshot_chain(&chain);
 }
 
 /// The image for another architecture: same layers, another config (so another manifest).
@@ -409,7 +369,7 @@ fn pull_index_chooses_the_platform() {
         "fetched the arm64 manifest"
     );
     assert_complete_and_unpacked(ctr, &reference);
-    assert_chain(ctr, &chain_ids(&img));
+    ctr.assert_snapshot_chain(&img.chain_ids());
     let row = content_row(ctr, &sha256(&index));
     assert!(
         row.contains(&format!("containerd.io/gc.ref.content.m.0={amd}")),
@@ -711,9 +671,9 @@ fn kill_9_mid_pull_then_the_next_pull_resumes() {
         "the big layer restarted from 0 instead of resuming: {first:?}\n{}",
         d.log_tail(20)
     );
-    assert_eq!(res.chain_id, *chain_ids(&img).last().unwrap());
+    assert_eq!(res.chain_id, *img.chain_ids().last().unwrap());
     assert_complete_and_unpacked(ctr, &reference);
-    assert_chain(ctr, &chain_ids(&img));
+    ctr.assert_snapshot_chain(&img.chain_ids());
     let active = ctr.ok(&["content", "active"]);
     assert!(active.lines().count() <= 1, "ingests left: {active}");
 }
@@ -753,7 +713,7 @@ fn pull_publishes_image_and_snapshot_events() {
     let events = live_events(&d);
     let reference = format!("{}/test/busybox:ev", reg.host());
     pull(&d, request(&reference)).ok();
-    let chain = chain_ids(&img);
+    let chain = img.chain_ids();
     events.wait_for(
         "/images/create and a /snapshot/commit per layer",
         Duration::from_secs(20),
