@@ -53,6 +53,19 @@ impl Setup {
         self.ps().into_iter().find(|r| r["id"] == id)
     }
 
+    /// `corral run -d` of `sh -c script` (which prints `ready` once its traps are set), then
+    /// waits for `ready` in the container's log.
+    fn run_detached_until_ready(&self, id: &str, script: &str) {
+        self.corral
+            .ok(&["run", "-d", "--name", id, IMAGE_REF, "sh", "-c", script]);
+        wait_until("ready", Duration::from_secs(20), || {
+            fs::read_to_string(self.corral.log_path(id))
+                .unwrap_or_default()
+                .contains("ready")
+                .then_some(())
+        });
+    }
+
     fn wait_status(&self, id: &str, status: &str) -> Value {
         wait_until(
             &format!("{id} is {status}"),
@@ -270,22 +283,10 @@ fn detached_container_logs_exec_stop_rm() {
 fn stop_kills_a_process_that_ignores_sigterm() {
     let Some(s) = setup() else { return };
     let id = s.id("stubborn");
-    s.corral.ok(&[
-        "run",
-        "-d",
-        "--name",
+    s.run_detached_until_ready(
         &id,
-        IMAGE_REF,
-        "sh",
-        "-c",
         "trap '' TERM; echo ready; while true; do sleep 0.1; done",
-    ]);
-    wait_until("ready", Duration::from_secs(20), || {
-        fs::read_to_string(s.corral.log_path(&id))
-            .unwrap_or_default()
-            .contains("ready")
-            .then_some(())
-    });
+    );
     s.corral.ok(&["stop", "-t", "1", &id]);
     let row = s.wait_status(&id, "stopped");
     assert_eq!(row["exit_status"], 137, "{row}");
@@ -297,22 +298,10 @@ fn stop_kills_a_process_that_ignores_sigterm() {
 fn kill_pause_resume_and_force_rm() {
     let Some(s) = setup() else { return };
     let id = s.id("kill");
-    s.corral.ok(&[
-        "run",
-        "-d",
-        "--name",
+    s.run_detached_until_ready(
         &id,
-        IMAGE_REF,
-        "sh",
-        "-c",
         "trap 'exit 3' USR1; echo ready; while true; do sleep 0.1; done",
-    ]);
-    wait_until("ready", Duration::from_secs(20), || {
-        fs::read_to_string(s.corral.log_path(&id))
-            .unwrap_or_default()
-            .contains("ready")
-            .then_some(())
-    });
+    );
     s.corral.ok(&["kill", "-s", "USR1", &id]);
     let row = s.wait_status(&id, "stopped");
     assert_eq!(row["exit_status"], 3, "{row}");

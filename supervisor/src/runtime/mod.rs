@@ -157,11 +157,6 @@ impl Manager {
         v
     }
 
-    /// Whether a namespace has tasks (it cannot be deleted then).
-    pub fn has_tasks(&self, ns: &str) -> bool {
-        self.tasks.lock().unwrap().keys().any(|(n, _)| n == ns)
-    }
-
     /// Tasks.Create: bundle, shim, Task.Create; returns the task's pid.
     pub async fn create(self: &Arc<Self>, req: CreateTask) -> Result<u32, Status> {
         let key = (req.namespace.clone(), req.id.clone());
