@@ -1,0 +1,294 @@
+//! corral-cri's configuration: a TOML file (`--config`), overridden by command-line flags.
+//!
+//! `corral-cri config default` prints the defaults, which are also what a missing file at the
+//! default location means. Unknown keys are an error that names the key: a typo must not
+//! silently fall back to a default path. Every path is configurable so that a test, or a
+//! second instance, runs on private paths beside a system one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where `corral-cri` looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/corral/cri.toml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Config format version.
+    pub version: u32,
+    /// corrald's socket.
+    pub address: PathBuf,
+    /// The CRI socket kubelet and crictl connect to (created mode 0660).
+    pub listen: PathBuf,
+    /// Files pods need on the host: network namespaces, /etc/hosts, resolv.conf, hostname,
+    /// /dev/shm per pod.
+    pub root: PathBuf,
+    /// The corrald namespace pods and containers live in (`ctr -n k8s.io containers ls`).
+    pub namespace: String,
+    /// The image of every pod's sandbox (pause) container; pulled when missing.
+    pub sandbox_image: String,
+    /// The snapshotter container root filesystems are prepared with.
+    pub snapshotter: String,
+    /// What RuntimeConfig reports to kubelet: `cgroupfs` (the only driver corral-cri sets
+    /// cgroup paths for) or `systemd`.
+    pub cgroup_driver: String,
+    /// Log lines longer than this are split into partial (`P`) entries.
+    pub max_container_log_line_size: u32,
+    /// The handler used when a pod names none (kubelet sends "").
+    pub default_runtime: String,
+    /// Runtime handlers (`RunPodSandboxRequest.runtime_handler`) → corrald runtimes.
+    pub runtimes: BTreeMap<String, Runtime>,
+    pub cni: Cni,
+    pub streaming: Streaming,
+    pub debug: Debug,
+}
+
+/// One runtime handler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Runtime {
+    /// The corrald runtime name containers of this handler get
+    /// (`io.containerd.corral.v1`, `io.containerd.runc.v2`, ...).
+    pub runtime_type: String,
+    /// Whether the runtime's shim writes CRI-format logs itself (our shim's
+    /// `file://...?format=cri`). Others get FIFOs that corral-cri copies from, which stops
+    /// while corral-cri is down.
+    pub shim_writes_logs: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cni {
+    /// Network configurations (`*.conflist`, `*.conf`, `*.json`); the first in lexical order
+    /// is the pod network, as with containerd.
+    pub conf_dir: PathBuf,
+    /// Where plugin binaries are looked up, in order.
+    pub bin_dirs: Vec<PathBuf>,
+    /// A conflist template written to `conf_dir` when kubelet sends a pod CIDR
+    /// (UpdateRuntimeConfig); `{{.PodCIDR}}` is replaced. Empty: none.
+    pub conf_template: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Streaming {
+    /// Address the streaming server (exec, attach, port-forward) listens on.
+    pub address: String,
+    /// Its port; 0 picks a free one.
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Debug {
+    /// error, warn, info, debug or trace.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        let mut runtimes = BTreeMap::new();
+        runtimes.insert(
+            "corral".to_string(),
+            Runtime {
+                runtime_type: "io.containerd.corral.v1".into(),
+                shim_writes_logs: true,
+            },
+        );
+        runtimes.insert(
+            "runc".to_string(),
+            Runtime {
+                runtime_type: "io.containerd.runc.v2".into(),
+                shim_writes_logs: false,
+            },
+        );
+        Config {
+            version: 1,
+            address: "/run/corral/corral.sock".into(),
+            listen: "/run/corral/cri.sock".into(),
+            root: "/var/lib/corral-cri".into(),
+            namespace: "k8s.io".into(),
+            sandbox_image: "registry.k8s.io/pause:3.10".into(),
+            snapshotter: "overlayfs".into(),
+            cgroup_driver: "cgroupfs".into(),
+            max_container_log_line_size: 16 * 1024,
+            default_runtime: "corral".into(),
+            runtimes,
+            cni: Cni::default(),
+            streaming: Streaming::default(),
+            debug: Debug::default(),
+        }
+    }
+}
+
+impl Default for Runtime {
+    fn default() -> Runtime {
+        Runtime {
+            runtime_type: String::new(),
+            shim_writes_logs: false,
+        }
+    }
+}
+
+impl Default for Cni {
+    fn default() -> Cni {
+        Cni {
+            conf_dir: "/etc/cni/net.d".into(),
+            bin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
+            conf_template: PathBuf::new(),
+        }
+    }
+}
+
+impl Default for Streaming {
+    fn default() -> Streaming {
+        Streaming {
+            address: "127.0.0.1".into(),
+            port: 0,
+        }
+    }
+}
+
+impl Default for Debug {
+    fn default() -> Debug {
+        Debug {
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`; a missing file means the defaults unless `must_exist`.
+    pub fn load(path: &Path, must_exist: bool) -> Result<Config, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+                return Ok(Config::default());
+            }
+            Err(e) => return Err(format!("read config {}: {e}", path.display())),
+        };
+        let cfg: Config =
+            toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
+        cfg.validate()
+            .map_err(|e| format!("config {}: {e}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks what the types cannot say.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.version != 1 {
+            return Err(format!(
+                "unsupported version {} (this corral-cri reads version 1)",
+                self.version
+            ));
+        }
+        if !self.runtimes.contains_key(&self.default_runtime) {
+            return Err(format!(
+                "default_runtime {:?} is not one of [runtimes.*] ({})",
+                self.default_runtime,
+                self.runtimes.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if let Some((name, _)) = self
+            .runtimes
+            .iter()
+            .find(|(_, r)| r.runtime_type.is_empty())
+        {
+            return Err(format!("[runtimes.{name}] has no runtime_type"));
+        }
+        if !matches!(self.cgroup_driver.as_str(), "cgroupfs" | "systemd") {
+            return Err(format!(
+                "cgroup_driver {:?}: want cgroupfs or systemd",
+                self.cgroup_driver
+            ));
+        }
+        if self.namespace.is_empty() {
+            return Err("namespace is empty".into());
+        }
+        for (what, p) in [
+            ("root", &self.root),
+            ("listen", &self.listen),
+            ("address", &self.address),
+        ] {
+            if !p.is_absolute() {
+                return Err(format!("{what} {}: not an absolute path", p.display()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The runtime of a CRI handler name ("" is the default handler).
+    pub fn runtime(&self, handler: &str) -> Option<&Runtime> {
+        let name = if handler.is_empty() {
+            &self.default_runtime
+        } else {
+            handler
+        };
+        self.runtimes.get(name)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_round_trips_and_is_valid() {
+        let text = Config::default().to_toml();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, Config::default());
+        back.validate().unwrap();
+        assert!(text.contains("sandbox_image"), "{text}");
+        assert!(text.contains("[cni]"), "{text}");
+        assert!(text.contains("[streaming]"), "{text}");
+        assert!(text.contains("[runtimes.corral]"), "{text}");
+    }
+
+    #[test]
+    fn partial_files_keep_defaults_and_mistakes_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "sandbox_image = \"x/pause:1\"\n[cni]\nconf_dir = \"/tmp/net.d\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&p, true).unwrap();
+        assert_eq!(c.sandbox_image, "x/pause:1");
+        assert_eq!(c.cni.conf_dir, PathBuf::from("/tmp/net.d"));
+        assert_eq!(c.cni.bin_dirs, Cni::default().bin_dirs);
+        assert_eq!(
+            c.runtime("").unwrap().runtime_type,
+            "io.containerd.corral.v1"
+        );
+        assert_eq!(
+            c.runtime("runc").unwrap().runtime_type,
+            "io.containerd.runc.v2"
+        );
+        assert!(c.runtime("kata").is_none());
+
+        for (text, want) in [
+            ("sandbox_imag = \"x\"\n", "sandbox_imag"),
+            ("version = 2\n", "version 2"),
+            ("default_runtime = \"kata\"\n", "kata"),
+            ("cgroup_driver = \"foo\"\n", "foo"),
+            ("root = \"rel\"\n", "rel"),
+            ("[runtimes.x]\nshim_writes_logs = true\n", "runtimes.x"),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = Config::load(&p, true).unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+            assert!(e.contains(&p.display().to_string()), "{e}");
+        }
+
+        let none = dir.path().join("none.toml");
+        assert_eq!(Config::load(&none, false).unwrap(), Config::default());
+        assert!(Config::load(&none, true).is_err());
+    }
+}
