@@ -46,7 +46,7 @@ pub struct Config {
 }
 
 /// One runtime handler.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Runtime {
     /// The corrald runtime name containers of this handler get
@@ -123,15 +123,6 @@ impl Default for Config {
     }
 }
 
-impl Default for Runtime {
-    fn default() -> Runtime {
-        Runtime {
-            runtime_type: String::new(),
-            shim_writes_logs: false,
-        }
-    }
-}
-
 impl Default for Cni {
     fn default() -> Cni {
         Cni {
@@ -169,8 +160,13 @@ impl Config {
             }
             Err(e) => return Err(format!("read config {}: {e}", path.display())),
         };
-        let cfg: Config =
+        let mut cfg: Config =
             toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
+        // A file that adds a handler keeps the built-in ones (containerd's TOML decoding merges
+        // maps into the defaults the same way); one that names a built-in replaces it.
+        for (name, runtime) in Config::default().runtimes {
+            cfg.runtimes.entry(name).or_insert(runtime);
+        }
         cfg.validate()
             .map_err(|e| format!("config {}: {e}", path.display()))?;
         Ok(cfg)
@@ -280,12 +276,28 @@ mod tests {
             ("cgroup_driver = \"foo\"\n", "foo"),
             ("root = \"rel\"\n", "rel"),
             ("[runtimes.x]\nshim_writes_logs = true\n", "runtimes.x"),
+            ("default_runtime = \"\"\n", "default_runtime"),
         ] {
             std::fs::write(&p, text).unwrap();
             let e = Config::load(&p, true).unwrap_err();
             assert!(e.contains(want), "{text:?}: {e}");
             assert!(e.contains(&p.display().to_string()), "{e}");
         }
+
+        std::fs::write(
+            &p,
+            "[runtimes.kata]\nruntime_type = \"io.containerd.kata.v2\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&p, true).unwrap();
+        assert_eq!(
+            c.runtime("kata").unwrap().runtime_type,
+            "io.containerd.kata.v2"
+        );
+        assert_eq!(
+            c.runtime("").unwrap().runtime_type,
+            "io.containerd.corral.v1"
+        );
 
         let none = dir.path().join("none.toml");
         assert_eq!(Config::load(&none, false).unwrap(), Config::default());
