@@ -5,34 +5,25 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
-use protocol::grpc::containerd::services::containers::v1::containers_client::ContainersClient;
-use protocol::grpc::containerd::services::content::v1::content_client::ContentClient;
-use protocol::grpc::containerd::services::diff::v1::diff_client::DiffClient;
-use protocol::grpc::containerd::services::events::v1::events_client::EventsClient;
-use protocol::grpc::containerd::services::images::v1::images_client::ImagesClient;
-use protocol::grpc::containerd::services::introspection::v1::introspection_client::IntrospectionClient;
 use protocol::grpc::containerd::services::leases::v1 as leases;
-use protocol::grpc::containerd::services::leases::v1::leases_client::LeasesClient;
-use protocol::grpc::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient;
-use protocol::grpc::containerd::services::tasks::v1::tasks_client::TasksClient;
-use protocol::grpc::containerd::services::version::v1::version_client::VersionClient;
-use protocol::grpc::corral::services::transfer::v1::transfer_client::TransferClient;
-use protocol::grpc::tonic::{Code, Request, Status, transport::Channel};
-
-pub const NAMESPACE_HEADER: &str = "containerd-namespace";
-pub const LEASE_HEADER: &str = "containerd-lease";
-/// ctr's message limit, both ways.
-const MAX_MESSAGE: usize = 16 << 20;
+use protocol::grpc::tonic::{Code, Status};
 
 /// The snapshotter images are unpacked into and containers are prepared on.
 pub const SNAPSHOTTER: &str = "overlayfs";
 
+/// The namespaced client of `protocol` (requests, service clients), plus the socket path for
+/// messages and `corral info`.
 #[derive(Clone)]
 pub struct Client {
-    channel: Channel,
-    pub namespace: String,
+    inner: protocol::grpc::client::Client,
     pub address: PathBuf,
-    lease: Option<String>,
+}
+
+impl std::ops::Deref for Client {
+    type Target = protocol::grpc::client::Client;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
 }
 
 /// Turns a gRPC status into an error whose text is the daemon's message (the code is kept
@@ -71,19 +62,9 @@ pub fn is_not_found(e: &anyhow::Error) -> bool {
     code_of(e) == Some(Code::NotFound)
 }
 
-macro_rules! service {
-    ($name:ident, $client:ident) => {
-        pub fn $name(&self) -> $client<Channel> {
-            $client::new(self.channel.clone())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE)
-        }
-    };
-}
-
 impl Client {
     pub async fn connect(address: PathBuf, namespace: String) -> Result<Client> {
-        let channel = protocol::grpc::unix::connect(&address)
+        let inner = protocol::grpc::client::Client::connect(&address, namespace)
             .await
             .map_err(|e| {
                 let why = std::error::Error::source(&e)
@@ -92,50 +73,8 @@ impl Client {
                 anyhow!("{why}")
             })
             .with_context(|| format!("cannot connect to corrald at {}", address.display()))?;
-        Ok(Client {
-            channel,
-            namespace,
-            address,
-            lease: None,
-        })
+        Ok(Client { inner, address })
     }
-
-    /// A request in our namespace (and lease, if this client is inside one).
-    pub fn req<T>(&self, msg: T) -> Request<T> {
-        let mut r = Request::new(msg);
-        self.decorate(&mut r);
-        r
-    }
-
-    fn decorate<T>(&self, r: &mut Request<T>) {
-        if let Ok(v) = self.namespace.parse() {
-            r.metadata_mut().insert(NAMESPACE_HEADER, v);
-        }
-        if let Some(l) = &self.lease
-            && let Ok(v) = l.parse()
-        {
-            r.metadata_mut().insert(LEASE_HEADER, v);
-        }
-    }
-
-    /// A streaming request (client side) in our namespace and lease.
-    pub fn stream_req<S>(&self, stream: S) -> Request<S> {
-        let mut r = Request::new(stream);
-        self.decorate(&mut r);
-        r
-    }
-
-    service!(version, VersionClient);
-    service!(introspection, IntrospectionClient);
-    service!(images, ImagesClient);
-    service!(content, ContentClient);
-    service!(snapshots, SnapshotsClient);
-    service!(diff, DiffClient);
-    service!(leases, LeasesClient);
-    service!(containers, ContainersClient);
-    service!(tasks, TasksClient);
-    service!(events, EventsClient);
-    service!(transfer, TransferClient);
 
     /// Creates a lease that expires on its own after `expire` (so a crashed client leaves
     /// nothing pinned for long) and returns a client whose requests carry it.
@@ -154,22 +93,21 @@ impl Client {
             .lease
             .ok_or_else(|| anyhow!("the daemon returned no lease"))?;
         Ok(Client {
-            lease: Some(lease.id),
-            ..self.clone()
+            inner: self.inner.with_lease(lease.id),
+            address: self.address.clone(),
         })
     }
 
     /// Deletes this client's lease (what it protected is then up to the other references).
     pub async fn end_lease(&self) -> Result<()> {
-        let Some(id) = &self.lease else {
+        let Some(id) = self.lease() else {
             return Ok(());
         };
-        let mut plain = self.clone();
-        plain.lease = None;
+        let plain = self.without_lease();
         plain
             .leases()
             .delete(plain.req(leases::DeleteRequest {
-                id: id.clone(),
+                id: id.to_string(),
                 sync: false,
             }))
             .await

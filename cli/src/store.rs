@@ -59,7 +59,7 @@ impl BlobWriter {
         let task = tokio::spawn(async move {
             let mut resp = c
                 .content()
-                .write(c.stream_req(ReceiverStream::new(rx)))
+                .write(c.req(ReceiverStream::new(rx)))
                 .await
                 .map_err(rpc_err)
                 .with_context(|| format!("cannot write {what}"))?

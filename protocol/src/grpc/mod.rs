@@ -21,6 +21,7 @@ mod generated {
 pub use generated::*;
 
 pub mod any;
+pub mod client;
 pub mod unix;
 
 pub use prost;
