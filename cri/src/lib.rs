@@ -25,3 +25,4 @@
 //! named by pod id, so that start-up can match the two and remove what no record accounts for.
 
 pub mod config;
+pub mod network;
