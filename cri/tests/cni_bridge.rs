@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cri::network::{Cni, Error, NetNs, PodNetwork, PortMapping, netns};
 use integration::require_root;
@@ -256,13 +256,19 @@ fn two_pods_talk_over_the_bridge_then_leave_nothing() {
         cni.teardown(&a, None).await.unwrap();
         NetNs::remove(&a.netns).unwrap();
 
-        // b's namespace goes first (a crashed pod): DEL still releases its IP and veth.
+        // b's namespace goes first (a crashed pod): DEL still releases its IP. The veth pair
+        // dies with the namespace, which the kernel destroys asynchronously once the last
+        // reference (our mount) is gone — so poll for it.
         let veth_b = host_veth(&up_b.raw);
         NetNs::remove(&b.netns).unwrap();
         cni.teardown(&b, None).await.unwrap();
         assert!(env.allocated().is_empty(), "{:?}", env.allocated());
-        assert!(!Path::new(&format!("/sys/class/net/{veth_b}")).exists());
-        assert!(env.bridge_ports().is_empty());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Path::new(&format!("/sys/class/net/{veth_b}")).exists() {
+            assert!(Instant::now() < deadline, "{veth_b} outlived its namespace");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(env.bridge_ports().is_empty(), "{:?}", env.bridge_ports());
     });
     env.pods.lock().unwrap().clear();
 }

@@ -430,7 +430,10 @@ async fn teardown_after_a_rename_drops_the_old_cache_entry() {
     let cni = f.cni();
     let pod = pod("pod7");
     cni.setup(&pod).await.unwrap();
-    assert_eq!(f.cache_entries(), [f.path("cache/results/fakenet-pod7-eth0")]);
+    assert_eq!(
+        f.cache_entries(),
+        [f.path("cache/results/fakenet-pod7-eth0")]
+    );
     f.write_conf(r#"{"cniVersion":"1.0.0","name":"renamed","plugins":[{"type":"first"}]}"#);
     f.clear_calls();
     cni.teardown(&pod, None).await.unwrap();
