@@ -26,3 +26,4 @@
 
 pub mod config;
 pub mod error;
+pub mod network;
