@@ -10,8 +10,9 @@
 //! default: it answers NotFound, which clients read as "already gone".
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -113,6 +114,8 @@ pub struct Service {
     events: Publisher,
     state: Mutex<State>,
     shutdown: Arc<Notify>,
+    /// The service itself, for handlers that must outlive their call (see `detached`).
+    this: Weak<Service>,
 }
 
 fn container<'a>(st: &'a State, id: &str) -> Result<&'a Container> {
@@ -134,13 +137,33 @@ impl Service {
         events: Publisher,
         shutdown: Arc<Notify>,
     ) -> Arc<Service> {
-        Arc::new(Service {
+        Arc::new_cyclic(|this| Service {
             namespace: namespace.to_string(),
             reaper,
             events,
             state: Mutex::new(State::default()),
             shutdown,
+            this: this.clone(),
         })
+    }
+
+    /// Runs a handler that changes state on a task of its own, so that it runs to the end
+    /// even when its caller goes away mid-call (the daemon killed, the connection closed, a
+    /// ttrpc deadline): a Start dropped between `runc start` and its bookkeeping would leave
+    /// the process marked as starting for good, and every later Delete refused.
+    async fn detached<T, F, Fut>(&self, handler: F) -> Result<T>
+    where
+        F: FnOnce(Arc<Service>) -> Fut,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let this = self
+            .this
+            .upgrade()
+            .ok_or_else(|| Error::new(Code::Unavailable, "the shim is shutting down"))?;
+        tokio::spawn(handler(this))
+            .await
+            .map_err(|e| Error::new(Code::Internal, format!("handler failed: {e}")))?
     }
 
     async fn do_state(&self, req: StateRequest) -> Result<StateResponse> {
@@ -287,18 +310,24 @@ impl Task for Service {
         req: CreateTaskRequest,
     ) -> ttrpc::Result<CreateTaskResponse> {
         let id = req.id.clone();
-        self.do_create(req).await.map_err(|e| {
-            log::error!("create {id}: {e}");
-            e.into()
-        })
+        self.detached(|s| async move { s.do_create(req).await })
+            .await
+            .map_err(|e| {
+                log::error!("create {id}: {e}");
+                e.into()
+            })
     }
 
     async fn start(&self, _: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
-        Ok(self.do_start(req).await?)
+        Ok(self
+            .detached(|s| async move { s.do_start(req).await })
+            .await?)
     }
 
     async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
-        Ok(self.do_delete(req).await?)
+        Ok(self
+            .detached(|s| async move { s.do_delete(req).await })
+            .await?)
     }
 
     async fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
@@ -306,12 +335,14 @@ impl Task for Service {
     }
 
     async fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
-        self.do_pause(&req.id, true).await?;
+        self.detached(|s| async move { s.do_pause(&req.id, true).await })
+            .await?;
         Ok(Empty::new())
     }
 
     async fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> ttrpc::Result<Empty> {
-        self.do_pause(&req.id, false).await?;
+        self.detached(|s| async move { s.do_pause(&req.id, false).await })
+            .await?;
         Ok(Empty::new())
     }
 
@@ -322,12 +353,14 @@ impl Task for Service {
     }
 
     async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
-        self.do_kill(req).await?;
+        self.detached(|s| async move { s.do_kill(req).await })
+            .await?;
         Ok(Empty::new())
     }
 
     async fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
-        self.do_exec(req).await?;
+        self.detached(|s| async move { s.do_exec(req).await })
+            .await?;
         Ok(Empty::new())
     }
 
@@ -354,7 +387,8 @@ impl Task for Service {
     }
 
     async fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
-        self.do_update(req).await?;
+        self.detached(|s| async move { s.do_update(req).await })
+            .await?;
         Ok(Empty::new())
     }
 
@@ -491,6 +525,35 @@ mod tests {
             "took the reused pid's older exit"
         );
         assert_eq!(st.unclaimed.len(), 1);
+    }
+
+    #[test]
+    fn detached_handler_finishes_when_its_caller_goes_away() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let svc = service();
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let call = svc.detached(|s| async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                s.state.lock().unwrap().creating.insert("c1".into());
+                let _ = done_tx.send(());
+                Ok(())
+            });
+            // The caller gives up (as a dropped connection does) before the handler is done.
+            let gave_up = tokio::time::timeout(Duration::from_millis(5), call).await;
+            assert!(
+                gave_up.is_err(),
+                "the handler finished too early to test this"
+            );
+            tokio::time::timeout(Duration::from_secs(10), done_rx)
+                .await
+                .expect("the handler was cancelled with its caller")
+                .unwrap();
+            assert!(svc.state.lock().unwrap().creating.contains("c1"));
+        });
     }
 
     #[test]
