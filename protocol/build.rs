@@ -101,6 +101,8 @@ mod grpc {
         "services/leases/v1/leases.proto",
         "services/events/v1/events.proto",
         "services/tasks/v1/tasks.proto",
+        // gRPC's standard health service (grpc-go's clients check it).
+        "grpc/health/v1/health.proto",
         // corral's own API (not in containerd).
         "corral/services/transfer/v1/transfer.proto",
     ];

@@ -22,6 +22,7 @@ pub use generated::*;
 
 pub mod any;
 pub mod client;
+pub mod health;
 pub mod unix;
 
 pub use prost;
