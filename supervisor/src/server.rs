@@ -103,7 +103,11 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     // the ttrpc socket above, which is up by now).
     runtime.load(&daemon.db).await;
 
+    // SERVING from here until shutdown begins: dockerd and containerd's Go client poll it
+    // before they subscribe to events again after a daemon restart.
+    let (health, serving) = protocol::grpc::health::Health::new(&[]);
     let router = tonic::transport::Server::builder()
+        .add_service(health.server())
         .add_service(VersionServer::new(version::VersionService))
         .add_service(
             crate::services::content::server(daemon.clone())
@@ -177,6 +181,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             _ = term.recv() => log::info!("SIGTERM: shutting down"),
             _ = int.recv() => log::info!("SIGINT: shutting down"),
         }
+        serving.send_replace(false);
         events.close();
     };
     log::info!(
