@@ -14,8 +14,12 @@ IMAGE_TAR := $(TARGET_DIR)/busybox-image.tar
 CORRALD_SOCK := /run/corral/corral.sock
 
 # Debian packages the tests and `make run` need. Installed only when something is missing.
-PACKAGES := runc containerd busybox-static docker-registry
-NEEDED_COMMANDS := runc containerd ctr containerd-shim-runc-v2 busybox docker-registry
+PACKAGES := runc containerd busybox-static docker-registry containernetworking-plugins iproute2 iptables
+NEEDED_COMMANDS := runc containerd ctr containerd-shim-runc-v2 busybox docker-registry ip iptables
+# Files of packages that install no command (the CNI plugins corral-cri runs).
+NEEDED_FILES := /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/loopback /usr/lib/cni/portmap
+# crictl and critest (cri-tools v1.36.0), shipped beside the checkout.
+CRI_TOOLS := $(CURDIR)/../shared/cri-tools
 
 .PHONY: all build release test lint fmt install deps run image bench clean
 
@@ -24,9 +28,14 @@ all: build
 ## deps: install missing runtime packages with apt-get (needs root)
 deps:
 	@missing=""; for c in $(NEEDED_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	for f in $(NEEDED_FILES); do [ -e $$f ] || missing="$$missing $$f"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "missing:$$missing; installing $(PACKAGES)"; \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(PACKAGES); \
+	fi
+	@if ! command -v crictl >/dev/null 2>&1 || ! command -v critest >/dev/null 2>&1; then \
+		echo "installing crictl and critest from $(CRI_TOOLS)"; \
+		$(CRI_TOOLS)/install.sh; \
 	fi
 
 ## build: debug build of every crate and binary (what the tests use)
