@@ -22,6 +22,8 @@ pub mod convert;
 pub mod filters;
 #[cfg(feature = "grpc")]
 pub mod grpc;
+#[cfg(feature = "image")]
+pub mod image;
 #[cfg(feature = "ttrpc")]
 pub mod ttrpc_gen;
 
