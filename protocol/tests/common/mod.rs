@@ -1,13 +1,13 @@
 //! Shared by the tests that hold our .proto files against the descriptors compiled into real
-//! Go binaries: finding those descriptors, reducing each type to what the wire depends on, and
-//! listing the differences.
+//! Go binaries (ctr for containerd, crictl for the CRI): finding those descriptors, reducing
+//! each type to what the wire depends on, and listing the differences.
 
 // Each test binary compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use protocol::grpc::prost::Message;
 use protocol::grpc::prost_types::{
@@ -128,6 +128,136 @@ pub fn gzipped_descriptors(binary: &[u8]) -> Vec<FileDescriptorProto> {
     files
 }
 
+/// Descriptors that newer protoc-gen-go embeds raw: each file's serialized
+/// `FileDescriptorProto` is a string constant (`file_..._rawDesc`) somewhere in the binary's
+/// read-only data, with nothing marking where it starts or ends.
+///
+/// The start: every serialized descriptor begins with field 1, the file name, directly followed
+/// by field 2, the package (tag 0x12); so each `.proto` + 0x12 is a candidate, and the start is
+/// the 0x0a tag whose length prefix ends the name exactly there. The end: Go marshals the
+/// fields in ascending number order, singular ones once, so we walk the top-level fields while
+/// they keep that order and have the right wire type, and stop at the first that does not (the
+/// next constant's bytes). What results must decode as a `FileDescriptorProto`.
+pub fn raw_descriptors(binary: &[u8]) -> Vec<FileDescriptorProto> {
+    let mut files = Vec::new();
+    let mut at = 0;
+    while let Some(pos) = find(&binary[at..], b".proto\x12") {
+        let name_end = at + pos + ".proto".len();
+        at = name_end;
+        let Some(start) = name_field_start(binary, name_end) else {
+            continue;
+        };
+        let end = descriptor_end(binary, start);
+        if let Ok(file) = FileDescriptorProto::decode(&binary[start..end])
+            && file.name().ends_with(".proto")
+        {
+            files.push(file);
+        }
+    }
+    files
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Where the `1: name` field ending at `name_end` starts: a 0x0a tag, then the name's length
+/// as a varint, then that many bytes, the last of them at `name_end - 1`.
+fn name_field_start(binary: &[u8], name_end: usize) -> Option<usize> {
+    const LONGEST_NAME: usize = 1024;
+    for len in ".proto".len()..=LONGEST_NAME.min(name_end) {
+        let mut prefix = vec![0x0a];
+        encode_varint(len as u64, &mut prefix);
+        let Some(start) = name_end.checked_sub(len + prefix.len()) else {
+            break;
+        };
+        if binary[start..start + prefix.len()] == prefix[..] {
+            return Some(start);
+        }
+    }
+    None
+}
+
+/// The end of the descriptor starting at `start`; see [`raw_descriptors`].
+fn descriptor_end(binary: &[u8], start: usize) -> usize {
+    // FileDescriptorProto's fields: 1 name, 2 package, 3 dependency, 4 message_type,
+    // 5 enum_type, 6 service, 7 extension, 8 options, 9 source_code_info, 10 public_dependency,
+    // 11 weak_dependency, 12 syntax, 14 edition. (number, wire type, repeated)
+    const FIELDS: &[(u64, u64, bool)] = &[
+        (1, 2, false),
+        (2, 2, false),
+        (3, 2, true),
+        (4, 2, true),
+        (5, 2, true),
+        (6, 2, true),
+        (7, 2, true),
+        (8, 2, false),
+        (9, 2, false),
+        (10, 0, true),
+        (11, 0, true),
+        (12, 2, false),
+        (14, 0, false),
+    ];
+    let mut pos = start;
+    let mut last: Option<(u64, bool)> = None;
+    loop {
+        let Some((tag, after_tag)) = decode_varint(binary, pos) else {
+            return pos;
+        };
+        let (number, wire_type) = (tag >> 3, tag & 7);
+        let Some(&(_, _, repeated)) = FIELDS
+            .iter()
+            .find(|(n, w, _)| *n == number && *w == wire_type)
+        else {
+            return pos;
+        };
+        let in_order = match last {
+            None => true,
+            Some((prev, prev_repeated)) => number > prev || (number == prev && prev_repeated),
+        };
+        if !in_order {
+            return pos;
+        }
+        let next = if wire_type == 2 {
+            match decode_varint(binary, after_tag) {
+                Some((len, body)) if body as u64 + len <= binary.len() as u64 => {
+                    body + len as usize
+                }
+                _ => return pos,
+            }
+        } else {
+            match decode_varint(binary, after_tag) {
+                Some((_, next)) => next,
+                None => return pos,
+            }
+        };
+        last = Some((number, repeated));
+        pos = next;
+    }
+}
+
+fn encode_varint(mut value: u64, out: &mut Vec<u8>) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// The varint at `pos` and the position after it.
+fn decode_varint(binary: &[u8], mut pos: usize) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *binary.get(pos)?;
+        pos += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Some((value, pos));
+        }
+    }
+    None
+}
+
 /// Our descriptors: everything under `proto/` compiled by protox, as build.rs does, without
 /// the well-known types protox adds.
 pub fn our_descriptors() -> Vec<FileDescriptorProto> {
@@ -160,7 +290,8 @@ fn proto_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
 
 /// Differences between our types and the reference's, one line each. Every type of ours must
 /// exist in the reference with exactly its items, less the `(type, item)` pairs in `extras`
-/// (fields we add on purpose). Types only the reference has are not reported.
+/// (fields we add on purpose). Types only the reference has are not reported here; see
+/// [`missing`].
 pub fn differences(
     ours: &Index,
     theirs: &Index,
@@ -194,4 +325,35 @@ pub fn differences(
         }
     }
     problems
+}
+
+/// The reference's types under `package.` that we do not define at all.
+pub fn missing(ours: &Index, theirs: &Index, package: &str, reference: &str) -> Vec<String> {
+    let prefix = format!("{package}.");
+    let mut problems = Vec::new();
+    for (kind, ours, theirs) in [
+        ("message", &ours.messages, &theirs.messages),
+        ("enum", &ours.enums, &theirs.enums),
+        ("service", &ours.services, &theirs.services),
+    ] {
+        for name in theirs.keys().filter(|n| n.starts_with(&prefix)) {
+            if !ours.contains_key(name) {
+                problems.push(format!("{kind} {name}: in {reference}, not in proto/"));
+            }
+        }
+    }
+    problems
+}
+
+/// A program by name: `env_var` if set, else the first match on `PATH`, else `fallback`.
+pub fn find_program(env_var: &str, name: &str, fallback: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_var) {
+        return PathBuf::from(path);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(fallback))
 }
