@@ -3,7 +3,9 @@
 //! - feature `ttrpc`: rust-protobuf messages and async ttrpc services (ttrpc-codegen), into
 //!   `$OUT_DIR/ttrpc/`;
 //! - feature `grpc`: prost messages and tonic clients/servers for the daemon API (protox +
-//!   tonic-prost-build), into `$OUT_DIR/grpc/`.
+//!   tonic-prost-build), into `$OUT_DIR/grpc/`;
+//! - feature `cri` (implies `grpc`): also the Kubernetes CRI `runtime.v1` and corral-cri's
+//!   records, in the same invocation so that they join the same module tree.
 //!
 //! The two families share some .proto files (Mount, Process, the task events) but never
 //! generated code: ttrpc 0.10 uses rust-protobuf, tonic 0.14 uses prost 0.14.
@@ -107,13 +109,24 @@ mod grpc {
         "corral/services/transfer/v1/transfer.proto",
     ];
 
+    /// With feature `cri`: the Kubernetes CRI and corral-cri's on-disk records.
+    const CRI_PROTOS: &[&str] = &["cri/runtime/v1/api.proto", "corral/cri/v1/records.proto"];
+
     pub fn generate() {
         let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("grpc");
         fs::create_dir_all(&out).unwrap();
-        for p in PROTOS {
+        let mut protos = PROTOS.to_vec();
+        // Cargo tells build scripts the enabled features through the environment.
+        if std::env::var_os("CARGO_FEATURE_CRI").is_some() {
+            protos.extend_from_slice(CRI_PROTOS);
+        }
+        for p in PROTOS.iter().chain(CRI_PROTOS) {
             println!("cargo:rerun-if-changed=proto/{p}");
         }
-        let fds = protox::compile(PROTOS, ["proto"]).unwrap_or_else(|e| panic!("{e:?}"));
+        // One compile and one code generation for everything: `include_file` then writes a
+        // single module tree, where `corral.cri.v1` and `corral.services.transfer.v1` share
+        // the `corral` module.
+        let fds = protox::compile(&protos, ["proto"]).unwrap_or_else(|e| panic!("{e:?}"));
         tonic_prost_build::configure()
             .build_server(true)
             .build_client(true)

@@ -12,6 +12,7 @@
 //! |---|---|---|---|
 //! | `ttrpc` (default) | ttrpc: shim task API, event forwarding | rust-protobuf 3, ttrpc 0.10 | [`shim`], [`shim_ttrpc`], [`events_ttrpc`], [`task_events`], … |
 //! | `grpc` | gRPC: the daemon API ctr and CRI call | prost 0.14, tonic 0.14 | `grpc::containerd::services::*::v1`, `grpc::any`, `grpc::unix` |
+//! | `cri` (implies `grpc`) | gRPC: the Kubernetes CRI kubelet and crictl call | prost 0.14, tonic 0.14 | `grpc::runtime::v1`, `grpc::corral::cri::v1` |
 //!
 //! The types are distinct Rust types even where the proto is shared (e.g. `Mount`); with both
 //! features, `convert` turns one into the other.

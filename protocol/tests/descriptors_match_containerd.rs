@@ -9,135 +9,11 @@
 //! `proto/`. Field *names* are compared too: they are not on the wire, but a renamed field is
 //! how a wrong number usually starts.
 
-use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+mod common;
 
-use protocol::grpc::prost::Message;
-use protocol::grpc::prost_types::{
-    DescriptorProto, EnumDescriptorProto, FileDescriptorProto, ServiceDescriptorProto,
-};
+use std::path::PathBuf;
 
-/// Every type, by full name (without the leading dot), reduced to what the wire depends on.
-#[derive(Default)]
-struct Index {
-    messages: BTreeMap<String, Vec<String>>,
-    enums: BTreeMap<String, Vec<String>>,
-    services: BTreeMap<String, Vec<String>>,
-}
-
-impl Index {
-    fn add_file(&mut self, file: &FileDescriptorProto) {
-        let package = file.package();
-        for m in &file.message_type {
-            self.add_message(package, m);
-        }
-        for e in &file.enum_type {
-            self.add_enum(package, e);
-        }
-        for s in &file.service {
-            self.add_service(package, s);
-        }
-    }
-
-    fn add_message(&mut self, scope: &str, m: &DescriptorProto) {
-        let name = format!("{scope}.{}", m.name());
-        let mut fields: Vec<String> = m
-            .field
-            .iter()
-            .map(|f| {
-                format!(
-                    "{} {} {:?} {:?} {}",
-                    f.number(),
-                    f.name(),
-                    f.r#type(),
-                    f.label(),
-                    f.type_name()
-                )
-            })
-            .collect();
-        fields.sort();
-        for n in &m.nested_type {
-            self.add_message(&name, n);
-        }
-        for e in &m.enum_type {
-            self.add_enum(&name, e);
-        }
-        self.messages.insert(name, fields);
-    }
-
-    fn add_enum(&mut self, scope: &str, e: &EnumDescriptorProto) {
-        let mut values: Vec<String> = e
-            .value
-            .iter()
-            .map(|v| format!("{} {}", v.number(), v.name()))
-            .collect();
-        values.sort();
-        self.enums.insert(format!("{scope}.{}", e.name()), values);
-    }
-
-    fn add_service(&mut self, package: &str, s: &ServiceDescriptorProto) {
-        let mut methods: Vec<String> = s
-            .method
-            .iter()
-            .map(|m| {
-                format!(
-                    "{}({}{}) -> {}{}",
-                    m.name(),
-                    if m.client_streaming() { "stream " } else { "" },
-                    m.input_type(),
-                    if m.server_streaming() { "stream " } else { "" },
-                    m.output_type()
-                )
-            })
-            .collect();
-        methods.sort();
-        self.services
-            .insert(format!("{package}.{}", s.name()), methods);
-    }
-}
-
-/// The descriptors embedded in a Go binary: gzip members that decode as a
-/// `FileDescriptorProto` whose name ends in `.proto`.
-fn embedded_descriptors(binary: &[u8]) -> Vec<FileDescriptorProto> {
-    const GZIP: &[u8] = &[0x1f, 0x8b, 0x08];
-    let mut files = Vec::new();
-    let mut at = 0;
-    while let Some(pos) = binary[at..].windows(3).position(|w| w == GZIP) {
-        let start = at + pos;
-        at = start + 1;
-        let mut raw = Vec::new();
-        if flate2::read::GzDecoder::new(&binary[start..])
-            .read_to_end(&mut raw)
-            .is_err()
-        {
-            continue;
-        }
-        if let Ok(file) = FileDescriptorProto::decode(raw.as_slice())
-            && file.name().ends_with(".proto")
-        {
-            files.push(file);
-        }
-    }
-    files
-}
-
-fn proto_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            proto_files(root, &path, out);
-        } else if path.extension().is_some_and(|e| e == "proto") {
-            out.push(
-                path.strip_prefix(root)
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .to_owned(),
-            );
-        }
-    }
-}
+use common::Index;
 
 /// Fields we define that containerd 1.6 does not know, on purpose. Unknown fields are skipped
 /// by every protobuf decoder, so these cost 1.6 nothing.
@@ -153,33 +29,6 @@ const KNOWN_EXTRAS: &[(&str, &str)] = &[
     ),
 ];
 
-fn compare(
-    kind: &str,
-    ours: &BTreeMap<String, Vec<String>>,
-    theirs: &BTreeMap<String, Vec<String>>,
-    problems: &mut Vec<String>,
-) {
-    for (name, mine) in ours {
-        let mine: Vec<String> = mine
-            .iter()
-            .filter(|item| !KNOWN_EXTRAS.contains(&(name.as_str(), item.as_str())))
-            .cloned()
-            .collect();
-        let mine = &mine;
-        match theirs.get(name) {
-            None => problems.push(format!("{kind} {name}: not in containerd 1.6")),
-            Some(ref_items) if ref_items != mine => {
-                let missing: Vec<_> = ref_items.iter().filter(|i| !mine.contains(i)).collect();
-                let extra: Vec<_> = mine.iter().filter(|i| !ref_items.contains(i)).collect();
-                problems.push(format!(
-                    "{kind} {name}: containerd has {missing:?} that we lack; we have {extra:?} that containerd lacks"
-                ));
-            }
-            Some(_) => {}
-        }
-    }
-}
-
 #[test]
 fn our_protos_match_the_ones_compiled_into_ctr() {
     let ctr =
@@ -192,7 +41,7 @@ fn our_protos_match_the_ones_compiled_into_ctr() {
         )
     });
     let mut theirs = Index::default();
-    for file in embedded_descriptors(&binary) {
+    for file in common::gzipped_descriptors(&binary) {
         theirs.add_file(&file);
     }
     assert!(
@@ -203,17 +52,12 @@ fn our_protos_match_the_ones_compiled_into_ctr() {
         ctr.display()
     );
 
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
-    let mut files = Vec::new();
-    proto_files(&root, &root, &mut files);
-    let fds = protox::compile(&files, [&root]).unwrap();
     let mut ours = Index::default();
-    for file in fds
-        .file
+    for file in common::our_descriptors()
         .iter()
-        .filter(|f| !f.name().starts_with("google/protobuf/"))
-        // corral's own API (`corral.*`) is not containerd's.
-        .filter(|f| !f.package().starts_with("corral."))
+        // corral's own API (`corral.*`) is not containerd's, and the CRI (`runtime.v1`) is
+        // checked against crictl (cri_descriptors_match_crictl.rs).
+        .filter(|f| !f.package().starts_with("corral.") && !f.package().starts_with("runtime."))
     {
         ours.add_file(file);
     }
@@ -239,10 +83,7 @@ fn our_protos_match_the_ones_compiled_into_ctr() {
             .contains_key("containerd.events.ContainerCreate.Runtime")
     );
 
-    let mut problems = Vec::new();
-    compare("message", &ours.messages, &theirs.messages, &mut problems);
-    compare("enum", &ours.enums, &theirs.enums, &mut problems);
-    compare("service", &ours.services, &theirs.services, &mut problems);
+    let problems = common::differences(&ours, &theirs, "containerd 1.6", KNOWN_EXTRAS);
     assert!(
         problems.is_empty(),
         "{} differences from containerd 1.6:\n{}",

@@ -6,10 +6,17 @@
 //!
 //! Every generated server trait has default method bodies answering `Unimplemented`, so a
 //! service implements what it supports and nothing answers by accident.
+//!
+//! With feature `cri`, the same tree also holds the Kubernetes CRI (`runtime::v1`:
+//! `runtime_service_server`, `image_service_client`, ...) and corral-cri's on-disk records
+//! (`corral::cri::v1`).
 
+// `deprecated`: CRI marks a few fields deprecated (e.g. `seccomp_profile_path`) and prost turns
+// that into `#[deprecated]`, which the generated code itself then touches.
 #[allow(
     clippy::all,
     clippy::pedantic,
+    deprecated,
     missing_docs,
     rustdoc::all,
     unused_qualifications
