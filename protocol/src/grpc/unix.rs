@@ -21,3 +21,16 @@ pub async fn connect(path: impl AsRef<Path>) -> Result<Channel, tonic::transport
         }))
         .await
 }
+
+/// Like [`connect`], but returns at once: the first call dials, and a call made while the
+/// server is down fails with Unavailable instead of blocking. For long-running clients (corral-cri)
+/// that must start, and keep serving, whether or not the daemon is up.
+pub fn connect_lazy(path: impl AsRef<Path>) -> Channel {
+    let path: PathBuf = path.as_ref().to_owned();
+    Endpoint::from_static("http://localhost").connect_with_connector_lazy(tower::service_fn(
+        move |_: Uri| {
+            let path = path.clone();
+            async move { UnixStream::connect(path).await.map(TokioIo::new) }
+        },
+    ))
+}
