@@ -25,5 +25,20 @@
 //! named by pod id, so that start-up can match the two and remove what no record accounts for.
 
 pub mod config;
+pub mod container;
+pub mod core;
+pub mod corrald;
 pub mod error;
+pub mod events;
+pub mod ids;
+pub mod image;
+pub mod monitor;
 pub mod network;
+pub mod oci;
+pub mod records;
+mod recover;
+pub mod sandbox;
+pub mod server;
+pub mod spec;
+pub mod store;
+pub mod system;

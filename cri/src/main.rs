@@ -83,6 +83,24 @@ fn main() -> ExitCode {
         eprintln!("corral-cri: {e}");
         return ExitCode::FAILURE;
     }
-    eprintln!("corral-cri: serving is not built yet");
-    ExitCode::FAILURE
+    cri::server::init_logging(&cfg.debug.level);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("corral-cri: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(cri::server::serve(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("corral-cri: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

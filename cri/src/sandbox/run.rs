@@ -1,0 +1,235 @@
+//! RunPodSandbox: a pod's network, files and pause container.
+//!
+//! ```text
+//!  reserve name ─▶ sandbox image (pull if missing)
+//!    ─▶ netns <root>/netns/<id>  + CNI ADD (unless host network)     ─┐ on disk, found by id
+//!    ─▶ files <root>/sandboxes/<id>: hostname, hosts, resolv.conf, shm ─┘ at start-up
+//!    ─▶ corrald container <id> (pause spec, SandboxRecord with the IPs) ─┐ in corrald
+//!    ─▶ snapshot <id> on the image's top layer                          │
+//!    ─▶ task create + start                                           ─┘
+//!    ─▶ in the view as READY
+//! ```
+//!
+//! Crash safety: every step is named by the pod id, and each is undone by
+//! [`Cri::release_sandbox`], which is idempotent and also what StopPodSandbox/RemovePodSandbox
+//! and start-up use. A failure undoes everything done so far; a crash leaves either a record
+//! (the pod shows NOTREADY and kubelet removes it) or, before the record exists, a network
+//! namespace and a directory that start-up finds without a record and removes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use protocol::grpc::any;
+use protocol::grpc::containerd::services::containers::v1::{Container, container};
+use protocol::grpc::containerd::services::tasks::v1::CreateTaskRequest;
+use protocol::grpc::corral::cri::v1::SandboxRecord;
+use protocol::grpc::runtime::v1::{
+    ContainerEventType, PodSandboxConfig, Protocol, RunPodSandboxRequest, RunPodSandboxResponse,
+};
+
+use crate::core::Cri;
+use crate::corrald::now_nanos;
+use crate::error::{Context, Error, Result};
+use crate::network::{Dns, NetNs, PodNetwork, PortMapping};
+use crate::records;
+use crate::spec;
+use crate::store::Sandbox;
+
+impl Cri {
+    pub async fn run_pod_sandbox(&self, r: RunPodSandboxRequest) -> Result<RunPodSandboxResponse> {
+        let config = r
+            .config
+            .ok_or_else(|| Error::invalid("RunPodSandbox: config is required"))?;
+        let meta = config
+            .metadata
+            .as_ref()
+            .ok_or_else(|| Error::invalid("RunPodSandbox: config.metadata is required"))?;
+        for (what, v) in [
+            ("name", &meta.name),
+            ("namespace", &meta.namespace),
+            ("uid", &meta.uid),
+        ] {
+            if v.is_empty() {
+                return Err(Error::invalid(format!(
+                    "RunPodSandbox: config.metadata.{what} is empty"
+                )));
+            }
+        }
+        let runtime = self
+            .cfg
+            .runtime(&r.runtime_handler)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "RunPodSandbox: no runtime handler {:?} is configured (have: {})",
+                    r.runtime_handler,
+                    self.cfg
+                        .runtimes
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?
+            .clone();
+        let id = crate::ids::new_id();
+        let name = crate::ids::sandbox_name(meta);
+        self.store.reserve_name(&name, &id)?;
+        let record = SandboxRecord {
+            config: Some(config),
+            runtime_handler: r.runtime_handler,
+            created_at: now_nanos(),
+            image: self.cfg.sandbox_image.clone(),
+            ..Default::default()
+        };
+        match self.start_sandbox(&id, record, &runtime.runtime_type).await {
+            Ok(s) => {
+                let sid = s.id.clone();
+                self.store.put_sandbox(s);
+                self.emit_sandbox(&sid, ContainerEventType::ContainerCreatedEvent);
+                self.emit_sandbox(&sid, ContainerEventType::ContainerStartedEvent);
+                Ok(RunPodSandboxResponse {
+                    pod_sandbox_id: sid,
+                })
+            }
+            Err(e) => {
+                if let Err(undo) = self.release_sandbox(&id, None).await {
+                    log::warn!("pod {id}: undo after a failed RunPodSandbox: {undo}");
+                }
+                self.store.release_name(&name, &id);
+                Err(e.context(format!("run pod sandbox {name}")))
+            }
+        }
+    }
+
+    async fn start_sandbox(
+        &self,
+        id: &str,
+        mut record: SandboxRecord,
+        runtime_type: &str,
+    ) -> Result<Sandbox> {
+        let config = record.config.clone().unwrap_or_default();
+        let image = self
+            .images
+            .ensure(&self.cfg.sandbox_image, None)
+            .await
+            .with_context(|| format!("sandbox image {}", self.cfg.sandbox_image))?;
+
+        let netns = if spec::host_network(&config) {
+            None
+        } else {
+            let path = self.netns_dir().join(id);
+            let ns = tokio::task::spawn_blocking(move || NetNs::create(&path))
+                .await
+                .map_err(|e| Error::internal(e.to_string()))?
+                .context("create the pod's network namespace")?;
+            let pod = pod_network(id, ns.path(), &config);
+            let up = self
+                .cni
+                .setup(&pod)
+                .await
+                .map_err(|e| Error::new(e.code(), format!("set up the pod network: {e}")))?;
+            record.netns_path = ns.path().to_string_lossy().into_owned();
+            record.ip = up.ip.to_string();
+            record.additional_ips = up.additional_ips.iter().map(|i| i.to_string()).collect();
+            record.cni_result = up.raw;
+            record.cni_config_name = up.network;
+            Some(ns.path().to_path_buf())
+        };
+
+        let dir = self.sandbox_dir(id);
+        let cfg2 = config.clone();
+        let files = tokio::task::spawn_blocking(move || super::files::setup(&dir, &cfg2))
+            .await
+            .map_err(|e| Error::internal(e.to_string()))?
+            .context("write the pod's files")?;
+
+        let spec = spec::sandbox(&spec::SandboxInput {
+            id,
+            config: &config,
+            image: &image.config,
+            netns: netns.as_deref(),
+            files: &files,
+            cgroup_driver: &self.cfg.cgroup_driver,
+        })?;
+        let mut labels = HashMap::new();
+        labels.insert(records::KIND_LABEL.into(), records::KIND_SANDBOX.into());
+        let mut extensions = HashMap::new();
+        extensions.insert(records::SANDBOX_EXT.into(), records::pack_sandbox(&record));
+        self.corrald
+            .create_container(Container {
+                id: id.to_string(),
+                labels,
+                image: image.name.clone(),
+                runtime: Some(container::Runtime {
+                    name: runtime_type.to_string(),
+                    options: None,
+                }),
+                spec: Some(any::pack_raw(any::OCI_SPEC, spec.to_string().into_bytes())),
+                snapshotter: self.corrald.snapshotter().to_string(),
+                snapshot_key: id.to_string(),
+                extensions,
+                ..Default::default()
+            })
+            .await?;
+        self.corrald.prepare_snapshot(id, &image.chain_id).await?;
+        self.corrald
+            .create_task(CreateTaskRequest {
+                container_id: id.to_string(),
+                ..Default::default()
+            })
+            .await?;
+        let pid = self.corrald.start(id, "").await?;
+        let name = config
+            .metadata
+            .as_ref()
+            .map(crate::ids::sandbox_name)
+            .unwrap_or_default();
+        Ok(Sandbox {
+            id: id.to_string(),
+            name,
+            record: Arc::new(record),
+            ready: true,
+            pid,
+            stopped: false,
+        })
+    }
+}
+
+/// What CNI needs to know of a pod.
+pub fn pod_network(id: &str, netns: &std::path::Path, config: &PodSandboxConfig) -> PodNetwork {
+    let mut pod = PodNetwork::new(id, netns);
+    if let Some(m) = &config.metadata {
+        pod.namespace = m.namespace.clone();
+        pod.name = m.name.clone();
+        pod.uid = m.uid.clone();
+    }
+    pod.port_mappings = config
+        .port_mappings
+        .iter()
+        .filter(|p| p.host_port > 0)
+        .map(|p| PortMapping {
+            host_port: p.host_port as u16,
+            container_port: p.container_port as u16,
+            protocol: match Protocol::try_from(p.protocol) {
+                Ok(Protocol::Udp) => "udp",
+                Ok(Protocol::Sctp) => "sctp",
+                _ => "tcp",
+            }
+            .to_string(),
+            host_ip: p.host_ip.clone(),
+        })
+        .collect();
+    if let Some(d) = &config.dns_config {
+        pod.dns = Some(Dns {
+            servers: d.servers.clone(),
+            searches: d.searches.clone(),
+            options: d.options.clone(),
+        });
+    }
+    pod.annotations = config
+        .annotations
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    pod
+}

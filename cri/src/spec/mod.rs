@@ -1,0 +1,318 @@
+//! OCI runtime specs for pods and containers, built from the CRI configs and the image config
+//! the way containerd 1.6's CRI plugin builds them (pkg/cri/server/{sandbox,container}_create_linux.go,
+//! pkg/cri/opts/spec_linux.go), as JSON for corrald's `Container.spec`.
+//!
+//! ```text
+//!  PodSandboxConfig ─┐                          ContainerConfig ─┐
+//!  image config ─────┼─▶ sandbox() ─▶ pause     PodSandboxConfig ┼─▶ container() ─▶ spec
+//!  netns, files ─────┘     spec                 image config,    │     joins the pause's
+//!                                               /etc of image ───┘     net/ipc/uts/pid namespaces
+//! ```
+//!
+//! Pure functions: no I/O, no corrald. Everything they need arrives in the input structs
+//! (including the image's /etc/passwd and /etc/group, read by the caller), so every rule is
+//! unit-tested without root.
+
+use std::path::{Path, PathBuf};
+
+use protocol::grpc::runtime::v1::{
+    ContainerConfig, LinuxContainerResources, NamespaceMode, PodSandboxConfig,
+};
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::oci::ImageConfig;
+
+/// Files a pod's containers get from the pod (under `<root>/sandboxes/<id>/`).
+#[derive(Clone, Debug, Default)]
+pub struct SandboxFiles {
+    pub hostname: PathBuf,
+    pub hosts: PathBuf,
+    pub resolv_conf: PathBuf,
+    /// The pod's /dev/shm (a tmpfs); None with the host's IPC namespace.
+    pub shm: Option<PathBuf>,
+}
+
+/// The image's user database, for names in USER and run_as_username, and for the groups a
+/// user belongs to. None: the image has no such file.
+#[derive(Clone, Debug, Default)]
+pub struct ImageEtc {
+    pub passwd: Option<String>,
+    pub group: Option<String>,
+}
+
+pub struct SandboxInput<'a> {
+    pub id: &'a str,
+    pub config: &'a PodSandboxConfig,
+    pub image: &'a ImageConfig,
+    /// The pod's network namespace; None with the host's network.
+    pub netns: Option<&'a Path>,
+    pub files: &'a SandboxFiles,
+    /// `cgroupfs` or `systemd`.
+    pub cgroup_driver: &'a str,
+}
+
+pub struct ContainerInput<'a> {
+    pub id: &'a str,
+    pub sandbox_id: &'a str,
+    pub config: &'a ContainerConfig,
+    pub sandbox: &'a PodSandboxConfig,
+    /// The pause process, whose namespaces the container joins.
+    pub sandbox_pid: u32,
+    pub netns: Option<&'a Path>,
+    pub files: &'a SandboxFiles,
+    pub image: &'a ImageConfig,
+    pub etc: &'a ImageEtc,
+    pub cgroup_driver: &'a str,
+}
+
+/// The pod's host-namespace choices.
+pub fn host_network(config: &PodSandboxConfig) -> bool {
+    namespace_mode(config, |o| o.network) == NamespaceMode::Node as i32
+}
+
+pub fn host_ipc(config: &PodSandboxConfig) -> bool {
+    namespace_mode(config, |o| o.ipc) == NamespaceMode::Node as i32
+}
+
+pub fn host_pid(config: &PodSandboxConfig) -> bool {
+    namespace_mode(config, |o| o.pid) == NamespaceMode::Node as i32
+}
+
+fn namespace_mode(
+    config: &PodSandboxConfig,
+    f: impl Fn(&protocol::grpc::runtime::v1::NamespaceOption) -> i32,
+) -> i32 {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .map(f)
+        .unwrap_or(NamespaceMode::Pod as i32)
+}
+
+/// The cgroups path of a pod or container under `parent`.
+pub fn cgroups_path(driver: &str, parent: &str, id: &str) -> String {
+    if driver == "systemd" {
+        let slice = if parent.is_empty() {
+            "system.slice"
+        } else {
+            parent
+        };
+        format!("{slice}:corral:{id}")
+    } else if parent.is_empty() {
+        format!("/k8s.io/{id}")
+    } else {
+        format!("{}/{id}", parent.trim_end_matches('/'))
+    }
+}
+
+/// The pause container's spec.
+pub fn sandbox(i: &SandboxInput) -> Result<Value> {
+    let mut args = i.image.entrypoint.clone();
+    args.extend(i.image.cmd.iter().cloned());
+    if args.is_empty() {
+        return Err(Error::invalid(
+            "the sandbox image has no entrypoint or command",
+        ));
+    }
+    let parent = i
+        .config
+        .linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.as_str())
+        .unwrap_or("");
+    let mut namespaces = vec![json!({"type": "mount"})];
+    if let Some(p) = i.netns {
+        namespaces.push(json!({"type": "network", "path": p}));
+    }
+    if !host_ipc(i.config) {
+        namespaces.push(json!({"type": "ipc"}));
+    }
+    if !host_pid(i.config) {
+        namespaces.push(json!({"type": "pid"}));
+    }
+    let hostname = if i.netns.is_some() {
+        namespaces.push(json!({"type": "uts"}));
+        i.config.hostname.clone()
+    } else {
+        String::new()
+    };
+    let mut spec = base_spec(args, i.image.env.clone(), "/".into());
+    spec["hostname"] = json!(hostname);
+    spec["linux"]["namespaces"] = json!(namespaces);
+    spec["linux"]["cgroupsPath"] = json!(cgroups_path(i.cgroup_driver, parent, i.id));
+    Ok(spec)
+}
+
+/// A container's spec.
+pub fn container(i: &ContainerInput) -> Result<Value> {
+    let mut args = if i.config.command.is_empty() {
+        i.image.entrypoint.clone()
+    } else {
+        i.config.command.clone()
+    };
+    if !i.config.args.is_empty() {
+        args.extend(i.config.args.iter().cloned());
+    } else if i.config.command.is_empty() {
+        args.extend(i.image.cmd.iter().cloned());
+    }
+    if args.is_empty() {
+        return Err(Error::invalid(
+            "no command: neither the container config nor the image gives one",
+        ));
+    }
+    let mut env = i.image.env.clone();
+    for kv in &i.config.envs {
+        env.retain(|e| e.split('=').next() != Some(kv.key.as_str()));
+        env.push(format!("{}={}", kv.key, kv.value));
+    }
+    let cwd = if !i.config.working_dir.is_empty() {
+        i.config.working_dir.clone()
+    } else if !i.image.working_dir.is_empty() {
+        i.image.working_dir.clone()
+    } else {
+        "/".to_string()
+    };
+    let mut spec = base_spec(args, env, cwd);
+    spec["process"]["terminal"] = json!(i.config.tty);
+    let parent = i
+        .sandbox
+        .linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.as_str())
+        .unwrap_or("");
+    let pid = i.sandbox_pid;
+    let mut namespaces = vec![json!({"type": "mount"})];
+    match i.netns {
+        Some(p) => namespaces.push(json!({"type": "network", "path": p})),
+        None if !host_network(i.sandbox) => {
+            namespaces.push(json!({"type": "network", "path": format!("/proc/{pid}/ns/net")}))
+        }
+        None => {}
+    }
+    if !host_ipc(i.sandbox) {
+        namespaces.push(json!({"type": "ipc", "path": format!("/proc/{pid}/ns/ipc")}));
+    }
+    if !host_network(i.sandbox) {
+        namespaces.push(json!({"type": "uts", "path": format!("/proc/{pid}/ns/uts")}));
+    }
+    if !host_pid(i.sandbox) {
+        namespaces.push(json!({"type": "pid", "path": format!("/proc/{pid}/ns/pid")}));
+    }
+    spec["linux"]["namespaces"] = json!(namespaces);
+    spec["linux"]["cgroupsPath"] = json!(cgroups_path(i.cgroup_driver, parent, i.id));
+    let mounts = spec["mounts"].as_array_mut().expect("base spec has mounts");
+    for (dst, src) in [
+        ("/etc/hostname", Some(&i.files.hostname)),
+        ("/etc/hosts", Some(&i.files.hosts)),
+        ("/etc/resolv.conf", Some(&i.files.resolv_conf)),
+        ("/dev/shm", i.files.shm.as_ref()),
+    ] {
+        if let Some(src) = src
+            && !i.config.mounts.iter().any(|m| m.container_path == dst)
+        {
+            mounts.retain(|m| m["destination"] != dst);
+            mounts.push(json!({"destination": dst, "type": "bind", "source": src,
+                "options": ["rbind", "rprivate", "rw"]}));
+        }
+    }
+    for m in &i.config.mounts {
+        let mut options = vec!["rbind", "rprivate"];
+        options.push(if m.readonly { "ro" } else { "rw" });
+        mounts.push(json!({"destination": m.container_path, "type": "bind",
+            "source": m.host_path, "options": options}));
+    }
+    Ok(spec)
+}
+
+/// The process of an exec in a container: the container's process with another command.
+pub fn exec_process(container_spec: &Value, cmd: &[String], tty: bool) -> Result<Value> {
+    let mut p = container_spec
+        .get("process")
+        .cloned()
+        .ok_or_else(|| Error::internal("the container's spec has no process"))?;
+    p["args"] = json!(cmd);
+    p["terminal"] = json!(tty);
+    Ok(p)
+}
+
+/// `LinuxResources` (OCI) for an update of a running container's limits.
+pub fn linux_resources(r: &LinuxContainerResources) -> Value {
+    let mut cpu = serde_json::Map::new();
+    if r.cpu_shares != 0 {
+        cpu.insert("shares".into(), json!(r.cpu_shares));
+    }
+    if r.cpu_quota != 0 {
+        cpu.insert("quota".into(), json!(r.cpu_quota));
+    }
+    if r.cpu_period != 0 {
+        cpu.insert("period".into(), json!(r.cpu_period));
+    }
+    if !r.cpuset_cpus.is_empty() {
+        cpu.insert("cpus".into(), json!(r.cpuset_cpus));
+    }
+    if !r.cpuset_mems.is_empty() {
+        cpu.insert("mems".into(), json!(r.cpuset_mems));
+    }
+    let mut memory = serde_json::Map::new();
+    if r.memory_limit_in_bytes != 0 {
+        memory.insert("limit".into(), json!(r.memory_limit_in_bytes));
+    }
+    json!({"cpu": cpu, "memory": memory})
+}
+
+fn base_spec(args: Vec<String>, env: Vec<String>, cwd: String) -> Value {
+    json!({
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": env,
+            "cwd": cwd,
+            "capabilities": {
+                "bounding": crate::spec::DEFAULT_CAPS,
+                "effective": crate::spec::DEFAULT_CAPS,
+                "permitted": crate::spec::DEFAULT_CAPS,
+            },
+            "noNewPrivileges": false,
+        },
+        "root": {"path": "rootfs"},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+        ],
+        "linux": {
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+        },
+    })
+}
+
+/// containerd's default capabilities.
+pub const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];

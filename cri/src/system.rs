@@ -1,0 +1,152 @@
+//! Version, Status, RuntimeConfig and UpdateRuntimeConfig: what the runtime is and whether it
+//! can take pods.
+
+use std::collections::HashMap;
+
+use protocol::grpc::runtime::v1::{
+    CgroupDriver, LinuxRuntimeConfiguration, RuntimeCondition, RuntimeConfigResponse,
+    RuntimeFeatures, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus, StatusRequest,
+    StatusResponse, UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse, VersionResponse,
+};
+use serde_json::json;
+
+use crate::core::Cri;
+use crate::error::{Error, Result};
+
+/// The CRI version we speak.
+pub const CRI_VERSION: &str = "v1";
+pub const RUNTIME_NAME: &str = "corral";
+/// kubelet's `version` field: the CRI API's own version (what containerd sends too).
+pub const KUBE_API_VERSION: &str = "0.1.0";
+
+impl Cri {
+    pub fn version(&self) -> VersionResponse {
+        VersionResponse {
+            version: KUBE_API_VERSION.into(),
+            runtime_name: RUNTIME_NAME.into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: CRI_VERSION.into(),
+        }
+    }
+
+    /// RuntimeReady says whether corrald answers; NetworkReady whether a CNI config is there.
+    pub async fn status(&self, r: StatusRequest) -> Result<StatusResponse> {
+        let corrald = self.corrald.version().await;
+        let runtime = match &corrald {
+            Ok(_) => condition("RuntimeReady", true, "", ""),
+            Err(e) => condition(
+                "RuntimeReady",
+                false,
+                "CorraldUnreachable",
+                &format!("corrald at {}: {e}", self.cfg.address.display()),
+            ),
+        };
+        let network = match self.cni.status() {
+            Ok(_) => condition("NetworkReady", true, "", ""),
+            Err(e) => condition(
+                "NetworkReady",
+                false,
+                crate::network::NETWORK_NOT_READY_REASON,
+                &format!("Network plugin returns error: {e}"),
+            ),
+        };
+        let mut info = HashMap::new();
+        if r.verbose {
+            let v = json!({
+                "corrald": self.cfg.address,
+                "corraldVersion": corrald.ok(),
+                "namespace": self.cfg.namespace,
+                "sandboxImage": self.cfg.sandbox_image,
+                "cniConfDir": self.cfg.cni.conf_dir,
+                "cniBinDirs": self.cfg.cni.bin_dirs,
+                "root": self.cfg.root,
+                "runtimes": self.cfg.runtimes.iter()
+                    .map(|(k, v)| (k.clone(), v.runtime_type.clone()))
+                    .collect::<HashMap<_, _>>(),
+            });
+            info.insert("config".to_string(), v.to_string());
+        }
+        let features = RuntimeHandlerFeatures {
+            recursive_read_only_mounts: false,
+            user_namespaces: false,
+        };
+        let mut runtime_handlers: Vec<RuntimeHandler> = self
+            .cfg
+            .runtimes
+            .keys()
+            .map(|name| RuntimeHandler {
+                name: name.clone(),
+                features: Some(features),
+            })
+            .collect();
+        // The default handler is also reachable as "" (what kubelet sends without a
+        // RuntimeClass).
+        runtime_handlers.insert(
+            0,
+            RuntimeHandler {
+                name: String::new(),
+                features: Some(features),
+            },
+        );
+        Ok(StatusResponse {
+            status: Some(RuntimeStatus {
+                conditions: vec![runtime, network],
+            }),
+            info,
+            runtime_handlers,
+            features: Some(RuntimeFeatures {
+                supplemental_groups_policy: true,
+                // User namespaces are not supported at all yet.
+                user_namespaces_host_network: false,
+            }),
+        })
+    }
+
+    pub fn runtime_config(&self) -> RuntimeConfigResponse {
+        let driver = if self.cfg.cgroup_driver == "systemd" {
+            CgroupDriver::Systemd
+        } else {
+            CgroupDriver::Cgroupfs
+        };
+        RuntimeConfigResponse {
+            linux: Some(LinuxRuntimeConfiguration {
+                cgroup_driver: driver as i32,
+            }),
+        }
+    }
+
+    /// kubelet's pod CIDR: written into a CNI config from `[cni] conf_template`, if set.
+    pub async fn update_runtime_config(
+        &self,
+        r: UpdateRuntimeConfigRequest,
+    ) -> Result<UpdateRuntimeConfigResponse> {
+        let cidr = r
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        if cidr.is_empty() || self.cfg.cni.conf_template.as_os_str().is_empty() {
+            return Ok(UpdateRuntimeConfigResponse {});
+        }
+        match self
+            .cni
+            .write_conf_from_template(&self.cfg.cni.conf_template, &cidr)
+        {
+            Ok(Some(path)) => log::info!("pod CIDR {cidr}: wrote {}", path.display()),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Error::new(e.code(), format!("pod CIDR {cidr}: {e}")));
+            }
+        }
+        Ok(UpdateRuntimeConfigResponse {})
+    }
+}
+
+fn condition(kind: &str, ok: bool, reason: &str, message: &str) -> RuntimeCondition {
+    RuntimeCondition {
+        r#type: kind.into(),
+        status: ok,
+        reason: reason.into(),
+        message: message.into(),
+    }
+}
