@@ -255,10 +255,20 @@ pub fn manifest_for_gzip_layers(
     layers: &[Vec<u8>],
     diff_ids: &[String],
 ) -> io::Result<(Vec<u8>, Vec<u8>)> {
+    manifest_with_run_config(layers, diff_ids, serde_json::json!({ "Cmd": ["sh"] }))
+}
+
+/// Like [`manifest_for_gzip_layers`], with `run_config` as the config's `config` object
+/// (Entrypoint, Cmd, Env, User, StopSignal, ...).
+pub fn manifest_with_run_config(
+    layers: &[Vec<u8>],
+    diff_ids: &[String],
+    run_config: serde_json::Value,
+) -> io::Result<(Vec<u8>, Vec<u8>)> {
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": oci_arch(),
         "os": "linux",
-        "config": { "Cmd": ["sh"] },
+        "config": run_config,
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
     }))?;
     let layer_descs: Vec<_> = layers.iter().map(|l| descriptor(MEDIA_LAYER, l)).collect();
@@ -367,6 +377,45 @@ fn descriptor(media_type: &str, blob: &[u8]) -> serde_json::Value {
         "digest": sha256_digest(blob),
         "size": blob.len(),
     })
+}
+
+/// An OCI image layout tar named `reference` holding only `/pause`, our own static pause
+/// program (`integration/images/pause.c`, compiled here with `cc -static`), as its entrypoint:
+/// the pod sandbox image for CRI tests, built without a registry.
+pub fn pause_image_tar(reference: &str) -> io::Result<Vec<u8>> {
+    let dir = tempfile::tempdir()?;
+    let bin = dir.path().join("pause");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/pause.c");
+    let out = std::process::Command::new("cc")
+        .args(["-static", "-Os", "-s", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "cc -static {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    add_file(&mut b, "pause", 0o755, &std::fs::read(&bin)?)?;
+    let layer_tar = b.into_inner()?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&layer_tar)?;
+    let layers = vec![gz.finish()?];
+    let (manifest, config) = manifest_with_run_config(
+        &layers,
+        &[sha256_digest(&layer_tar)],
+        serde_json::json!({ "Entrypoint": ["/pause"], "User": "65535:65535" }),
+    )?;
+    let img = ImageBlobs {
+        manifest,
+        config,
+        layers,
+        layer_tars: vec![layer_tar],
+    };
+    oci_layout_tar(&img, reference)
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ pub mod cli;
 pub mod cmd;
 pub mod containerd;
 pub mod corrald;
+pub mod cri;
 pub mod ctr;
 pub mod events;
 pub mod image;
@@ -45,6 +46,7 @@ use std::time::{Duration, Instant};
 
 pub use containerd::Containerd;
 pub use corrald::Corrald;
+pub use cri::{CriNode, Crictl};
 pub use ctr::{Ctr, CtrOutput, TaskRow};
 pub use events::{Event, EventStream};
 pub use image::IMAGE_REF;

@@ -1,0 +1,398 @@
+//! A private Kubernetes node for a test: corrald and corral-cri on private paths, a private
+//! CNI bridge network, the busybox test image and our pause image in corrald's `k8s.io`
+//! namespace, and `crictl` (the real CRI client) pointed at corral-cri's socket.
+//!
+//! corral-cri is `$CORRAL_CRI_BIN`, else `<workspace>/target/debug/corral-cri`. On drop every
+//! pod is removed through crictl, corral-cri stops, the bridge is deleted and corrald's own
+//! drop removes the rest; a failing test prints the end of corral-cri's log.
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::corrald::unmount_below;
+use crate::{Corrald, cmd, image, wait_until};
+
+/// The sandbox image corral-cri is configured with (our pause, imported under this name).
+pub const PAUSE_REF: &str = "registry.k8s.io/pause:3.10";
+/// The namespace corral-cri keeps pods in.
+pub const K8S_NAMESPACE: &str = "k8s.io";
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The corral-cri binary under test.
+pub fn corral_cri_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("CORRAL_CRI_BIN") {
+        return PathBuf::from(p);
+    }
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .unwrap_or(&manifest)
+        .join("target/debug/corral-cri")
+}
+
+pub struct CriNode {
+    child: Option<Child>,
+    dir: PathBuf,
+    bridge: String,
+    subnet: String,
+    // Dropped last: the daemon and its directory outlive corral-cri.
+    corrald: Corrald,
+    _tmp: tempfile::TempDir,
+}
+
+impl CriNode {
+    /// Starts corrald and corral-cri, imports the images, and waits until `crictl version`
+    /// answers.
+    pub fn start() -> CriNode {
+        let bin = corral_cri_path();
+        assert!(
+            bin.is_file(),
+            "corral-cri not found at {} (run `cargo build -p cri` or set CORRAL_CRI_BIN)",
+            bin.display()
+        );
+        let corrald = Corrald::start();
+        let tmp = tempfile::Builder::new()
+            .prefix("cri-it-")
+            .tempdir()
+            .expect("cannot create a temp dir for corral-cri");
+        let dir = tmp.path().to_path_buf();
+        // A bridge and subnet of this node's own: parallel tests never share either.
+        let n = node_number();
+        let bridge = format!("crit{n}");
+        let subnet = format!("10.{}.{}.0/24", 200 + n / 250 % 50, n % 250);
+        let node = CriNode {
+            child: None,
+            dir,
+            bridge,
+            subnet,
+            corrald,
+            _tmp: tmp,
+        };
+        node.write_files();
+        node.import_images();
+        let mut node = node;
+        node.spawn();
+        node
+    }
+
+    fn write_files(&self) {
+        let net = self.dir.join("net.d");
+        fs::create_dir_all(&net).unwrap();
+        let conflist = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": format!("corral-{}", self.bridge),
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": self.bridge,
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{ "subnet": self.subnet }]],
+                        "routes": [{ "dst": "0.0.0.0/0" }],
+                        "dataDir": self.dir.join("ipam"),
+                    },
+                },
+                { "type": "portmap", "capabilities": { "portMappings": true } },
+                { "type": "loopback" },
+            ],
+        });
+        fs::write(
+            net.join("10-test.conflist"),
+            serde_json::to_vec_pretty(&conflist).unwrap(),
+        )
+        .unwrap();
+        let config = format!(
+            "sandbox_image = {PAUSE_REF:?}\n\n[cni]\nconf_dir = {:?}\nbin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\"]\n",
+            net.display()
+        );
+        fs::write(self.dir.join("cri.toml"), config).unwrap();
+        let crictl = format!(
+            "runtime-endpoint: unix://{0}\nimage-endpoint: unix://{0}\ntimeout: 60\n",
+            self.socket().display()
+        );
+        fs::write(self.dir.join("crictl.yaml"), crictl).unwrap();
+    }
+
+    fn import_images(&self) {
+        let ctr = self.corrald.ctr_in(K8S_NAMESPACE);
+        let busybox = self.dir.join("busybox.tar");
+        fs::write(&busybox, image::test_image_tar()).unwrap();
+        ctr.ok(&["images", "import", busybox.to_str().unwrap()]);
+        let pause = self.dir.join("pause.tar");
+        fs::write(&pause, pause_tar()).unwrap();
+        ctr.ok(&["images", "import", pause.to_str().unwrap()]);
+        let _ = fs::remove_file(busybox);
+        let _ = fs::remove_file(pause);
+    }
+
+    pub fn corrald(&self) -> &Corrald {
+        &self.corrald
+    }
+
+    pub fn corrald_mut(&mut self) -> &mut Corrald {
+        &mut self.corrald
+    }
+
+    /// corral-cri's socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("cri.sock")
+    }
+
+    /// corral-cri's `--root` (network namespaces, per-pod files).
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+
+    /// Where tests put pod logs and config files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The pod network's subnet (`10.x.y.0/24`).
+    pub fn subnet(&self) -> &str {
+        &self.subnet
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `crictl` against this node.
+    pub fn crictl(&self) -> Crictl {
+        Crictl {
+            config: self.dir.join("crictl.yaml"),
+            timeout: Duration::from_secs(90),
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("corral-cri.log")
+    }
+
+    /// The command line that starts corral-cri on this node's paths.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(corral_cri_path());
+        c.arg("--address")
+            .arg(self.corrald.address())
+            .arg("--listen")
+            .arg(self.socket())
+            .arg("--root")
+            .arg(self.root())
+            .arg("--config")
+            .arg(self.dir.join("cri.toml"))
+            .args(["--log-level", "debug"]);
+        c
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "corral-cri is already running");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("cannot open corral-cri log");
+        let log2 = log.try_clone().unwrap();
+        let mut c = self.command();
+        c.stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2));
+        cmd::die_with_parent(&mut c);
+        self.child = Some(c.spawn().expect("cannot start corral-cri"));
+        let crictl = self.crictl();
+        let log = self.log_path();
+        wait_until("corral-cri answers crictl version", START_TIMEOUT, || {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "corral-cri exited with {status}:\n{}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            crictl.run(&["version"]).success().then_some(())
+        });
+    }
+
+    /// SIGKILL to corral-cri, reaped.
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts corral-cri again on the same paths (SIGTERM to a running one first).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn stop(&mut self) {
+        if let Some(child) = self.child.take() {
+            // SAFETY: kill(2) on our own, not yet reaped child.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = cmd::wait_with_timeout(child, STOP_TIMEOUT);
+        }
+    }
+
+    /// The last `lines` lines of corral-cri's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Writes a pod sandbox config for `crictl runp` and returns its path.
+    pub fn pod_config(&self, name: &str, extra: serde_json::Value) -> PathBuf {
+        let mut pod = serde_json::json!({
+            "metadata": { "name": name, "namespace": "default", "uid": format!("uid-{name}"), "attempt": 0 },
+            "log_directory": self.dir.join("logs").join(name),
+            "linux": {},
+        });
+        merge(&mut pod, extra);
+        let path = self.dir.join(format!("pod-{name}.json"));
+        fs::write(&path, serde_json::to_vec_pretty(&pod).unwrap()).unwrap();
+        path
+    }
+
+    /// Writes a container config (busybox test image, `command`) and returns its path.
+    pub fn container_config(
+        &self,
+        name: &str,
+        command: &[&str],
+        extra: serde_json::Value,
+    ) -> PathBuf {
+        let mut c = serde_json::json!({
+            "metadata": { "name": name },
+            "image": { "image": image::IMAGE_REF },
+            "command": command,
+            "log_path": format!("{name}.log"),
+            "linux": {},
+        });
+        merge(&mut c, extra);
+        let path = self.dir.join(format!("ctr-{name}.json"));
+        fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+        path
+    }
+}
+
+impl Drop for CriNode {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- corral-cri log (last 60 lines) ---\n{}",
+                self.log_tail(60)
+            );
+        }
+        if self.child.is_some() {
+            let c = self.crictl();
+            let _ = c.run(&["rmp", "-fa"]);
+        }
+        self.stop();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
+        unmount_below(&self.dir);
+    }
+}
+
+/// Our pause image's OCI layout tar, built once per process.
+pub fn pause_tar() -> &'static [u8] {
+    static TAR: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    TAR.get_or_init(|| {
+        image::pause_image_tar(PAUSE_REF).unwrap_or_else(|e| panic!("pause image: {e}"))
+    })
+}
+
+fn node_number() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Distinct across the test binaries that run at once (pid) and within one (counter).
+    (std::process::id() * 7 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_500
+}
+
+fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+    match (base, extra) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+/// `crictl` with a private config (endpoints of one node).
+#[derive(Clone)]
+pub struct Crictl {
+    config: PathBuf,
+    timeout: Duration,
+}
+
+pub struct CrictlOutput {
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub args: Vec<String>,
+}
+
+impl CrictlOutput {
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "`crictl {}` → {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.args.join(" "),
+            self.status,
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+impl Crictl {
+    pub fn command<S: AsRef<str>>(&self, args: &[S]) -> Command {
+        let mut c = Command::new("crictl");
+        c.arg("--config").arg(&self.config);
+        c.args(args.iter().map(AsRef::as_ref));
+        c
+    }
+
+    pub fn run<S: AsRef<str>>(&self, args: &[S]) -> CrictlOutput {
+        let mut c = self.command(args);
+        c.stdin(Stdio::null());
+        let out = cmd::output_with_timeout(&mut c, self.timeout)
+            .unwrap_or_else(|e| panic!("cannot run crictl: {e} (is crictl installed?)"));
+        CrictlOutput {
+            status: if out.timed_out {
+                None
+            } else {
+                out.status.code()
+            },
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            args: args.iter().map(|a| a.as_ref().to_string()).collect(),
+        }
+    }
+
+    /// Runs crictl and returns its trimmed stdout; panics with the whole output on failure.
+    pub fn ok<S: AsRef<str>>(&self, args: &[S]) -> String {
+        let out = self.run(args);
+        assert!(out.success(), "crictl failed: {}", out.describe());
+        out.stdout.trim().to_string()
+    }
+
+    /// `crictl <what> -o json`, parsed.
+    pub fn json<S: AsRef<str>>(&self, args: &[S]) -> serde_json::Value {
+        let mut all: Vec<String> = args.iter().map(|a| a.as_ref().to_string()).collect();
+        all.extend(["-o".to_string(), "json".to_string()]);
+        let text = self.ok(&all);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("crictl json: {e}: {text}"))
+    }
+}
