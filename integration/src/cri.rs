@@ -390,8 +390,10 @@ impl Crictl {
 
     /// `crictl <what> -o json`, parsed.
     pub fn json<S: AsRef<str>>(&self, args: &[S]) -> serde_json::Value {
+        // crictl takes flags before positional arguments only.
         let mut all: Vec<String> = args.iter().map(|a| a.as_ref().to_string()).collect();
-        all.extend(["-o".to_string(), "json".to_string()]);
+        let at = 1.min(all.len());
+        all.splice(at..at, ["-o".to_string(), "json".to_string()]);
         let text = self.ok(&all);
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("crictl json: {e}: {text}"))
     }
