@@ -7,11 +7,18 @@
 use std::time::{Duration, Instant};
 
 use integration::containerd::Options;
-use integration::{Containerd, Daemon, Runtime, Target, daemon_tests, require_root};
+use integration::{Containerd, Daemon, IMAGE_REF, Runtime, Target, daemon_tests, require_root};
 use protocol::grpc::client::Client;
+use protocol::grpc::containerd::services::containers::v1::container::Runtime as ContainerRuntime;
+use protocol::grpc::containerd::services::containers::v1::{
+    CreateContainerRequest, DeleteContainerRequest, GetContainerRequest,
+};
 use protocol::grpc::containerd::services::content::v1::{
     AbortRequest, StatusRequest, WriteAction, WriteContentRequest, WriteContentResponse,
 };
+use protocol::grpc::containerd::services::snapshots::v1::MountsRequest;
+use protocol::grpc::containerd::services::tasks::v1::CreateTaskRequest;
+use protocol::grpc::prost_types;
 use protocol::grpc::tonic;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -221,7 +228,135 @@ fn a_held_ref_is_unavailable(daemon: Daemon) {
     });
 }
 
+/// The legacy runtime containerd 1.6 still serves (deprecated; its own `containerd-shim`).
+const RUNTIME_V1: &str = "io.containerd.runtime.v1.linux";
+
+/// `containerd.linux.runc.RuncOptions{runtime: <binary>}`, the v1 runtime's options (field 1,
+/// a string: tag 0x0a, length, bytes).
+fn v1_runc_options(binary: &str) -> prost_types::Any {
+    assert!(binary.len() < 128, "one-byte length only");
+    let mut value = vec![0x0a, binary.len() as u8];
+    value.extend_from_slice(binary.as_bytes());
+    prost_types::Any {
+        type_url: "containerd.linux.runc.RuncOptions".into(),
+        value,
+    }
+}
+
+/// containerd's TestContainerRuntimeOptionsv1: a container of the v1 runtime whose runc
+/// options name a binary that does not exist. Creating its task fails, and the error names
+/// the missing binary in quotes (the Go client suite looks for `"no-runc"`); nothing is left
+/// behind.
+fn v1_runtime_with_a_missing_runc_names_it(daemon: Daemon) {
+    if !require_root() {
+        return;
+    }
+    let d = Containerd::start(Target {
+        daemon,
+        runtime: Runtime::Runc,
+    });
+    // A container made by ctr lends its spec and snapshot.
+    let src = d.new_id("src");
+    d.ctr().ok(&["containers", "create", IMAGE_REF, &src]);
+    let id = d.new_id("v1");
+    let address = d.address();
+    let ns = d.namespace().to_string();
+    let err = runtime().block_on(async {
+        let c = Client::connect(&address, ns).await.expect("connect");
+        let base = c
+            .containers()
+            .get(c.req(GetContainerRequest { id: src.clone() }))
+            .await
+            .expect("get the ctr-made container")
+            .into_inner()
+            .container
+            .expect("container");
+        let mut container = base.clone();
+        container.id = id.clone();
+        container.runtime = Some(ContainerRuntime {
+            name: RUNTIME_V1.into(),
+            options: Some(v1_runc_options("no-runc")),
+        });
+        container.created_at = None;
+        container.updated_at = None;
+        c.containers()
+            .create(c.req(CreateContainerRequest {
+                container: Some(container),
+            }))
+            .await
+            .expect("create the v1 container");
+        let rootfs = c
+            .snapshots()
+            .mounts(c.req(MountsRequest {
+                snapshotter: base.snapshotter.clone(),
+                key: base.snapshot_key.clone(),
+            }))
+            .await
+            .expect("mounts of the snapshot")
+            .into_inner()
+            .mounts;
+        let created = c
+            .tasks()
+            .create(c.req(CreateTaskRequest {
+                container_id: id.clone(),
+                rootfs,
+                ..CreateTaskRequest::default()
+            }))
+            .await;
+        c.containers()
+            .delete(c.req(DeleteContainerRequest { id: id.clone() }))
+            .await
+            .expect("delete the v1 container");
+        match created {
+            Ok(_) => panic!("a task with runc binary \"no-runc\" was created"),
+            Err(e) => e,
+        }
+    });
+    // containerd: `OCI runtime create failed: unable to retrieve OCI runtime error (open
+    // <bundle>/log.json: no such file or directory): exec: "no-runc": executable file not
+    // found in $PATH: unknown`.
+    assert_eq!(err.code(), tonic::Code::Unknown, "{}", err.message());
+    assert!(
+        err.message().contains("\"no-runc\""),
+        "the error does not name the missing binary: {:?}: {}",
+        err.code(),
+        err.message()
+    );
+    d.ctr().ok(&["containers", "rm", &src]);
+    d.assert_no_leaks();
+}
+
+/// A container of the v1 runtime with no options runs (with runc) and reports its exit status.
+fn v1_runtime_runs_a_container(daemon: Daemon) {
+    if !require_root() {
+        return;
+    }
+    let d = Containerd::start(Target {
+        daemon,
+        runtime: Runtime::Runc,
+    });
+    let id = d.new_id("v1run");
+    let fifo = d.dir().join("fifo").display().to_string();
+    let out = d.ctr().run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME_V1,
+        "--fifo-dir",
+        &fifo,
+        IMAGE_REF,
+        &id,
+        "sh",
+        "-c",
+        "exit 7",
+    ]);
+    assert_eq!(out.code(), Some(7), "{}", out.describe());
+    d.assert_no_leaks();
+}
+
 daemon_tests!(
+    v1_runtime_with_a_missing_runc_names_it,
+    v1_runtime_runs_a_container,
     label_creates_a_missing_namespace,
     reopening_a_just_closed_ref_is_served,
     a_held_ref_is_unavailable,
