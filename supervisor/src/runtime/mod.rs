@@ -236,10 +236,10 @@ impl Manager {
             let binary = binary.clone();
             crate::services::blocking(move || {
                 bundle.create(&spec, &binary).map_err(|e| {
-                    let code = if e.kind() == std::io::ErrorKind::AlreadyExists {
-                        Code::AlreadyExists
-                    } else {
-                        Code::Internal
+                    let code = match e.kind() {
+                        std::io::ErrorKind::AlreadyExists => Code::AlreadyExists,
+                        std::io::ErrorKind::InvalidData => Code::InvalidArgument,
+                        _ => Code::Internal,
                     };
                     code.grpc_status(format!("bundle {}: {e}", bundle.path.display()))
                 })
