@@ -7,7 +7,10 @@
 use std::time::{Duration, Instant};
 
 use integration::containerd::Options;
-use integration::{Containerd, Daemon, IMAGE_REF, Runtime, Target, daemon_tests, require_root};
+use integration::{
+    Containerd, Daemon, IMAGE_REF, Runtime, Target, daemon_tests, require_root, runtime_tests,
+    wait_until,
+};
 use protocol::grpc::client::Client;
 use protocol::grpc::containerd::services::containers::v1::container::Runtime as ContainerRuntime;
 use protocol::grpc::containerd::services::containers::v1::{
@@ -353,6 +356,71 @@ fn v1_runtime_runs_a_container(daemon: Daemon) {
     assert_eq!(out.code(), Some(7), "{}", out.describe());
     d.assert_no_leaks();
 }
+
+/// The id range of the user namespace: container ids 0..65536 are host ids 100000…
+const USERNS_HOST_ID: u32 = 100_000;
+const USERNS_MAPPING: &str = "0:100000:65536";
+
+/// containerd's TestUserNamespaces: a container with uid/gid mappings (`ctr run --uidmap
+/// --gidmap`, which also makes a copy of the image's snapshot chowned into the range) runs in
+/// its user namespace as the remapped root, and can write its rootfs. runc mounts
+/// `<bundle>/rootfs` from inside the namespace, so the bundle must be group-owned by the
+/// remapped root with mode 0710; corrald made it 0700 root and runc failed with "permission
+/// denied".
+fn user_namespace_container_runs(t: Target) {
+    if !require_root() {
+        return;
+    }
+    let d = Containerd::start(t);
+    // The harness's temp dir is 0700 (tempfile's default), which no remapped root could
+    // traverse to reach the bundle; containerd's default state dir, /run/containerd, is 0711.
+    std::fs::set_permissions(d.dir(), std::os::unix::fs::PermissionsExt::from_mode(0o711))
+        .expect("chmod the daemon's dir");
+    let userns = ["--uidmap", USERNS_MAPPING, "--gidmap", USERNS_MAPPING];
+
+    // Exit 7 only if the namespace maps as asked and the remapped rootfs is writable.
+    let check = "read c h n < /proc/self/uid_map; [ \"$c $h $n\" = '0 100000 65536' ] || exit 1; \
+                 touch /written || exit 2; exit 7";
+    let id = d.new_id("userns");
+    let mut flags = vec!["--rm"];
+    flags.extend(userns);
+    let out = d.ctr_run(&flags, &id, &["sh", "-c", check]);
+    assert_eq!(out.code(), Some(7), "{}", out.describe());
+
+    // While one runs, its bundle is reachable by the remapped root and no one else.
+    let id = d.new_id("userns-bundle");
+    let mut flags = vec!["-d"];
+    flags.extend(userns);
+    let out = d.ctr_run(&flags, &id, &["sleep", "1000"]);
+    assert!(out.success(), "{}", out.describe());
+    wait_until("the task to run", Duration::from_secs(30), || {
+        d.ctr()
+            .tasks()
+            .iter()
+            .any(|t| t.id == id && t.status == "RUNNING")
+            .then_some(())
+    });
+    let meta = std::fs::metadata(d.bundle(&id)).expect("stat the bundle");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (0o710, 0, USERNS_HOST_ID),
+        "bundle mode, owner, group"
+    );
+    d.ctr().ok(&["tasks", "kill", "-s", "KILL", &id]);
+    wait_until("the task to stop", Duration::from_secs(30), || {
+        d.ctr()
+            .tasks()
+            .iter()
+            .any(|t| t.id == id && t.status == "STOPPED")
+            .then_some(())
+    });
+    d.ctr().ok(&["tasks", "rm", &id]);
+    d.ctr().ok(&["containers", "rm", &id]);
+    d.assert_no_leaks();
+}
+
+runtime_tests!(user_namespace_container_runs);
 
 daemon_tests!(
     v1_runtime_with_a_missing_runc_names_it,
