@@ -134,7 +134,6 @@ pub fn runc_v2_options(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message as _;
 
     fn any<M: prost::Message>(type_url: &str, m: &M) -> prost_types::Any {
         prost_types::Any {
