@@ -222,6 +222,27 @@ macro_rules! corrald_runtime_tests {
     };
 }
 
+/// Generates one `#[test]` per daemon for each listed function `fn name(d: Daemon)`:
+/// `containerd::name` (the reference) and `corrald::name`. For behaviour of the daemon alone,
+/// where the shim plays no part.
+#[macro_export]
+macro_rules! daemon_tests {
+    ($($name:ident),* $(,)?) => {
+        $crate::daemon_tests!(@mod containerd, Containerd, $($name),*);
+        $crate::daemon_tests!(@mod corrald, Corrald, $($name),*);
+    };
+    (@mod $m:ident, $daemon:ident, $($name:ident),*) => {
+        mod $m {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::Daemon::$daemon)
+                }
+            )*
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

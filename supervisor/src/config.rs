@@ -33,7 +33,9 @@ pub struct RuntimeConfig {
     /// Runtimes by name (`io.containerd.runc.v2`, or any name of your own), each mapped to a
     /// shim binary and default options. Names not listed resolve as containerd does:
     /// `io.containerd.<name>.<version>` → `containerd-shim-<name>-<version>`, looked up next to
-    /// corrald, then on `PATH`.
+    /// corrald, then on `PATH`. containerd's legacy `io.containerd.runtime.v1.linux`, unless
+    /// listed here, runs with `io.containerd.runc.v2`, its options translated (see
+    /// `runtime::legacy`).
     pub runtimes: std::collections::BTreeMap<String, RuntimeEntry>,
     /// Seconds to wait for each shim while reconnecting to them at start-up.
     pub load_timeout_secs: u64,

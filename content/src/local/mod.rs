@@ -14,7 +14,9 @@
 //!
 //! Refs are free-form (`/`, spaces, anything): hashing them gives a fixed, safe directory name.
 //! The lock is a flock on the ingest directory, so a writer that crashes (or is SIGKILLed) releases
-//! its ref with its file descriptors, and the next writer resumes at the data length.
+//! its ref with its file descriptors, and the next writer resumes at the data length. A writer
+//! that finds its ref held tries again for about half a second before answering Unavailable (see
+//! `Inner::lock_ingest`), as containerd's store does.
 //!
 //! Commit order (crash-safe at every step, see the crash tests):
 //! fsync data → verify size and digest → chmod 0444 → rename(NOREPLACE) into blobs/ → fsync blobs/
@@ -45,6 +47,11 @@ use crate::{
 use labels::LabelDb;
 use protocol::filters::{Fields, Filters};
 pub use writer::LocalWriter;
+
+/// How many times a writer (or an abort) tries to take a ref held by another writer.
+pub const LOCK_TRIES: u32 = 10;
+/// The pause after the first failed try; it doubles after each one.
+const LOCK_FIRST_PAUSE: Duration = Duration::from_millis(1);
 
 /// The on-disk content store. Cheap to clone; all clones share one label database.
 #[derive(Clone)]
@@ -180,8 +187,31 @@ impl Inner {
     }
 
     /// Locks the ingest directory of `reference`, creating it if `create`. Returns the locked
-    /// directory handle (the lock lives as long as it) and whether this call created it.
+    /// directory handle (the lock lives as long as it) and the directory.
+    ///
+    /// A ref held by another writer is tried again [`LOCK_TRIES`] times, pausing 1 ms, 2 ms,
+    /// 4 ms… in between (about half a second in all) before the answer is [`Error::RefLocked`],
+    /// as containerd's store does: a client's writer Close returns as soon as its side of the
+    /// stream is closed, before the server has dropped the writer, so a client that closes a
+    /// writer and at once opens the same ref again races the release. Nothing is held while
+    /// waiting (a failed flock holds nothing, and the handle is dropped first).
     fn lock_ingest(&self, reference: &str, create: bool) -> Result<(File, PathBuf)> {
+        let mut pause = LOCK_FIRST_PAUSE;
+        let mut tries = 1;
+        loop {
+            match self.try_lock_ingest(reference, create) {
+                Err(Error::RefLocked(_)) if tries < LOCK_TRIES => {
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                    tries += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// One attempt of [`Inner::lock_ingest`]: [`Error::RefLocked`] at once if the ref is held.
+    fn try_lock_ingest(&self, reference: &str, create: bool) -> Result<(File, PathBuf)> {
         if reference.is_empty() {
             return Err(Error::InvalidArgument(
                 "ingest ref must not be empty".into(),

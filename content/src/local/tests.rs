@@ -181,6 +181,44 @@ fn concurrent_writers_of_one_ref_get_unavailable() {
     );
 }
 
+/// A client closes a writer and at once opens the same ref again, while the previous writer is
+/// still being dropped (here: on another thread, racing the open). The open must wait for the
+/// release instead of answering Unavailable, every time.
+#[test]
+fn reopening_a_ref_being_released_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let mut w = store.writer(WriterOpts::new("reopen")).unwrap();
+    w.write_all(b"abc").unwrap();
+    for round in 0..200 {
+        let dropper = std::thread::spawn(move || drop(w));
+        w = store
+            .writer(WriterOpts::new("reopen"))
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        dropper.join().unwrap();
+        assert_eq!(w.offset(), 3, "round {round}: the ingest resumes");
+    }
+}
+
+/// A ref that stays held is still refused, after the retries (1 + 2 + … + 256 ms).
+#[test]
+fn a_held_ref_is_refused_after_the_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let _held = store.writer(WriterOpts::new("held")).unwrap();
+    let t0 = Instant::now();
+    let e = store.writer(WriterOpts::new("held")).err().unwrap();
+    let waited = t0.elapsed();
+    assert_eq!(e.code(), Code::Unavailable, "{e}");
+    assert!(
+        waited >= Duration::from_millis(500),
+        "gave up after {waited:?}, before retrying"
+    );
+    assert!(waited < Duration::from_secs(10), "waited {waited:?}");
+    let e = store.abort("held").unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e}");
+}
+
 // ---- crash tests: a child process (this test binary, re-executed) is killed mid-operation ----
 
 const CHILD_ROOT: &str = "CONTENT_CRASH_CHILD_ROOT";

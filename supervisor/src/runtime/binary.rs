@@ -56,6 +56,11 @@ impl Resolver {
         &self.config.default
     }
 
+    /// Whether the config has an entry for `runtime`.
+    pub fn configured(&self, runtime: &str) -> bool {
+        self.config.runtimes.contains_key(runtime)
+    }
+
     pub fn load_timeout(&self) -> Duration {
         Duration::from_secs(self.config.load_timeout_secs.max(1))
     }

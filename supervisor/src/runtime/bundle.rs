@@ -1,7 +1,8 @@
 //! Bundles: the directory a shim runs a container from.
 //!
 //! ```text
-//! <state>/io.containerd.runtime.v2.task/<ns>/<id>/    the bundle (0700), shim's cwd
+//! <state>/io.containerd.runtime.v2.task/<ns>/<id>/    the bundle (0700; 0710 group remapped
+//!                                                     root with a user namespace), shim's cwd
 //! ├── config.json        the container's OCI spec (from the container record)
 //! ├── rootfs/            the shim mounts the task's rootfs here
 //! ├── work -> <root>/io.containerd.runtime.v2.task/<ns>/<id>   persistent work dir
@@ -15,7 +16,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -56,13 +57,23 @@ impl Bundle {
 
     /// Creates the bundle for a new task: dirs, `config.json`, the `log` FIFO and
     /// `shim-binary-path`. An existing directory is an error (AlreadyExists).
+    ///
+    /// With user-namespace gid mappings in the spec, the bundle is group-owned by the remapped
+    /// root (the host gid mapped to container gid 0) and mode 0710, as containerd makes it:
+    /// runc mounts `<bundle>/rootfs` from inside the user namespace, as that root, which must
+    /// be able to reach it. A spec that is not JSON is an error (InvalidData).
     pub fn create(&self, spec: &[u8], shim: &Path) -> io::Result<()> {
+        let remapped_gid = remapped_root_gid(spec)?;
         let mut b = fs::DirBuilder::new();
         b.recursive(true).mode(0o711);
         b.create(self.path.parent().unwrap_or(&self.path))?;
         b.create(self.work.parent().unwrap_or(&self.work))?;
         fs::DirBuilder::new().mode(0o700).create(&self.path)?;
         let made = (|| {
+            if let Some(gid) = remapped_gid {
+                std::os::unix::fs::chown(&self.path, None, Some(gid))?;
+                fs::set_permissions(&self.path, fs::Permissions::from_mode(0o710))?;
+            }
             fs::DirBuilder::new()
                 .mode(0o711)
                 .create(self.path.join("rootfs"))?;
@@ -253,6 +264,43 @@ pub fn remove_stale_work_dirs(work_dir: &Path, live: &std::collections::HashSet<
     }
 }
 
+/// The host gid that container gid 0 maps to, if the spec has gid mappings that map it (and
+/// it is not 0).
+fn remapped_root_gid(spec: &[u8]) -> io::Result<Option<u32>> {
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Spec {
+        linux: Option<Linux>,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default, rename_all = "camelCase")]
+    struct Linux {
+        gid_mappings: Option<Vec<IdMapping>>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct IdMapping {
+        #[serde(rename = "containerID")]
+        container_id: u32,
+        #[serde(rename = "hostID")]
+        host_id: u32,
+    }
+    let spec: Spec = serde_json::from_slice(spec).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the container's spec is not a valid OCI spec: {e}"),
+        )
+    })?;
+    Ok(spec
+        .linux
+        .and_then(|l| l.gid_mappings)
+        .unwrap_or_default()
+        .iter()
+        .find(|m| m.container_id == 0)
+        .map(|m| m.host_id)
+        .filter(|&gid| gid != 0))
+}
+
 fn write_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -322,6 +370,45 @@ mod tests {
         assert!(!b.path.exists() && !b.work.exists());
         assert!(scan(&state).is_empty());
         b.remove().unwrap();
+    }
+
+    #[test]
+    fn user_namespace_bundles_are_reachable_by_the_remapped_root() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let b = Bundle::new(
+            &dir.path().join("s"),
+            &dir.path().join("w"),
+            "ns1",
+            "userns",
+        );
+        let spec =
+            br#"{"linux": {"uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
+            "gidMappings": [{"containerID": 1, "hostID": 300000, "size": 10},
+                            {"containerID": 0, "hostID": 200000, "size": 1}]}}"#;
+        b.create(spec, Path::new("/x")).unwrap();
+        let m = fs::metadata(&b.path).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o710);
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(m.gid(), 200000, "the gid container gid 0 maps to");
+        }
+
+        // Without mappings (or with container gid 0 unmapped) the bundle stays 0700.
+        let plain = Bundle::new(&dir.path().join("s"), &dir.path().join("w"), "ns1", "plain");
+        plain
+            .create(
+                br#"{"linux": {"gidMappings": [{"containerID": 5, "hostID": 9, "size": 1}]}}"#,
+                Path::new("/x"),
+            )
+            .unwrap();
+        let m = fs::metadata(&plain.path).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o700);
+        assert_eq!(m.gid(), nix::unistd::getegid().as_raw());
+
+        let bad = Bundle::new(&dir.path().join("s"), &dir.path().join("w"), "ns1", "bad");
+        let e = bad.create(b"not json", Path::new("/x")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        assert!(!bad.path.exists(), "nothing is left of a refused bundle");
     }
 
     #[test]

@@ -20,6 +20,7 @@
 
 pub mod binary;
 pub mod bundle;
+pub mod legacy;
 pub mod orphans;
 pub mod shim;
 
@@ -188,11 +189,28 @@ impl Manager {
     }
 
     async fn create_reserved(&self, req: &CreateTask) -> Result<(Arc<Shim>, u32), Status> {
-        let runtime = if req.container.runtime.name.is_empty() {
+        let mut runtime = if req.container.runtime.name.is_empty() {
             self.resolver.default_runtime().to_string()
         } else {
             req.container.runtime.name.clone()
         };
+        let task_options = req.options.clone().filter(|o| !o.type_url.is_empty());
+        let container_options = req
+            .container
+            .runtime
+            .options
+            .as_ref()
+            .map(|o| prost_types::Any {
+                type_url: o.type_url.clone(),
+                value: o.value.clone(),
+            });
+        let options = if runtime == legacy::RUNTIME_V1 && !self.resolver.configured(&runtime) {
+            runtime = legacy::RUNTIME_RUNC_V2.to_string();
+            legacy::runc_v2_options(container_options.as_ref(), task_options.as_ref())?
+        } else {
+            task_options.or(container_options)
+        }
+        .or_else(|| self.resolver.default_options(&runtime));
         let binary = if req.runtime_path.is_empty() {
             self.resolver.resolve(&runtime)?
         } else {
@@ -212,32 +230,16 @@ impl Manager {
                     .grpc_status(format!("container {}: has no spec", req.id)));
             }
         };
-        let options = req
-            .options
-            .clone()
-            .filter(|o| !o.type_url.is_empty())
-            .or_else(|| {
-                req.container
-                    .runtime
-                    .options
-                    .as_ref()
-                    .map(|o| prost_types::Any {
-                        type_url: o.type_url.clone(),
-                        value: o.value.clone(),
-                    })
-            })
-            .or_else(|| self.resolver.default_options(&runtime));
-
         let bundle = self.bundle(&req.namespace, &req.id);
         {
             let bundle = bundle.clone();
             let binary = binary.clone();
             crate::services::blocking(move || {
                 bundle.create(&spec, &binary).map_err(|e| {
-                    let code = if e.kind() == std::io::ErrorKind::AlreadyExists {
-                        Code::AlreadyExists
-                    } else {
-                        Code::Internal
+                    let code = match e.kind() {
+                        std::io::ErrorKind::AlreadyExists => Code::AlreadyExists,
+                        std::io::ErrorKind::InvalidData => Code::InvalidArgument,
+                        _ => Code::Internal,
                     };
                     code.grpc_status(format!("bundle {}: {e}", bundle.path.display()))
                 })

@@ -1,8 +1,11 @@
 //! containerd.services.namespaces.v1.Namespaces.
 //!
 //! Get never answers NotFound: an unknown name comes back with empty labels, because ctr reads
-//! the `containerd.io/defaults/*` labels of any namespace it works in. Delete refuses a
-//! namespace that still holds objects (FailedPrecondition).
+//! the `containerd.io/defaults/*` labels of any namespace it works in. Update of an unknown
+//! namespace creates it with the labels given, as containerd's does (its label store makes the
+//! namespace's bucket on the first label set); the Go client's `SetLabel`, and `ctr namespaces
+//! label`, depend on that. Delete refuses a namespace that still holds objects
+//! (FailedPrecondition).
 
 use std::collections::HashMap;
 
@@ -27,21 +30,28 @@ fn to_wire(name: &str, rec: &Record) -> Namespace {
     }
 }
 
-/// Applies an update mask (`labels`, `labels.<key>`) to `labels`.
+/// Applies an update mask (`labels`, `labels.<key>`) to `labels`. As in containerd, a label
+/// set to the empty string is removed.
 pub fn apply_label_mask(
     current: &mut Labels,
     new: &HashMap<String, String>,
     paths: &[String],
 ) -> Result<(), Status> {
+    let all = || {
+        new.iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
     if paths.is_empty() {
-        *current = new.clone().into_iter().collect();
+        *current = all();
         return Ok(());
     }
     for p in paths {
         if p == "labels" {
-            *current = new.clone().into_iter().collect();
+            *current = all();
         } else if let Some(k) = p.strip_prefix("labels.") {
-            match new.get(k) {
+            match new.get(k).filter(|v| !v.is_empty()) {
                 Some(v) => {
                     current.insert(k.to_string(), v.clone());
                 }
@@ -149,12 +159,15 @@ impl Namespaces for NamespacesService {
         let name = ns.name.clone();
         let updated = blocking(move || {
             let tx = d.db.write().map_err(db_err)?;
-            let mut rec = tx
-                .get::<Record>(NAMESPACES, &ns.name)
-                .map_err(db_err)?
-                .ok_or_else(|| {
-                    Code::NotFound.grpc_status(format!("namespace {}: not found", ns.name))
-                })?;
+            let existing = tx.get::<Record>(NAMESPACES, &ns.name).map_err(db_err)?;
+            if existing.is_none() && paths.is_empty() && ns.labels.is_empty() {
+                // Nothing to set: containerd neither creates the namespace nor complains.
+                return Ok(to_wire(&ns.name, &Record::default()));
+            }
+            let mut rec = existing.unwrap_or_else(|| Record {
+                labels: Labels::new(),
+                created_at: Time::now(),
+            });
             apply_label_mask(&mut rec.labels, &ns.labels, &paths)?;
             tx.put(NAMESPACES, &ns.name, &rec).map_err(db_err)?;
             tx.commit().map_err(db_err)?;
@@ -220,6 +233,20 @@ mod tests {
         assert!(
             !cur.contains_key("b"),
             "a masked key absent from the update is removed"
+        );
+        let empty: HashMap<String, String> = [("a".to_string(), String::new())].into();
+        apply_label_mask(&mut cur, &empty, &["labels.a".into()]).unwrap();
+        assert!(!cur.contains_key("a"), "an empty value removes the label");
+        let mixed: HashMap<String, String> = [
+            ("c".to_string(), "3".to_string()),
+            ("d".to_string(), String::new()),
+        ]
+        .into();
+        apply_label_mask(&mut cur, &mixed, &[]).unwrap();
+        assert_eq!(
+            cur.keys().collect::<Vec<_>>(),
+            ["c"],
+            "empty values are not stored"
         );
         let e = apply_label_mask(&mut cur, &new, &["name".into()]).unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
