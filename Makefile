@@ -10,12 +10,17 @@ DEBUG_SHIM := $(TARGET_DIR)/debug/containerd-shim-corral-v1
 RELEASE_SHIM := $(TARGET_DIR)/shim/containerd-shim-corral-v1
 RELEASE_CORRALD := $(TARGET_DIR)/release/corrald
 RELEASE_CORRAL := $(TARGET_DIR)/release/corral
+RELEASE_CRI := $(TARGET_DIR)/release/corral-cri
 IMAGE_TAR := $(TARGET_DIR)/busybox-image.tar
+PAUSE_TAR := $(TARGET_DIR)/pause-image.tar
 CORRALD_SOCK := /run/corral/corral.sock
+CRI_SOCK := /run/corral/cri.sock
+CNI_CONF_DIR := /etc/cni/net.d
 
 # Debian packages the tests and `make run` need. Installed only when something is missing.
-PACKAGES := runc containerd busybox-static docker-registry containernetworking-plugins iproute2 iptables
-NEEDED_COMMANDS := runc containerd ctr containerd-shim-runc-v2 busybox docker-registry ip iptables
+PACKAGES := runc containerd busybox-static docker-registry containernetworking-plugins iproute2 iptables \
+	gcc libc6-dev
+NEEDED_COMMANDS := runc containerd ctr containerd-shim-runc-v2 busybox docker-registry ip iptables cc
 # Files of packages that install no command (the CNI plugins corral-cri runs).
 NEEDED_FILES := /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/loopback /usr/lib/cni/portmap
 # crictl and critest (cri-tools v1.36.0), shipped beside the checkout.
@@ -46,13 +51,14 @@ build:
 ## size-optimised profile
 release:
 	$(CARGO) build --profile shim -p shim
-	$(CARGO) build --release -p supervisor -p cli
+	$(CARGO) build --release -p supervisor -p cli -p cri
 
 ## test: unit, conformance, crash and end-to-end tests (root tests need root; CI sets
 ## CORRAL_REQUIRE_ROOT=1 so that they fail instead of skipping)
 test: deps build
 	CORRAL_SHIM_BIN=$(DEBUG_SHIM) CORRALD_BIN=$(TARGET_DIR)/debug/corrald \
-		CORRAL_BIN=$(TARGET_DIR)/debug/corral $(CARGO) test --workspace --no-fail-fast
+		CORRAL_BIN=$(TARGET_DIR)/debug/corral CORRAL_CRI_BIN=$(TARGET_DIR)/debug/corral-cri \
+		$(CARGO) test --workspace --no-fail-fast
 
 ## lint: formatting and clippy with warnings as errors
 lint:
@@ -62,16 +68,18 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## install: the shim, corrald and corral into $(PREFIX)/bin (corrald and containerd find the
-## shim there)
+## install: the shim, corrald, corral-cri and corral into $(PREFIX)/bin (corrald and
+## containerd find the shim there)
 install: release
 	install -D -m 0755 $(RELEASE_SHIM) $(DESTDIR)$(PREFIX)/bin/containerd-shim-corral-v1
 	install -D -m 0755 $(RELEASE_CORRALD) $(DESTDIR)$(PREFIX)/bin/corrald
 	install -D -m 0755 $(RELEASE_CORRAL) $(DESTDIR)$(PREFIX)/bin/corral
+	install -D -m 0755 $(RELEASE_CRI) $(DESTDIR)$(PREFIX)/bin/corral-cri
 
 ## run: install what is missing, build, install, and start corrald on its default paths
 ## (/var/lib/corral, /run/corral, socket $(CORRALD_SOCK)); it runs containers with our shim
-## (io.containerd.corral.v1, its default) or containerd's (io.containerd.runc.v2).
+## (io.containerd.corral.v1, its default) or containerd's (io.containerd.runc.v2). Then
+## corral-cri (Kubernetes CRI) on $(CRI_SOCK), with a bridge CNI network if none exists.
 run: deps install
 	@if ctr -a $(CORRALD_SOCK) version >/dev/null 2>&1; then \
 		echo "corrald is running on $(CORRALD_SOCK)"; \
@@ -81,14 +89,37 @@ run: deps install
 		for i in $$(seq 100); do ctr -a $(CORRALD_SOCK) version >/dev/null 2>&1 && break; sleep 0.1; done; \
 		ctr -a $(CORRALD_SOCK) version; \
 	fi
+	@if ! ls $(CNI_CONF_DIR)/*.conf* >/dev/null 2>&1; then \
+		echo "no CNI network in $(CNI_CONF_DIR): writing a bridge network (10.88.0.0/16)"; \
+		mkdir -p $(CNI_CONF_DIR); \
+		printf '%s\n' '{"cniVersion": "1.0.0", "name": "corral", "plugins": [' \
+			'{"type": "bridge", "bridge": "corral0", "isGateway": true, "ipMasq": true,' \
+			' "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]], "routes": [{"dst": "0.0.0.0/0"}]}},' \
+			'{"type": "portmap", "capabilities": {"portMappings": true}},' \
+			'{"type": "loopback"}]}' > $(CNI_CONF_DIR)/10-corral.conflist; \
+	fi
+	@if crictl --runtime-endpoint unix://$(CRI_SOCK) version >/dev/null 2>&1; then \
+		echo "corral-cri is running on $(CRI_SOCK)"; \
+	else \
+		echo "starting corral-cri (log: /var/log/corral-cri.log)"; \
+		nohup $(PREFIX)/bin/corral-cri >>/var/log/corral-cri.log 2>&1 & \
+		for i in $$(seq 100); do crictl --runtime-endpoint unix://$(CRI_SOCK) version >/dev/null 2>&1 && break; sleep 0.1; done; \
+		crictl --runtime-endpoint unix://$(CRI_SOCK) version; \
+	fi
 	@echo "ready: make image, then: corral run --rm busybox echo hello"
+	@echo "       or crictl --runtime-endpoint unix://$(CRI_SOCK) runp pod.json (see README)"
 
 ## image: build a busybox image from Debian's busybox-static (no internet registry here) and
-## import it into the running corrald as docker.io/library/busybox:latest
+## import it into the running corrald as docker.io/library/busybox:latest; build our pause
+## image and import both into the k8s.io namespace, where corral-cri finds them
 image: deps
 	$(CARGO) build -q -p integration --bin busybox-image
 	$(TARGET_DIR)/debug/busybox-image $(IMAGE_TAR)
 	$(PREFIX)/bin/corral images import $(IMAGE_TAR)
+	$(CARGO) build -q -p integration --bin pause-image
+	$(TARGET_DIR)/debug/pause-image $(PAUSE_TAR)
+	ctr -a $(CORRALD_SOCK) -n k8s.io images import $(PAUSE_TAR)
+	ctr -a $(CORRALD_SOCK) -n k8s.io images import $(IMAGE_TAR)
 
 ## bench: corral beside containerd 1.6 on this machine (run latency, 50 containers: start time,
 ## shim and daemon memory, restart after kill -9, teardown; image pull), written to
