@@ -87,6 +87,8 @@ mod grpc {
         "types/task.proto",
         "google/rpc/status.proto",
         "events/task_events.proto",
+        // What Tasks.Metrics carries (cgroup v1 metrics in an Any), read by corral-cri's stats.
+        "cgroups/v1_metrics.proto",
         "events/container.proto",
         "events/content.proto",
         "events/namespace.proto",

@@ -19,6 +19,8 @@ pub struct Cri {
     pub cni: Cni,
     pub images: Images,
     pub events: Events,
+    /// Previous CPU samples, for usage_nano_cores.
+    pub stats: crate::stats::CpuSamples,
 }
 
 impl Cri {
@@ -35,6 +37,7 @@ impl Cri {
             store: Store::default(),
             cni,
             events: Events::default(),
+            stats: Default::default(),
             cfg,
         }
     }

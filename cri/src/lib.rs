@@ -40,5 +40,6 @@ mod recover;
 pub mod sandbox;
 pub mod server;
 pub mod spec;
+pub mod stats;
 pub mod store;
 pub mod system;

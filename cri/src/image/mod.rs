@@ -436,7 +436,7 @@ impl Images {
     }
 
     /// corrald's root (exported by its runtime plugin) joined with the snapshotter's directory.
-    async fn snapshotter_dir(&self) -> Result<std::path::PathBuf> {
+    pub async fn snapshotter_dir(&self) -> Result<std::path::PathBuf> {
         use protocol::grpc::containerd::services::introspection::v1::PluginsRequest;
         let client = self.corrald.client();
         let plugins = client

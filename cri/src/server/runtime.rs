@@ -188,6 +188,46 @@ impl RuntimeService for Runtime {
         answer("exec_sync", self.0.exec_sync(r.into_inner()).await)
     }
 
+    async fn container_stats(
+        &self,
+        r: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        answer(
+            "container_stats",
+            self.0.container_stats(r.into_inner()).await,
+        )
+    }
+
+    async fn list_container_stats(
+        &self,
+        r: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
+        answer(
+            "list_container_stats",
+            self.0.list_container_stats(r.into_inner()).await,
+        )
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        r: Request<PodSandboxStatsRequest>,
+    ) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        answer(
+            "pod_sandbox_stats",
+            self.0.pod_sandbox_stats(r.into_inner()).await,
+        )
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        r: Request<ListPodSandboxStatsRequest>,
+    ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        answer(
+            "list_pod_sandbox_stats",
+            self.0.list_pod_sandbox_stats(r.into_inner()).await,
+        )
+    }
+
     async fn update_runtime_config(
         &self,
         r: Request<UpdateRuntimeConfigRequest>,
@@ -302,16 +342,34 @@ impl RuntimeService for Runtime {
 
     async fn stream_container_stats(
         &self,
-        _: Request<StreamContainerStatsRequest>,
+        r: Request<StreamContainerStatsRequest>,
     ) -> Result<Response<Streamed<StreamContainerStatsResponse>>, Status> {
-        Err(Status::unimplemented("container stats are not built yet"))
+        let list = self
+            .0
+            .list_container_stats(ListContainerStatsRequest {
+                filter: r.into_inner().filter,
+            })
+            .await
+            .map_err(|e| fail("stream_container_stats", e))?;
+        Ok(Response::new(once(StreamContainerStatsResponse {
+            container_stats: list.stats,
+        })))
     }
 
     async fn stream_pod_sandbox_stats(
         &self,
-        _: Request<StreamPodSandboxStatsRequest>,
+        r: Request<StreamPodSandboxStatsRequest>,
     ) -> Result<Response<Streamed<StreamPodSandboxStatsResponse>>, Status> {
-        Err(Status::unimplemented("pod stats are not built yet"))
+        let list = self
+            .0
+            .list_pod_sandbox_stats(ListPodSandboxStatsRequest {
+                filter: r.into_inner().filter,
+            })
+            .await
+            .map_err(|e| fail("stream_pod_sandbox_stats", e))?;
+        Ok(Response::new(once(StreamPodSandboxStatsResponse {
+            pod_sandbox_stats: list.stats,
+        })))
     }
 
     async fn get_container_events(
