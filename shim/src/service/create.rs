@@ -61,7 +61,7 @@ impl Service {
             PathBuf::from(&req.bundle)
         };
         let spec = Spec::load(&bundle).map_err(|e| Error::new(Code::InvalidArgument, e))?;
-        let opts = runc_options(req.options.as_ref())?;
+        let opts = crate::options::decode(req.options.as_ref())?;
         let runc = Arc::new(Runc {
             binary: if opts.binary_name.is_empty() {
                 "runc".into()

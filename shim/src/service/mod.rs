@@ -20,7 +20,7 @@ use protobuf::well_known_types::any::Any;
 use protobuf::well_known_types::empty::Empty;
 use protobuf::{Message, MessageField};
 use protocol::Code;
-use protocol::options::{Options, ProcessDetails};
+use protocol::options::ProcessDetails;
 use protocol::shim::*;
 use protocol::shim_ttrpc::Task;
 use protocol::task::{ProcessInfo, Status};
@@ -284,18 +284,6 @@ async fn with_console<F: std::future::Future<Output = Result<()>>>(
         );
     }
     (res, master)
-}
-
-/// Decodes the runc options from Create's `options` Any; other option types are ignored.
-fn runc_options(any: Option<&Any>) -> Result<Options> {
-    match any {
-        Some(a) if a.type_url.ends_with("containerd.runc.v1.Options") => {
-            Options::parse_from_bytes(&a.value).map_err(|e| {
-                Error::new(Code::InvalidArgument, format!("invalid runc options: {e}"))
-            })
-        }
-        _ => Ok(Options::new()),
-    }
 }
 
 #[async_trait]
