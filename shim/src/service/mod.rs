@@ -52,6 +52,8 @@ pub const BUNDLE_RECORD: &str = "corral.json";
 /// How long Delete waits for a process's output to drain before closing the client's FIFOs.
 const IO_DRAIN: Duration = Duration::from_secs(2);
 const UNCLAIMED_EXITS: usize = 1024;
+/// How long an init's exit waits for `runc kill --all` of the rest of its container.
+const KILL_ALL_DEADLINE: Duration = Duration::from_secs(10);
 /// How long an exit waits for the process's output to reach the client.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 
