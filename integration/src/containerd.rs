@@ -200,6 +200,11 @@ impl Containerd {
         &self.ctr
     }
 
+    /// A gRPC client of this daemon in its namespace, for what `ctr` cannot do.
+    pub fn api(&self) -> crate::Api {
+        crate::Api::connect(&self.address(), &self.namespace)
+    }
+
     /// pid of the running containerd, if any.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())

@@ -28,6 +28,8 @@
 //! a hash that includes our socket path: runc state (`/run/containerd/runc/<ns>`) and shim sockets
 //! (`/run/containerd/s/<sha256>`).
 
+pub mod api;
+pub mod cgroups;
 pub mod cli;
 pub mod cmd;
 pub mod containerd;
@@ -43,6 +45,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub use api::Api;
 pub use containerd::Containerd;
 pub use corrald::Corrald;
 pub use ctr::{Ctr, CtrOutput, TaskRow};
