@@ -46,7 +46,12 @@ mod kill;
 mod start;
 
 /// Default runc state root; the namespace is appended, as containerd's runc shim does.
-pub const DEFAULT_RUNC_ROOT: &str = "/run/containerd/runc";
+///
+/// Our own, not runc-v2's `/run/containerd/runc`: a host migrating from containerd runs both
+/// daemons for a while, and a container `web` in namespace `default` under each would
+/// otherwise be the same runc container (`container with given ID already exists`). The
+/// runtime options' `root` still overrides it.
+pub const DEFAULT_RUNC_ROOT: &str = "/run/corral/runc";
 /// The shim's private record in the bundle, read by the `delete` action.
 pub const BUNDLE_RECORD: &str = "corral.json";
 /// How long Delete waits for a process's output to drain before closing the client's FIFOs.
