@@ -84,7 +84,18 @@ impl Containerd {
 
     /// Like [`Containerd::start`], set up as `options` say.
     pub fn start_with(target: impl Into<Target>, options: Options) -> Containerd {
-        let Target { daemon, runtime } = target.into();
+        Containerd::start_inner(target.into(), options, unique_namespace())
+    }
+
+    /// Like [`Containerd::start`], with `namespace` instead of a fresh one: for two daemons
+    /// that must use the same namespace and container ids (corral beside containerd on one
+    /// host). The caller makes the name unique ([`unique_namespace`]).
+    pub fn start_in_namespace(target: impl Into<Target>, namespace: &str) -> Containerd {
+        Containerd::start_inner(target.into(), Options::default(), namespace.to_string())
+    }
+
+    fn start_inner(target: Target, options: Options, namespace: String) -> Containerd {
+        let Target { daemon, runtime } = target;
         runtime.ensure_available();
         let dir = tempfile::Builder::new()
             .prefix("corral-it-")
@@ -133,7 +144,6 @@ impl Containerd {
         );
         fs::write(path.join("corrald.toml"), corrald_config).expect("cannot write corrald config");
 
-        let namespace = unique_namespace();
         let ctr = Ctr::new(&path.join("c.sock"), &namespace);
         let mut me = Containerd {
             daemon,
@@ -198,6 +208,11 @@ impl Containerd {
     /// `ctr` bound to this daemon's socket and namespace.
     pub fn ctr(&self) -> &Ctr {
         &self.ctr
+    }
+
+    /// A gRPC client of this daemon in its namespace, for what `ctr` cannot do.
+    pub fn api(&self) -> crate::Api {
+        crate::Api::connect(&self.address(), &self.namespace)
     }
 
     /// pid of the running containerd, if any.
@@ -449,15 +464,15 @@ impl Containerd {
         }
     }
 
-    /// Kills what containerd could not clean up: shims of our namespace, runc containers, shim
-    /// sockets, mounts. Never panics.
+    /// Kills what containerd could not clean up: shims it started in our namespace, runc
+    /// containers, shim sockets, mounts. Never panics.
     fn remove_leftovers(&self) {
-        for p in leaks::shim_processes(&self.namespace, None) {
+        for p in leaks::daemon_shim_processes(&self.address(), &self.namespace) {
             // SAFETY: plain kill(2); the pid was just read from /proc and names a shim of our
             // namespace (a recycled pid in the meantime is practically impossible).
             unsafe { libc::kill(p.pid as libc::pid_t, libc::SIGKILL) };
         }
-        let runc_root = leaks::runc_state_dir(&self.namespace);
+        let runc_root = leaks::runc_state_dir(self.runtime, &self.namespace);
         if let Ok(entries) = fs::read_dir(&runc_root) {
             for e in entries.flatten() {
                 let _ = cmd::output_with_timeout(

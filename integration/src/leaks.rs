@@ -1,11 +1,13 @@
 //! Finding what a test left behind, from the kernel's and the filesystem's point of view.
 //!
 //! A test is clean when, for its namespace and container ids:
-//! - no shim process runs (`/proc/*/cmdline` of a `containerd-shim*` with `-namespace <ns>`);
+//! - no shim process of the daemon runs (`/proc/*/cmdline` of a `containerd-shim*` with
+//!   `-namespace <ns>` and the daemon's `-address`);
 //! - no container process runs (a process whose cgroup path ends in `/<ns>/<id>`: ctr puts each
 //!   container in cgroup `/<ns>/<id>`);
 //! - no cgroup `/<ns>/<id>` exists in any hierarchy;
-//! - runc has no state under `/run/containerd/runc/<ns>`;
+//! - runc has no state under the runtime's root: `/run/containerd/runc/<ns>` for runc-v2,
+//!   `/run/corral/runc/<ns>` for ours;
 //! - no bundle is left under `<state>/io.containerd.runtime.v2.task/<ns>`;
 //! - nothing is mounted under the daemon's temp dir (`/proc/self/mountinfo`);
 //! - no shim socket `/run/containerd/s/<sha256("<grpc address>/<ns>/<id>")>` exists.
@@ -15,12 +17,14 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::Containerd;
+use crate::{Containerd, Runtime};
 
 /// Directory of shim sockets, hard-coded in containerd 1.6's shim library.
 pub const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
-/// runc root used by runc-v2 (and by our shim): `<this>/<ns>`.
-pub const RUNC_ROOT: &str = "/run/containerd/runc";
+/// runc root of runc-v2: `<this>/<ns>`.
+pub const RUNC_V2_ROOT: &str = "/run/containerd/runc";
+/// runc root of our shim: `<this>/<ns>` (its own, so it never meets runc-v2's containers).
+pub const CORRAL_RUNC_ROOT: &str = "/run/corral/runc";
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// A process found in `/proc`.
@@ -108,6 +112,16 @@ pub fn shim_processes(ns: &str, id: Option<&str>) -> Vec<ProcessInfo> {
         .collect()
 }
 
+/// Shim processes of namespace `ns` started by the daemon listening on `address` (its
+/// `-address`): two daemons may share a namespace name.
+pub fn daemon_shim_processes(address: &Path, ns: &str) -> Vec<ProcessInfo> {
+    let address = address.to_string_lossy();
+    shim_processes(ns, None)
+        .into_iter()
+        .filter(|p| flag_value(&p.args, "address") == Some(address.as_ref()))
+        .collect()
+}
+
 /// The long-lived (serving) shim of container `id`: a shim process of `ns`/`id` without a
 /// `start`/`delete` action.
 pub fn serving_shim(ns: &str, id: &str) -> Option<ProcessInfo> {
@@ -116,9 +130,13 @@ pub fn serving_shim(ns: &str, id: &str) -> Option<ProcessInfo> {
         .find(|p| p.action().is_none())
 }
 
-/// `/run/containerd/runc/<ns>`.
-pub fn runc_state_dir(ns: &str) -> PathBuf {
-    Path::new(RUNC_ROOT).join(ns)
+/// Where `runtime` keeps runc's state for namespace `ns` by default: `<root>/<ns>`.
+pub fn runc_state_dir(runtime: Runtime, ns: &str) -> PathBuf {
+    let root = match runtime {
+        Runtime::Runc => RUNC_V2_ROOT,
+        Runtime::Corral => CORRAL_RUNC_ROOT,
+    };
+    Path::new(root).join(ns)
 }
 
 /// Shim socket of container `id`: `/run/containerd/s/<hex sha256 of "<address>/<ns>/<id>">`.
@@ -233,7 +251,7 @@ pub fn find_leaks(ctrd: &Containerd, ids: &[String]) -> Vec<Leak> {
     let ns = ctrd.namespace();
     let mut leaks = Vec::new();
     let mut push = |kind, detail: String| leaks.push(Leak { kind, detail });
-    for p in shim_processes(ns, None) {
+    for p in daemon_shim_processes(&ctrd.address(), ns) {
         push(
             LeakKind::ShimProcess,
             format!("pid {} still running: {}", p.pid, p.args.join(" ")),
@@ -260,7 +278,7 @@ pub fn find_leaks(ctrd: &Containerd, ids: &[String]) -> Vec<Leak> {
             );
         }
     }
-    if let Ok(entries) = fs::read_dir(runc_state_dir(ns)) {
+    if let Ok(entries) = fs::read_dir(runc_state_dir(ctrd.runtime(), ns)) {
         for e in entries.flatten() {
             push(LeakKind::RuncState, e.path().display().to_string());
         }

@@ -25,9 +25,11 @@
 //! Isolation: each [`Containerd`] has its own temp root/state/socket and a namespace unique to the
 //! process and test (`t<pid>-<n>`), so tests run in parallel beside each other and beside a system
 //! containerd. What cannot be made private in containerd 1.6 is shared but keyed by namespace or by
-//! a hash that includes our socket path: runc state (`/run/containerd/runc/<ns>`) and shim sockets
-//! (`/run/containerd/s/<sha256>`).
+//! a hash that includes our socket path: runc state (`/run/containerd/runc/<ns>` for runc-v2,
+//! `/run/corral/runc/<ns>` for ours) and shim sockets (`/run/containerd/s/<sha256>`).
 
+pub mod api;
+pub mod cgroups;
 pub mod cli;
 pub mod cmd;
 pub mod containerd;
@@ -44,6 +46,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub use api::Api;
 pub use containerd::Containerd;
 pub use corrald::Corrald;
 pub use cri::{CriNode, Crictl};

@@ -1,8 +1,9 @@
-//! Container cgroup metrics for `Task.Stats`, and OOM notification.
+//! Container cgroup metrics for `Task.Stats`, OOM notification, and the shim's own cgroup.
 //!
-//! The cgroup is found from `/proc/<init pid>/cgroup`, so it works whatever cgroupsPath or
-//! cgroup driver runc used. cgroup v1 answers `io.containerd.cgroups.v1.Metrics`, the unified
-//! hierarchy `io.containerd.cgroups.v2.Metrics`.
+//! The container's cgroup is found from `/proc/<init pid>/cgroup`, so it works whatever
+//! cgroupsPath or cgroup driver runc used. cgroup v1 answers `io.containerd.cgroups.v1.Metrics`,
+//! the unified hierarchy `io.containerd.cgroups.v2.Metrics`. The shim's cgroup (runc options'
+//! `shim_cgroup`) is joined in every mounted hierarchy, found in `/proc/self/mountinfo`.
 
 use std::collections::HashMap;
 use std::fs;
@@ -266,5 +267,155 @@ impl OomWatch {
                 return Ok(());
             }
         }
+    }
+}
+
+/// Moves process `pid` into cgroup `path` (the runc options' `shim_cgroup`), as containerd's
+/// runc shim does with the server it starts: in every mounted hierarchy where that cgroup
+/// exists (each cgroup v1 controller, and the unified hierarchy on a hybrid or v2 host). The
+/// daemon's client creates the cgroup; one that exists nowhere is an error, as is a failed
+/// move, so the task is not created with its shim outside the cgroup it asked for.
+pub fn join(pid: u32, path: &str) -> Result<(), String> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
+    join_in(&hierarchies(&mountinfo), pid, path)
+}
+
+fn join_in(roots: &[PathBuf], pid: u32, path: &str) -> Result<(), String> {
+    let rel = Path::new(path.trim_start_matches('/'));
+    if rel
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(format!(
+            "shim cgroup {path:?}: must be a path of cgroup names without \".\" or \"..\""
+        ));
+    }
+    let dirs: Vec<PathBuf> = roots
+        .iter()
+        .map(|r| r.join(rel))
+        .filter(|d| d.is_dir())
+        .collect();
+    if dirs.is_empty() {
+        return Err(format!(
+            "failed to load cgroup {path}: it does not exist in any mounted cgroup hierarchy"
+        ));
+    }
+    for d in dirs {
+        let procs = d.join("cgroup.procs");
+        fs::write(&procs, pid.to_string()).map_err(|e| {
+            format!(
+                "failed to join cgroup {path}: write {}: {e}",
+                procs.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Mount points of the cgroup (v1) and cgroup2 filesystems in mountinfo text, each once.
+fn hierarchies(mountinfo: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for line in mountinfo.lines() {
+        // `<id> <parent> <dev> <root> <mount point> <options> [tags...] - <fstype> <source> ...`
+        let Some((before, after)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fstype = after.split(' ').next().unwrap_or_default();
+        if fstype != "cgroup" && fstype != "cgroup2" {
+            continue;
+        }
+        let Some(point) = before.split(' ').nth(4) else {
+            continue;
+        };
+        let point = PathBuf::from(unescape_octal(point));
+        if !out.contains(&point) {
+            out.push(point);
+        }
+    }
+    out
+}
+
+/// mountinfo writes space, tab, newline and backslash in paths as `\ooo`.
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) if b[i] == b'\\' => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            _ => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:9 - cgroup cgroup rw,cpu,cpuacct
+36 31 0:33 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+50 41 0:38 / /mnt/odd\\040dir rw - cgroup2 cgroup2 rw
+51 23 0:40 / /mnt/cgroupish rw - ext4 /dev/cgroup rw
+52 31 0:33 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
+";
+
+    #[test]
+    fn hierarchies_are_the_cgroup_mounts() {
+        let h = hierarchies(HYBRID);
+        let want: Vec<PathBuf> = [
+            "/sys/fs/cgroup/cpu,cpuacct",
+            "/sys/fs/cgroup/devices",
+            "/sys/fs/cgroup/systemd",
+            "/sys/fs/cgroup/unified",
+            "/mnt/odd dir",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        assert_eq!(h, want);
+    }
+
+    #[test]
+    fn join_writes_the_pid_where_the_cgroup_exists() {
+        let tmp = tempfile::tempdir().unwrap();
+        let roots: Vec<PathBuf> = ["devices", "memory", "unified"]
+            .iter()
+            .map(|r| tmp.path().join(r))
+            .collect();
+        // The cgroup exists in two of the three hierarchies.
+        for r in &roots[..2] {
+            fs::create_dir_all(r.join("containerd/shim")).unwrap();
+            fs::write(r.join("containerd/shim/cgroup.procs"), "").unwrap();
+        }
+        fs::create_dir_all(&roots[2]).unwrap();
+        join_in(&roots, 4242, "/containerd/shim").unwrap();
+        for r in &roots[..2] {
+            let procs = fs::read_to_string(r.join("containerd/shim/cgroup.procs")).unwrap();
+            assert_eq!(procs, "4242");
+        }
+        assert!(!roots[2].join("containerd").exists());
+
+        let e = join_in(&roots, 1, "/nowhere").unwrap_err();
+        assert!(
+            e.contains("/nowhere") && e.contains("does not exist"),
+            "{e}"
+        );
+        let e = join_in(&roots, 1, "/containerd/../../escape").unwrap_err();
+        assert!(e.contains("\"..\""), "{e}");
     }
 }

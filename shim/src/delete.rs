@@ -18,17 +18,11 @@ const RUNC_DEADLINE: Duration = Duration::from_secs(3);
 
 pub fn delete(flags: &Flags) -> Result<Vec<u8>, String> {
     let bundle = start::bundle_dir(flags).map_err(|e| format!("bundle directory: {e}"))?;
-    let record: Option<BundleRecord> = std::fs::read(bundle.join(BUNDLE_RECORD))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let (binary, root, systemd) = match record {
-        Some(r) => (r.runc_binary, r.runc_root, r.systemd_cgroup),
-        None => (
-            "runc".to_string(),
-            Path::new(DEFAULT_RUNC_ROOT).join(&flags.namespace),
-            false,
-        ),
-    };
+    let BundleRecord {
+        runc_binary: binary,
+        runc_root: root,
+        systemd_cgroup: systemd,
+    } = runc_of(&bundle, &flags.namespace);
     let pid = util::read_pid_file(&bundle.join("init.pid")).unwrap_or(0);
     if root.join(&flags.id).exists() {
         force_delete(&binary, &root, systemd, &bundle, &flags.id);
@@ -45,6 +39,20 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>, String> {
         ..Default::default()
     };
     resp.write_to_bytes().map_err(|e| e.to_string())
+}
+
+/// How the bundle's container was run: the record Create wrote before `runc create` (so a
+/// container keeps the root it was created under, whatever today's default), else the
+/// defaults (then runc never ran for this bundle and there is most likely nothing to delete).
+fn runc_of(bundle: &Path, namespace: &str) -> BundleRecord {
+    std::fs::read(bundle.join(BUNDLE_RECORD))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| BundleRecord {
+            runc_binary: "runc".to_string(),
+            runc_root: Path::new(DEFAULT_RUNC_ROOT).join(namespace),
+            systemd_cgroup: false,
+        })
 }
 
 /// A shim that died (kill -9) leaves its socket behind. Remove it unless a live server still
@@ -96,5 +104,35 @@ fn force_delete(binary: &str, root: &Path, systemd: bool, bundle: &Path, id: &st
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runc_root_comes_from_the_record_else_our_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = runc_of(dir.path(), "default");
+        assert_eq!(r.runc_root, Path::new("/run/corral/runc/default"));
+        assert_eq!(r.runc_binary, "runc");
+
+        // A container created under another root (runc options, or an older shim's default)
+        // is deleted there.
+        let record = BundleRecord {
+            runc_binary: "/opt/runc".into(),
+            runc_root: "/run/containerd/runc/default".into(),
+            systemd_cgroup: true,
+        };
+        std::fs::write(
+            dir.path().join(BUNDLE_RECORD),
+            serde_json::to_vec(&record).unwrap(),
+        )
+        .unwrap();
+        let r = runc_of(dir.path(), "default");
+        assert_eq!(r.runc_root, Path::new("/run/containerd/runc/default"));
+        assert_eq!(r.runc_binary, "/opt/runc");
+        assert!(r.systemd_cgroup);
     }
 }

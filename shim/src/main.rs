@@ -14,8 +14,9 @@
 //! ```
 //!
 //! Modules: `flags` (command line), `start`/`delete`/`serve` (the three actions), `service`
-//! (Task methods), `process` (state machine), `reaper`, `runc`, `io` (stdio, console), `events`
-//! (ordered, retried publishing), `mount`, `cgroup` (Stats, OOM), `spec` (config.json fields).
+//! (Task methods), `options` (the runtime options a daemon sends), `process` (state machine),
+//! `reaper`, `runc`, `io` (stdio, console), `events` (ordered, retried publishing), `mount`,
+//! `cgroup` (Stats, OOM, the shim's own cgroup), `spec` (config.json fields).
 
 mod cgroup;
 mod delete;
@@ -25,6 +26,7 @@ mod flags;
 mod io;
 mod logger;
 mod mount;
+mod options;
 mod process;
 mod reaper;
 mod runc;

@@ -19,7 +19,7 @@ use protocol::Code;
 #[derive(Debug, Clone)]
 pub struct Runc {
     pub binary: String,
-    /// `--root`: runc's state directory, `<options.root or /run/containerd/runc>/<namespace>`.
+    /// `--root`: runc's state directory, `<options.root or /run/corral/runc>/<namespace>`.
     pub root: PathBuf,
     pub log: PathBuf,
     pub systemd_cgroup: bool,

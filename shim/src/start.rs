@@ -13,14 +13,12 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use protobuf::Message;
-use protobuf::well_known_types::any::Any;
 use protocol::options::Options;
 use sha2::{Digest, Sha256};
 
 use crate::flags::Flags;
 use crate::spec::Spec;
-use crate::util;
+use crate::{cgroup, options, util};
 
 /// containerd hard-codes this directory for shim sockets (not derived from its --state).
 pub const SOCKET_DIR: &str = "/run/containerd/s";
@@ -76,10 +74,18 @@ pub fn start(flags: &Flags) -> Result<String, String> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
         .map_err(|e| cleanup(format!("chmod {path}: {e}")))?;
     write_address(&bundle, &address).map_err(cleanup)?;
+    // Read before the server exists, so bad options leave nothing to undo but the socket.
+    let options = read_options().map_err(cleanup)?;
     let child = spawn_server(flags, &bundle, &listener).map_err(cleanup)?;
     set_oom_score(child);
-    if let Some(cg) = shim_cgroup_from_stdin() {
-        move_to_cgroup(child, &cg);
+    if !options.shim_cgroup.is_empty()
+        && let Err(e) = cgroup::join(child, &options.shim_cgroup)
+    {
+        // As containerd's shim: no task is created with its shim outside the cgroup asked
+        // for. The server has served nobody yet.
+        // SAFETY: kill(2) of the child we just spawned; it is not reaped while we live.
+        unsafe { libc::kill(child as libc::pid_t, libc::SIGKILL) };
+        return Err(cleanup(e));
     }
     Ok(address)
 }
@@ -141,38 +147,14 @@ fn set_oom_score(pid: u32) {
     );
 }
 
-/// containerd sends the runtime options as a protobuf Any on stdin.
-fn shim_cgroup_from_stdin() -> Option<String> {
+/// The runtime options the daemon writes to our stdin (a protobuf `Any`; none is fine).
+fn read_options() -> Result<Options, String> {
     let mut buf = Vec::new();
-    io::stdin().take(1 << 20).read_to_end(&mut buf).ok()?;
-    if buf.is_empty() {
-        return None;
-    }
-    let any = Any::parse_from_bytes(&buf).ok()?;
-    if !any.type_url.ends_with("containerd.runc.v1.Options") {
-        return None;
-    }
-    let opts = Options::parse_from_bytes(&any.value).ok()?;
-    (!opts.shim_cgroup.is_empty()).then_some(opts.shim_cgroup)
-}
-
-fn move_to_cgroup(pid: u32, cgroup: &str) {
-    let rel = cgroup.trim_start_matches('/');
-    let root = Path::new("/sys/fs/cgroup");
-    let mut moved = false;
-    if root.join("cgroup.controllers").exists() {
-        moved = fs::write(root.join(rel).join("cgroup.procs"), pid.to_string()).is_ok();
-    } else if let Ok(entries) = fs::read_dir(root) {
-        for e in entries.flatten() {
-            let procs = e.path().join(rel).join("cgroup.procs");
-            if procs.exists() {
-                moved |= fs::write(procs, pid.to_string()).is_ok();
-            }
-        }
-    }
-    if !moved {
-        log::warn!("could not move shim {pid} into cgroup {cgroup}");
-    }
+    io::stdin()
+        .take(1 << 20)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("read runtime options from stdin: {e}"))?;
+    options::decode_bytes(&buf).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -61,7 +61,10 @@ impl Service {
             PathBuf::from(&req.bundle)
         };
         let spec = Spec::load(&bundle).map_err(|e| Error::new(Code::InvalidArgument, e))?;
-        let opts = runc_options(req.options.as_ref())?;
+        let opts = crate::options::decode(req.options.as_ref())?;
+        if opts.root.is_empty() {
+            default_root_parent()?;
+        }
         let runc = Arc::new(Runc {
             binary: if opts.binary_name.is_empty() {
                 "runc".into()
@@ -170,5 +173,22 @@ impl Service {
             init,
             execs: HashMap::new(),
         })
+    }
+}
+
+/// Makes `/run/corral` (the parent of [`DEFAULT_RUNC_ROOT`]) if it is missing, mode 0711:
+/// runc would make it 0700 along with its root, and it is also corrald's socket directory,
+/// which the socket's group must be able to pass through. An existing one is left as it is.
+fn default_root_parent() -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(parent) = Path::new(DEFAULT_RUNC_ROOT).parent() else {
+        return Ok(());
+    };
+    match std::fs::DirBuilder::new().mode(0o711).create(parent) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(Error::new(
+            Code::Internal,
+            format!("create {}: {e}", parent.display()),
+        )),
+        _ => Ok(()),
     }
 }

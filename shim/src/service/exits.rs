@@ -11,6 +11,25 @@ impl Service {
     /// when it sees the exit, so an exit reported early cuts off the end of the output.
     pub async fn run_exits(self: Arc<Self>, mut exits: mpsc::UnboundedReceiver<Exit>) {
         while let Some(exit) = exits.recv().await {
+            let kill_rest = {
+                let st = self.state.lock().unwrap();
+                Self::host_pid_init(&st, exit)
+            };
+            if let Some((id, runc)) = kill_rest {
+                // Without its own pid namespace nothing kills the container's other processes
+                // when the init dies. As containerd's shim, kill them before the exit is
+                // recorded: whoever sees the init gone (Wait, /tasks/exit) must not find its
+                // children still running. Exits wait meanwhile, so they stay in order.
+                let kill = runc.kill(&self.reaper, &id, 9, true);
+                match tokio::time::timeout(KILL_ALL_DEADLINE, kill).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => log::warn!("kill the rest of {id} after its init exited: {e}"),
+                    Err(_) => log::warn!(
+                        "kill the rest of {id} after its init exited: no answer from runc in \
+                         {KILL_ALL_DEADLINE:?}"
+                    ),
+                }
+            }
             let drained = {
                 let mut st = self.state.lock().unwrap();
                 self.find_process(&mut st, exit)
@@ -37,6 +56,15 @@ impl Service {
                 None => record(),
             }
         }
+    }
+
+    /// The container and runc of `exit`'s process when it is the init of a container that
+    /// shares the host's (or another) pid namespace.
+    fn host_pid_init(st: &State, exit: Exit) -> Option<(String, Arc<Runc>)> {
+        let (id, exec_id) = Self::owner_of(st, exit)?;
+        let c = st.containers.get(&id)?;
+        (exec_id.is_empty() && !c.private_pid_ns && c.init.exit().is_none())
+            .then(|| (id, c.runc.clone()))
     }
 
     /// The container id and exec id (empty for the init) of the process `exit` belongs to.
@@ -70,7 +98,6 @@ impl Service {
         let Some(c) = st.containers.get_mut(&id) else {
             return false;
         };
-        let (private, runc) = (c.private_pid_ns, c.runc.clone());
         let Ok(p) = c.process_mut(&exec_id) else {
             return false;
         };
@@ -81,14 +108,6 @@ impl Service {
             p.exit_deferred = true;
         } else {
             self.publish_exit(&id, p);
-        }
-        if exec_id.is_empty() && !private {
-            // Without its own pid namespace nothing kills the container's other processes
-            // when the init dies; do it, as containerd's shim does.
-            let reaper = self.reaper.clone();
-            tokio::spawn(async move {
-                let _ = runc.kill(&reaper, &id, 9, true).await;
-            });
         }
         true
     }

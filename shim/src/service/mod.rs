@@ -20,7 +20,7 @@ use protobuf::well_known_types::any::Any;
 use protobuf::well_known_types::empty::Empty;
 use protobuf::{Message, MessageField};
 use protocol::Code;
-use protocol::options::{Options, ProcessDetails};
+use protocol::options::ProcessDetails;
 use protocol::shim::*;
 use protocol::shim_ttrpc::Task;
 use protocol::task::{ProcessInfo, Status};
@@ -46,12 +46,19 @@ mod kill;
 mod start;
 
 /// Default runc state root; the namespace is appended, as containerd's runc shim does.
-pub const DEFAULT_RUNC_ROOT: &str = "/run/containerd/runc";
+///
+/// Our own, not runc-v2's `/run/containerd/runc`: a host migrating from containerd runs both
+/// daemons for a while, and a container `web` in namespace `default` under each would
+/// otherwise be the same runc container (`container with given ID already exists`). The
+/// runtime options' `root` still overrides it.
+pub const DEFAULT_RUNC_ROOT: &str = "/run/corral/runc";
 /// The shim's private record in the bundle, read by the `delete` action.
 pub const BUNDLE_RECORD: &str = "corral.json";
 /// How long Delete waits for a process's output to drain before closing the client's FIFOs.
 const IO_DRAIN: Duration = Duration::from_secs(2);
 const UNCLAIMED_EXITS: usize = 1024;
+/// How long an init's exit waits for `runc kill --all` of the rest of its container.
+const KILL_ALL_DEADLINE: Duration = Duration::from_secs(10);
 /// How long an exit waits for the process's output to reach the client.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 
@@ -284,18 +291,6 @@ async fn with_console<F: std::future::Future<Output = Result<()>>>(
         );
     }
     (res, master)
-}
-
-/// Decodes the runc options from Create's `options` Any; other option types are ignored.
-fn runc_options(any: Option<&Any>) -> Result<Options> {
-    match any {
-        Some(a) if a.type_url.ends_with("containerd.runc.v1.Options") => {
-            Options::parse_from_bytes(&a.value).map_err(|e| {
-                Error::new(Code::InvalidArgument, format!("invalid runc options: {e}"))
-            })
-        }
-        _ => Ok(Options::new()),
-    }
 }
 
 #[async_trait]
