@@ -1046,7 +1046,7 @@ mod tests {
                     std::thread::spawn(move || {
                         use std::io::Write;
                         for i in 0..2000 {
-                            write!(f, "{name}-{i}\n").unwrap();
+                            writeln!(f, "{name}-{i}").unwrap();
                         }
                         f
                     })
