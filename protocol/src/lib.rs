@@ -3,8 +3,8 @@
 //! Our own `.proto` files (in `proto/`) for the parts of containerd 1.6 that the shim and the
 //! supervisor speak, compiled at build time. Same package names, message names and field
 //! numbers as containerd 1.6, so the real containerd, ctr and `containerd-shim-runc-v2`
-//! interoperate with us. This crate holds no behaviour beyond the [`Code`] mapping and small
-//! helpers to pack messages into `Any`.
+//! interoperate with us. This crate holds no behaviour beyond the [`Code`] mapping, the names
+//! of corral's own [`annotations`] and small helpers to pack messages into `Any`.
 //!
 //! Two code families, one per feature, generated from the same files where they overlap:
 //!
@@ -17,6 +17,7 @@
 //! The types are distinct Rust types even where the proto is shared (e.g. `Mount`); with both
 //! features, `convert` turns one into the other.
 
+pub mod annotations;
 mod code;
 #[cfg(all(feature = "grpc", feature = "ttrpc"))]
 pub mod convert;

@@ -16,6 +16,11 @@
 //!   pipes stdout and stderr and appends their raw bytes to the file itself, so it can cap it:
 //!   a write that would take the file past `max-size` first renames it to `path.1` (replacing
 //!   the previous one) and starts a new file. At most about 2 × max-size is kept.
+//! - `file:///abs/path?format=cri` (what corral-cri gives as both stdout and stderr): the
+//!   shim pipes both streams and writes them to the file in the Kubernetes CRI log format
+//!   itself (see [`crate::cri_log`]), so logging needs no daemon. The file is created 0640 if
+//!   missing; its directory must exist. kubelet rotates it (rename, then a reopen through
+//!   `Task.Update`); `max-size` cannot be combined with it.
 //! - `binary:///abs/path?k=v`: a logger process gets the read ends of the process's pipes as
 //!   fds 3 and 4 and closes fd 5 when it is ready.
 //! - A terminal: runc hands us the pty master through a console socket; stdin is copied to
@@ -35,6 +40,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::cri_log::{CriLogFile, LineSplitter, Stream};
 use crate::runc::ProcStdio;
 
 /// How long an output FIFO may stay full before we drop its oldest bytes.
@@ -59,6 +65,8 @@ pub struct ProcessIo {
     console: Option<Arc<OwnedFd>>,
     /// Closed when every output copier has ended (each holds a sender).
     drained: Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>,
+    /// The CRI log file the output goes to, for a reopen.
+    cri_log: Option<CriLogFile>,
 }
 
 enum Dest {
@@ -66,6 +74,8 @@ enum Dest {
     File(PathBuf),
     /// A file the shim writes itself, rotated at `max` bytes.
     CappedFile(PathBuf, u64),
+    /// A file the shim writes itself in the Kubernetes CRI log format.
+    CriFile(PathBuf),
     Binary(PathBuf, Vec<String>),
 }
 
@@ -78,8 +88,16 @@ fn parse_dest(uri: &str) -> io::Result<Dest> {
             return Ok(Dest::File(rest.into()));
         };
         let mut max = None;
+        let mut cri = false;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
+                Some(("format", "cri")) => cri = true,
+                Some(("format", v)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("unsupported log format {v:?} in {uri:?}: only \"cri\" is known"),
+                    ));
+                }
                 Some(("max-size", v)) => {
                     max = Some(v.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
                         io::Error::new(
@@ -98,10 +116,23 @@ fn parse_dest(uri: &str) -> io::Result<Dest> {
                 }
             }
         }
-        return Ok(match max {
-            Some(max) => Dest::CappedFile(percent_decode(path).into(), max),
-            None => Dest::File(percent_decode(path).into()),
-        });
+        let path = PathBuf::from(percent_decode(path));
+        return match (cri, max) {
+            (true, Some(_)) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "max-size cannot be combined with format=cri in {uri:?}: kubelet rotates \
+                     CRI logs itself"
+                ),
+            )),
+            (true, None) if !path.is_absolute() => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the CRI log path in {uri:?} is not absolute: want file:///abs/path"),
+            )),
+            (true, None) => Ok(Dest::CriFile(path)),
+            (false, Some(max)) => Ok(Dest::CappedFile(path, max)),
+            (false, None) => Ok(Dest::File(path)),
+        };
     }
     if let Some(rest) = uri.strip_prefix("binary://") {
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -203,16 +234,55 @@ impl ProcessIo {
                 io.stdin = Some(tokio::spawn(park_fd(reader)));
             }
         }
-        if p.terminal {
-            return Ok((child, io));
-        }
         let stdout = (!p.stdout.is_empty())
             .then(|| parse_dest(&p.stdout))
             .transpose()?;
+        if p.terminal {
+            // The console's output is copied once runc hands it over, but a CRI log is opened
+            // now, so that a bad path fails Create before runc runs.
+            if let Some(Dest::CriFile(path)) = stdout {
+                io.cri_log = Some(CriLogFile::open(path)?);
+            }
+            return Ok((child, io));
+        }
         let stderr = (!p.stderr.is_empty())
             .then(|| parse_dest(&p.stderr))
             .transpose()?;
+        let cri =
+            matches!(stdout, Some(Dest::CriFile(_))) || matches!(stderr, Some(Dest::CriFile(_)));
+        if cri && !p.stdout.is_empty() && !p.stderr.is_empty() && p.stdout != p.stderr {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "stdout {:?} and stderr {:?} differ: a CRI log takes both streams, give \
+                     the same URI for both",
+                    p.stdout, p.stderr
+                ),
+            ));
+        }
         match (&stdout, &stderr) {
+            (Some(Dest::CriFile(path)), _) | (None, Some(Dest::CriFile(path))) => {
+                let log = CriLogFile::open(path.clone())?;
+                for (wanted, slot, stream) in [
+                    (stdout.is_some(), &mut child.stdout, Stream::Stdout),
+                    (stderr.is_some(), &mut child.stderr, Stream::Stderr),
+                ] {
+                    if wanted {
+                        let (r, w) = pipe()?;
+                        chown(&w, s.io_uid, s.io_gid);
+                        set_nonblocking(&r)?;
+                        *slot = Some(w);
+                        let token = io.drain_token();
+                        io.outputs.push(tokio::spawn(copy_to_cri_log(
+                            r,
+                            stream,
+                            log.clone(),
+                            token,
+                        )));
+                    }
+                }
+                io.cri_log = Some(log);
+            }
             (Some(Dest::File(path)), _) | (None, Some(Dest::File(path))) => {
                 // Both streams are appended to the one file, as containerd's shim does.
                 let f = open_log_file(path)?;
@@ -282,6 +352,16 @@ impl ProcessIo {
                     let log = Arc::new(std::sync::Mutex::new(CappedLog::open(path, max)?));
                     self.outputs.push(tokio::spawn(copy_to_log(m, log, token)));
                 }
+                // A terminal has one output: all of it is `stdout` in the CRI log.
+                Dest::CriFile(path) => {
+                    let log = match &self.cri_log {
+                        Some(log) => log.clone(),
+                        None => CriLogFile::open(path)?,
+                    };
+                    self.cri_log = Some(log.clone());
+                    self.outputs
+                        .push(tokio::spawn(copy_to_cri_log(m, Stream::Stdout, log, token)));
+                }
                 Dest::Fifo(path) => {
                     let fifo = open_fifo(&path, libc::O_RDWR)?;
                     self.outputs.push(tokio::spawn(copy_out(m, fifo, token)));
@@ -318,6 +398,11 @@ impl ProcessIo {
         let (tx, mut rx) = self.drained.take()?;
         drop(tx);
         Some(async move { while rx.recv().await.is_some() {} })
+    }
+
+    /// The CRI log the process's output goes to, if it has one (`file://…?format=cri`).
+    pub fn cri_log(&self) -> Option<CriLogFile> {
+        self.cri_log.clone()
     }
 
     /// `CloseIO{stdin}`: drop the kept writer, so stdin ends once the client's side closes.
@@ -381,6 +466,15 @@ pub fn async_fd(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
 
 fn dup(fd: &OwnedFd) -> io::Result<OwnedFd> {
     fd.try_clone()
+}
+
+/// The error code for a failure to set up a process's stdio: a bad URI or log path is the
+/// client's mistake.
+pub fn error_code(e: &io::Error) -> protocol::Code {
+    match e.kind() {
+        io::ErrorKind::InvalidInput => protocol::Code::InvalidArgument,
+        _ => protocol::Code::Internal,
+    }
 }
 
 fn open_log_file(path: &Path) -> io::Result<std::fs::File> {
@@ -667,6 +761,47 @@ async fn copy_to_log(src: OwnedFd, log: Arc<std::sync::Mutex<CappedLog>>, _done:
     }
 }
 
+/// How much of a read is turned into records before they are written: bounds the records
+/// buffered from one read (an input of only newlines makes a record of every byte).
+const CRI_SLICE: usize = 4096;
+
+/// One process output pipe (or pty master) → the CRI log it shares with the other stream,
+/// until the pipe ends; then the unfinished line, if any, as a partial record. The pipe is
+/// drained whatever happens to the file (see [`CriLogFile::write`]).
+async fn copy_to_cri_log(src: OwnedFd, stream: Stream, log: CriLogFile, _done: mpsc::Sender<()>) {
+    let mut lines = LineSplitter::new(stream);
+    let mut records = Vec::new();
+    let run = async {
+        let src = async_fd(src)?;
+        let mut buf = vec![0u8; BUF];
+        loop {
+            let n = read_some(&src, &mut buf).await?;
+            if n == 0 {
+                return Ok::<_, io::Error>(());
+            }
+            let now = std::time::SystemTime::now();
+            for slice in buf[..n].chunks(CRI_SLICE) {
+                lines.push(slice, now, &mut records);
+                if records.len() >= BUF {
+                    log.write(&records);
+                    records.clear();
+                }
+            }
+            log.write(&records);
+            records.clear();
+        }
+    };
+    if let Err(e) = run.await {
+        log::warn!(
+            "copy process {} to CRI log {}: {e}",
+            stream.name(),
+            log.path().display()
+        );
+    }
+    lines.finish(std::time::SystemTime::now(), &mut records);
+    log.write(&records);
+}
+
 /// Client stdin FIFO → process stdin pipe (or pty master), until EOF or the process is gone.
 async fn copy_stdin(fifo: OwnedFd, dst: OwnedFd) {
     let run = async {
@@ -800,6 +935,177 @@ mod tests {
             let e = parse_dest(bad).err().unwrap();
             assert!(e.to_string().contains("file:///a"), "{e}");
         }
+    }
+
+    #[test]
+    fn cri_destinations() {
+        assert!(matches!(
+            parse_dest("file:///var/log/pods/p/c/0.log?format=cri").unwrap(),
+            Dest::CriFile(p) if p == Path::new("/var/log/pods/p/c/0.log")
+        ));
+        assert!(matches!(
+            parse_dest("file:///var/log/a%20b/0.log?format=cri").unwrap(),
+            Dest::CriFile(p) if p == Path::new("/var/log/a b/0.log")
+        ));
+        for (bad, why) in [
+            ("file:///a?format=cri&max-size=10", "max-size"),
+            ("file:///a?max-size=10&format=cri", "max-size"),
+            ("file:///a?format=json", "json"),
+            ("file:///a?format=", "format"),
+            ("file://a?format=cri", "absolute"),
+        ] {
+            let e = parse_dest(bad).err().unwrap();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{bad}");
+            assert_eq!(error_code(&e), protocol::Code::InvalidArgument, "{bad}");
+            assert!(e.to_string().contains(bad), "{bad}: {e}");
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn cri_log_setup_errors_are_the_clients() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let uri = |name: &str| format!("file://{}?format=cri", dir.path().join(name).display());
+            let open = |stdout: String, stderr: String| async move {
+                let paths = StdioPaths {
+                    stdout,
+                    stderr,
+                    ..Default::default()
+                };
+                let setup = IoSetup {
+                    paths: &paths,
+                    container_id: "c",
+                    namespace: "ns",
+                    io_uid: 0,
+                    io_gid: 0,
+                };
+                ProcessIo::open(&setup).await.map(drop)
+            };
+            let e = open(uri("a.log"), uri("b.log")).await.unwrap_err();
+            assert_eq!(error_code(&e), protocol::Code::InvalidArgument);
+            assert!(
+                e.to_string().contains("a.log") && e.to_string().contains("b.log"),
+                "{e}"
+            );
+            assert!(!dir.path().join("a.log").exists());
+            let e = open(uri("gone/0.log"), uri("gone/0.log"))
+                .await
+                .unwrap_err();
+            assert_eq!(error_code(&e), protocol::Code::InvalidArgument);
+            assert!(e.to_string().contains("does not exist"), "{e}");
+            // One stream alone is fine.
+            open(String::new(), uri("err.log")).await.unwrap();
+            assert!(dir.path().join("err.log").exists());
+        });
+    }
+
+    /// Records of the file as (stream, tag, content), checking each line's shape.
+    fn cri_records(path: &Path) -> Vec<(String, String, String)> {
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.is_empty() || text.ends_with('\n'));
+        text.lines()
+            .map(|l| {
+                let mut f = l.splitn(4, ' ');
+                let ts = f.next().unwrap();
+                assert!(ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{l:?}");
+                let (stream, tag) = (f.next().unwrap(), f.next().unwrap());
+                (stream.into(), tag.into(), f.next().expect("content").into())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cri_copiers_keep_each_stream_in_order_and_follow_a_reopen() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("0.log");
+            let log = CriLogFile::open(path.clone()).unwrap();
+            let mut writers = Vec::new();
+            let mut copiers = Vec::new();
+            for stream in [Stream::Stdout, Stream::Stderr] {
+                let (r, w) = pipe().unwrap();
+                set_nonblocking(&r).unwrap();
+                let (token, _rx) = mpsc::channel(1);
+                copiers.push(tokio::spawn(copy_to_cri_log(r, stream, log.clone(), token)));
+                writers.push(std::fs::File::from(w));
+            }
+            // Both streams at once, from two threads, in small and odd-sized writes.
+            let threads: Vec<_> = writers
+                .into_iter()
+                .zip(["out", "err"])
+                .map(|(mut f, name)| {
+                    std::thread::spawn(move || {
+                        use std::io::Write;
+                        for i in 0..2000 {
+                            writeln!(f, "{name}-{i}").unwrap();
+                        }
+                        f
+                    })
+                })
+                .collect();
+            let mut writers: Vec<std::fs::File> = Vec::new();
+            for t in threads {
+                writers.push(
+                    tokio::task::spawn_blocking(move || t.join().unwrap())
+                        .await
+                        .unwrap(),
+                );
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while cri_records(&path).len() < 4000 {
+                assert!(std::time::Instant::now() < deadline, "copiers stalled");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // kubelet's rotation: rename, then reopen; what follows lands in the new file,
+            // including the rest of a line begun before the reopen.
+            use std::io::Write;
+            writers[0].write_all(b"half").unwrap();
+            let rotated = dir.path().join("0.log.1");
+            std::fs::rename(&path, &rotated).unwrap();
+            log.reopen().unwrap();
+            writers[0].write_all(b"-line\nno newline").unwrap();
+            writers[1].write_all(b"after\n").unwrap();
+            drop(writers);
+            for c in copiers {
+                tokio::time::timeout(Duration::from_secs(30), c)
+                    .await
+                    .expect("copier did not end at EOF")
+                    .unwrap();
+            }
+            let old = cri_records(&rotated);
+            for (stream, name) in [("stdout", "out"), ("stderr", "err")] {
+                let got: Vec<String> = old
+                    .iter()
+                    .filter(|r| r.0 == stream)
+                    .map(|r| {
+                        assert_eq!(r.1, "F");
+                        r.2.clone()
+                    })
+                    .collect();
+                let want: Vec<String> = (0..2000).map(|i| format!("{name}-{i}")).collect();
+                assert_eq!(got, want, "{stream}");
+            }
+            let mut new = cri_records(&path);
+            new.sort();
+            let r = |s: &str, t: &str, c: &str| (s.to_string(), t.to_string(), c.to_string());
+            assert_eq!(
+                new,
+                [
+                    r("stderr", "F", "after"),
+                    r("stdout", "F", "half-line"),
+                    r("stdout", "P", "no newline"),
+                ]
+            );
+        });
     }
 
     #[test]

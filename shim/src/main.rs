@@ -15,10 +15,12 @@
 //!
 //! Modules: `flags` (command line), `start`/`delete`/`serve` (the three actions), `service`
 //! (Task methods), `options` (the runtime options a daemon sends), `process` (state machine),
-//! `reaper`, `runc`, `io` (stdio, console), `events` (ordered, retried publishing), `mount`,
-//! `cgroup` (Stats, OOM, the shim's own cgroup), `spec` (config.json fields).
+//! `reaper`, `runc`, `io` (stdio, console), `cri_log` (the Kubernetes container log format),
+//! `events` (ordered, retried publishing), `mount`, `cgroup` (Stats, OOM, the shim's own
+//! cgroup), `spec` (config.json fields).
 
 mod cgroup;
+mod cri_log;
 mod delete;
 mod error;
 mod events;

@@ -120,7 +120,10 @@ impl Service {
             Ok(x) => x,
             Err(e) => {
                 unmount(rootfs_mounted);
-                return Err(Error::new(Code::Internal, format!("set up stdio: {e}")));
+                return Err(Error::new(
+                    crate::io::error_code(&e),
+                    format!("set up stdio: {e}"),
+                ));
             }
         };
         let pid_file = bundle.join("init.pid");

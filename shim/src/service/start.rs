@@ -121,9 +121,9 @@ impl Service {
             io_uid: 0,
             io_gid: 0,
         };
-        let (child_stdio, mut pio) = ProcessIo::open(&setup)
-            .await
-            .map_err(|e| Error::new(Code::Internal, format!("set up exec stdio: {e}")))?;
+        let (child_stdio, mut pio) = ProcessIo::open(&setup).await.map_err(|e| {
+            Error::new(crate::io::error_code(&e), format!("set up exec stdio: {e}"))
+        })?;
         let console = stdio
             .terminal
             .then(ConsoleSocket::new)
