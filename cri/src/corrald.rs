@@ -349,20 +349,36 @@ impl Corrald {
         }
     }
 
-    /// Deletes a stopped task and returns its exit; None if there was no task.
+    /// Deletes a stopped task and returns its exit; None if there was no task, or if another
+    /// caller (the exit monitor and a Stop race for it) is deleting it: then this waits until
+    /// the task is gone, so either caller returns only once the task no longer exists.
     pub async fn delete_task(&self, id: &str) -> Result<Option<Exit>> {
-        let r = absent_ok(
-            self.client
-                .tasks()
-                .delete(self.req(
-                    tasks::DeleteTaskRequest {
-                        container_id: id.to_string(),
-                    },
-                    SLOW,
-                ))
-                .await,
-        )
-        .with_context(|| format!("delete task {id}"))?;
+        let answer = self
+            .client
+            .tasks()
+            .delete(self.req(
+                tasks::DeleteTaskRequest {
+                    container_id: id.to_string(),
+                },
+                SLOW,
+            ))
+            .await;
+        if let Err(s) = &answer
+            && s.code() == protocol::grpc::tonic::Code::FailedPrecondition
+            && s.message().contains("being deleted")
+        {
+            let deadline = tokio::time::Instant::now() + SLOW;
+            while self.get_task(id).await?.is_some() {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(
+                        crate::error::Error::from(s.clone()).context(format!("delete task {id}"))
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            return Ok(None);
+        }
+        let r = absent_ok(answer).with_context(|| format!("delete task {id}"))?;
         Ok(r.map(|r| {
             let r = r.into_inner();
             Exit {

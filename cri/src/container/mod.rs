@@ -11,4 +11,3 @@ mod update;
 
 pub use start::cri_log_uri;
 pub use stop::parse_signal;
-pub use update::LOG_REOPEN_ANNOTATION;

@@ -16,9 +16,6 @@ use crate::records;
 use crate::spec;
 use crate::store::State;
 
-/// The Task.Update annotation on which our shim reopens the log files it writes.
-pub const LOG_REOPEN_ANNOTATION: &str = "io.corral.log.reopen";
-
 impl Cri {
     /// New cgroup limits: applied to the running task (all or nothing, by runc), and kept in
     /// the container's spec and record so a restart and ContainerStatus both see them.
@@ -119,7 +116,10 @@ impl Cri {
             )));
         }
         let mut annotations = HashMap::new();
-        annotations.insert(LOG_REOPEN_ANNOTATION.to_string(), "1".to_string());
+        annotations.insert(
+            protocol::annotations::LOG_REOPEN.to_string(),
+            "1".to_string(),
+        );
         self.corrald
             .update_task(&c.id, None, annotations)
             .await
