@@ -292,11 +292,31 @@ impl Drop for CriNode {
             let _ = c.run(&["rmp", "-fa"]);
         }
         self.stop();
+        self.remove_leftovers();
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .stderr(Stdio::null())
             .status();
         unmount_below(&self.dir);
+    }
+}
+
+impl CriNode {
+    /// What a failed test may leave in corrald's `k8s.io` (tasks, containers) is removed through
+    /// ctr, and a shim that still runs after that is killed: a failing test leaks nothing.
+    fn remove_leftovers(&self) {
+        let ctr = self.corrald.ctr_in(K8S_NAMESPACE);
+        for t in ctr.tasks() {
+            let _ = ctr.run(&["tasks", "rm", "-f", &t.id]);
+        }
+        let out = ctr.run(&["containers", "ls", "-q"]);
+        for id in out.stdout_str().split_whitespace() {
+            let _ = ctr.run(&["containers", "rm", id]);
+        }
+        for p in crate::leaks::daemon_shim_processes(&self.corrald.address(), K8S_NAMESPACE) {
+            // SAFETY: kill(2) of a shim this node's daemon started.
+            unsafe { libc::kill(p.pid as libc::pid_t, libc::SIGKILL) };
+        }
     }
 }
 

@@ -28,6 +28,16 @@ fn wait_state(node: &CriNode, id: &str, state: &str) -> Value {
     })
 }
 
+/// Waits until no shim of the node's daemon runs (a shim exits just after its task's delete).
+fn assert_no_shims(node: &CriNode) {
+    let address = node.corrald().address();
+    wait_until("every shim to exit", T, || {
+        integration::leaks::daemon_shim_processes(&address, "k8s.io")
+            .is_empty()
+            .then_some(())
+    });
+}
+
 fn netns_entries(node: &CriNode) -> Vec<String> {
     std::fs::read_dir(node.root().join("netns"))
         .map(|d| {
@@ -139,6 +149,7 @@ fn pod_and_container_lifecycle() {
     let ctr = node.corrald().ctr_in("k8s.io");
     assert!(ctr.ok(&["containers", "ls", "-q"]).is_empty());
     assert!(ctr.ok(&["tasks", "ls", "-q"]).is_empty());
+    assert_no_shims(&node);
 }
 
 #[test]
@@ -213,6 +224,7 @@ fn pods_survive_kill_9_of_corral_cri_and_corrald() {
             .ok(&["tasks", "ls", "-q"])
             .is_empty()
     );
+    assert_no_shims(&node);
 }
 
 #[test]
