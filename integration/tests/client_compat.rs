@@ -80,6 +80,41 @@ fn label_creates_a_missing_namespace(daemon: Daemon) {
     assert_eq!(namespace_row(ctr, &name), None);
 }
 
+/// `client.IsServing` (and dockerd before it resubscribes): the standard health Check of the
+/// whole server answers SERVING; an unknown service name is NotFound.
+fn health_check_is_serving(daemon: Daemon) {
+    use protocol::grpc::grpc::health::v1::HealthCheckRequest;
+    use protocol::grpc::grpc::health::v1::health_check_response::ServingStatus;
+    use protocol::grpc::grpc::health::v1::health_client::HealthClient;
+    if !require_root() {
+        return;
+    }
+    let d = start_bare(daemon);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let channel = protocol::grpc::unix::connect(d.address()).await.unwrap();
+        let mut health = HealthClient::new(channel);
+        let whole = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("Check")
+            .into_inner();
+        assert_eq!(whole.status(), ServingStatus::Serving);
+        let unknown = health
+            .check(HealthCheckRequest {
+                service: "no.such.Service".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+    });
+}
+
 /// An open Write stream as the Go client's content proxy holds it: the request side (closed
 /// by the writer's `Close`) and the response side.
 struct RemoteWriter {
@@ -424,6 +459,7 @@ fn user_namespace_container_runs(t: Target) {
 runtime_tests!(user_namespace_container_runs);
 
 daemon_tests!(
+    health_check_is_serving,
     v1_runtime_with_a_missing_runc_names_it,
     v1_runtime_runs_a_container,
     label_creates_a_missing_namespace,
