@@ -33,6 +33,7 @@ pub mod cmd;
 pub mod containerd;
 pub mod corrald;
 pub mod ctr;
+pub mod docker;
 pub mod events;
 pub mod image;
 pub mod leaks;
@@ -46,6 +47,7 @@ use std::time::{Duration, Instant};
 pub use containerd::Containerd;
 pub use corrald::Corrald;
 pub use ctr::{Ctr, CtrOutput, TaskRow};
+pub use docker::{Docker, DockerOutput};
 pub use events::{Event, EventStream};
 pub use image::IMAGE_REF;
 
