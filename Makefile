@@ -14,8 +14,8 @@ IMAGE_TAR := $(TARGET_DIR)/busybox-image.tar
 CORRALD_SOCK := /run/corral/corral.sock
 
 # Debian packages the tests and `make run` need. Installed only when something is missing.
-PACKAGES := runc containerd busybox-static docker-registry
-NEEDED_COMMANDS := runc containerd ctr containerd-shim-runc-v2 busybox docker-registry
+PACKAGES := runc containerd busybox-static docker-registry docker.io
+NEEDED_COMMANDS := runc containerd ctr containerd-shim-runc-v2 busybox docker-registry dockerd docker
 
 .PHONY: all build release test lint fmt install deps run image bench clean
 
