@@ -47,6 +47,8 @@ pub struct Exchange {
     /// Subscribe streams' filters and the held events. Sending happens under this lock, so a
     /// new subscriber gets each event exactly once: replayed from the held ones, or live.
     clients: Arc<Mutex<Clients>>,
+    /// OOM kills shims missed (see [`crate::oom`]).
+    oom: Arc<crate::oom::OomCheck>,
 }
 
 #[derive(Default)]
@@ -85,6 +87,7 @@ impl Default for Exchange {
             tx: broadcast::channel(BACKLOG).0,
             closed: Arc::new(watch::channel(false).0),
             clients: Arc::default(),
+            oom: Arc::default(),
         }
     }
 }
@@ -141,6 +144,20 @@ impl Exchange {
         }
         // No subscriber is not an error.
         let _ = self.tx.send(env);
+    }
+
+    /// Passes on an envelope a shim forwarded, preceded by a /tasks/oom for an OOM kill the
+    /// shim did not report when it is its task's exit (see [`crate::oom`]).
+    pub async fn forward_from_shim(&self, env: Envelope) {
+        for env in self.oom.filter(env).await {
+            self.forward(env);
+        }
+    }
+
+    /// Lets [`Exchange::forward_from_shim`] find task bundles (and so their cgroups) under
+    /// `dir/<namespace>/<id>`.
+    pub fn set_tasks_dir(&self, dir: std::path::PathBuf) {
+        self.oom.set_tasks_dir(dir);
     }
 
     /// From now until `window` has passed, task events that no Subscribe stream's filters

@@ -88,6 +88,9 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         .set_nonblocking(true)
         .map_err(|e| format!("socket: {e}"))?;
     let listener = tokio::net::UnixListener::from_std(listener).map_err(|e| e.to_string())?;
+    daemon
+        .events
+        .set_tasks_dir(cfg.state.join(crate::runtime::PLUGIN_DIR));
     // Until start-up has found out whether there are tasks, hold their events for clients that
     // will subscribe again (shims deliver what they saw during an outage as soon as they can).
     daemon

@@ -50,7 +50,7 @@ impl Events for EventsService {
             .envelope
             .ok_or_else(|| invalid("envelope is required"))?;
         validate_envelope(&env).map_err(|e| e.code().grpc_status(e.to_string()))?;
-        self.daemon.events.forward(env);
+        self.daemon.events.forward_from_shim(env).await;
         Ok(Response::new(()))
     }
 
