@@ -372,9 +372,11 @@ fn dockerd_restart_keeps_containers() {
 }
 
 /// A container that outgrows its memory limit after it started is reported OOMKilled, with an
-/// `oom` event. (A process that hits the limit within milliseconds of `runc start` may not be:
-/// containerd's runc shim registers its OOM eventfd only after starting the container, and a
-/// cgroup v1 eventfd reports only later OOMs; containerd 1.6 itself shows that race.)
+/// `oom` event, on both daemons. One that hits the limit within milliseconds of `runc start`
+/// is killed before containerd's runc shim arms its OOM eventfd, and the shim reports no OOM:
+/// on containerd 1.6 dockerd then says OOMKilled=false now and then (2 to 4 runs in 10 here);
+/// corrald reads the cgroup's OOM-kill counter when the exit comes and reports the OOM first,
+/// so that case is checked against corrald only.
 fn oom_killed_is_reported(daemon: Daemon) {
     if !require_root() {
         return;
@@ -397,6 +399,27 @@ fn oom_killed_is_reported(daemon: Daemon) {
     let events = d.events_since("oom", t0);
     assert!(events.iter().any(|e| e == "oom"), "{events:?}");
     d.ok(&["rm", "oom"]);
+
+    if daemon == Daemon::Corrald {
+        // Three times: the shim alone misses this one in three or so.
+        for i in 0..3 {
+            let name = format!("quick{i}");
+            let t1 = SystemTime::now();
+            let out = run(
+                &d,
+                &["--name", &name, "-m", "8m", "--memory-swap", "8m"],
+                &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+            );
+            assert_eq!(out.code(), Some(137), "{}", out.describe());
+            assert_eq!(
+                d.inspect(&name, "{{.State.OOMKilled}} {{.State.ExitCode}}"),
+                "true 137"
+            );
+            let events = d.events_since(&name, t1);
+            assert!(events.iter().any(|e| e == "oom"), "{events:?}");
+            d.ok(&["rm", &name]);
+        }
+    }
     d.assert_no_leaks();
 }
 
