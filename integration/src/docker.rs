@@ -153,15 +153,29 @@ pub struct Docker {
 
 impl Docker {
     /// Starts `daemon` (corrald or containerd) and dockerd on it, and imports [`IMAGE`].
+    /// dockerd's containers get containerd's runc shim.
     pub fn start(daemon: Daemon) -> Docker {
+        Docker::start_with(daemon, Runtime::Runc)
+    }
+
+    /// Like [`Docker::start`], with dockerd's containers on `shim`: our shim is possible on
+    /// corrald only, through its runtime mapping of `io.containerd.runc.v2` (dockerd 20.10
+    /// always asks for that runtime; its `--add-runtime` only changes the runc binary).
+    pub fn start_with(daemon: Daemon, shim: Runtime) -> Docker {
+        assert!(
+            shim == Runtime::Runc || daemon == Daemon::Corrald,
+            "only corrald maps dockerd's runtime to our shim"
+        );
+        shim.ensure_available();
         let backend = Containerd::start_with(
             Target {
                 daemon,
-                runtime: Runtime::Runc,
+                runtime: shim,
             },
             Options {
                 log_level: "debug",
                 import_image: false,
+                runc_v2_is_corral: shim == Runtime::Corral,
             },
         );
         let dir = tempfile::Builder::new()
@@ -498,14 +512,8 @@ impl Docker {
             leaks.push(format!("container {id} still exists"));
         }
         let address = self.backend().address();
-        for p in leaks::processes() {
-            let is_shim = Path::new(&p.args[0])
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("containerd-shim"));
-            if is_shim && leaks::flag_value(&p.args, "address").map(Path::new) == Some(&address) {
-                leaks.push(format!("shim pid {}: {}", p.pid, p.args.join(" ")));
-            }
+        for p in self.shims() {
+            leaks.push(format!("shim pid {}: {}", p.pid, p.args.join(" ")));
         }
         for pid in self.container_processes() {
             leaks.push(format!("container process {pid}"));
@@ -564,6 +572,21 @@ impl Docker {
         );
     }
 
+    /// Shim processes serving our backend's socket.
+    pub fn shims(&self) -> Vec<leaks::ProcessInfo> {
+        let address = self.backend().address();
+        leaks::processes()
+            .into_iter()
+            .filter(|p| {
+                let is_shim = Path::new(&p.args[0])
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("containerd-shim"));
+                is_shim && leaks::flag_value(&p.args, "address").map(Path::new) == Some(&address)
+            })
+            .collect()
+    }
+
     /// Pids of processes in a cgroup below our cgroup parent.
     fn container_processes(&self) -> Vec<u32> {
         let needle = format!("/{}/", self.cgroup_parent);
@@ -602,16 +625,9 @@ impl Docker {
 
     /// Kills what dockerd and the backend could not clean up. Never panics.
     fn remove_leftovers(&self) {
-        let address = self.backend().address();
-        for p in leaks::processes() {
-            let is_shim = Path::new(&p.args[0])
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("containerd-shim"));
-            if is_shim && leaks::flag_value(&p.args, "address").map(Path::new) == Some(&address) {
-                // SAFETY: plain kill(2) of a shim serving our private socket, just read from /proc.
-                unsafe { libc::kill(p.pid as libc::pid_t, libc::SIGKILL) };
-            }
+        for p in self.shims() {
+            // SAFETY: plain kill(2) of a shim serving our private socket, just read from /proc.
+            unsafe { libc::kill(p.pid as libc::pid_t, libc::SIGKILL) };
         }
         let runc_root = self.exec_root().join("runtime-runc").join(NAMESPACE);
         if let Ok(entries) = fs::read_dir(&runc_root) {

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use integration::docker::{IMAGE, wait_process_gone};
 use integration::pty::{PtySession, run_in_pty};
-use integration::{Daemon, Docker, DockerOutput, require_root, wait_until};
+use integration::{Daemon, Docker, DockerOutput, Runtime, require_root, wait_until};
 
 /// Exits 0 on SIGTERM, prints `ready` once it would.
 const LONG: &str = "trap 'exit 0' TERM; echo ready; sleep 1000 & wait";
@@ -431,4 +431,80 @@ fn corrald_reports_oom_kill() {
 #[test]
 fn containerd_reports_oom_kill() {
     oom_killed_is_reported(Daemon::Containerd);
+}
+
+/// corrald's runtime mapping of `io.containerd.runc.v2` (which dockerd 20.10 always asks for)
+/// gives dockerd's containers our shim: run, exec -t, pause, an OOM at once, kill -9 of corrald
+/// with an exit during the outage, stop.
+#[test]
+fn dockerd_on_our_shim() {
+    if !require_root() {
+        return;
+    }
+    let mut d = Docker::start_with(Daemon::Corrald, Runtime::Corral);
+    let out = run(&d, &["--rm"], &["sh", "-c", "echo out; exit 3"]);
+    assert_eq!(out.code(), Some(3), "{}", out.describe());
+    assert_eq!(out.stdout, "out\n", "{}", out.describe());
+
+    run_ready(&d, "ours", &[], LONG);
+    let shims = d.shims();
+    assert!(
+        !shims.is_empty()
+            && shims
+                .iter()
+                .all(|p| p.args[0].ends_with(Runtime::Corral.binary_name())),
+        "{:?}",
+        shims.iter().map(|p| &p.args).collect::<Vec<_>>()
+    );
+    let tty = run_in_pty(
+        d.command(&["exec", "-t", "ours", "sh", "-c", "tty; exit 8"]),
+        T,
+    )
+    .expect("run docker in a pty");
+    assert_eq!(tty.status.code(), Some(8), "{}", tty.text());
+    assert!(tty.text().contains("/dev/pts/"), "{}", tty.text());
+    d.ok(&["pause", "ours"]);
+    assert_eq!(d.inspect("ours", "{{.State.Status}}"), "paused");
+    d.ok(&["unpause", "ours"]);
+    assert_eq!(d.ok(&["exec", "ours", "echo", "back"]), "back");
+
+    let out = run(
+        &d,
+        &["--name", "quick", "-m", "8m", "--memory-swap", "8m"],
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+    );
+    assert_eq!(out.code(), Some(137), "{}", out.describe());
+    assert_eq!(
+        d.inspect("quick", "{{.State.OOMKilled}} {{.State.ExitCode}}"),
+        "true 137"
+    );
+
+    run_ready(
+        &d,
+        "exiter",
+        &[],
+        "trap 'exit 7' TERM; echo ready; sleep 1000 & wait",
+    );
+    let exiter = d.pid("exiter");
+    d.kill_9_backend();
+    sigterm(exiter);
+    wait_process_gone(exiter, T);
+    d.restart_backend();
+    wait_until("dockerd to reach corrald again", T, || {
+        d.run(&["exec", "ours", "true"]).success().then_some(())
+    });
+    d.wait_inspect(
+        "exiter",
+        "{{.State.Status}} {{.State.ExitCode}}",
+        "exited 7",
+        T,
+    );
+
+    d.ok(&["stop", "ours"]);
+    assert_eq!(
+        d.inspect("ours", "{{.State.Status}} {{.State.ExitCode}}"),
+        "exited 0"
+    );
+    d.ok(&["rm", "ours", "quick", "exiter"]);
+    d.assert_no_leaks();
 }
