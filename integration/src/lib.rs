@@ -3,7 +3,8 @@
 //! What it is: helpers that start a private containerd per test ([`Containerd`]), drive it with
 //! `ctr` ([`Ctr`]), watch its event stream ([`EventStream`]), run `ctr -t` under a pseudo-terminal
 //! ([`pty::run_in_pty`]), build a busybox image without network ([`image`]) and check that a test
-//! left nothing behind ([`Containerd::assert_no_leaks`]). What it is not: product code, or a mock of
+//! left nothing behind ([`Containerd::assert_no_leaks`]); and a private Docker Engine on such a
+//! daemon, driven with the `docker` CLI ([`Docker`]). What it is not: product code, or a mock of
 //! anything — every test talks to the real binaries.
 //!
 //! Every lifecycle test runs once per [`Runtime`]: `io.containerd.runc.v2` (containerd's Go shim,
