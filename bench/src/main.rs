@@ -52,6 +52,7 @@ const CORRALD: Target = Target {
 const BENCH_OPTIONS: Options = Options {
     log_level: "info",
     import_image: true,
+    runc_v2_is_corral: false,
 };
 /// Deadline of the restart block's wait for all tasks RUNNING.
 const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
@@ -556,6 +557,7 @@ fn pull_block(cfg: &Config, report: &mut Report) {
                 Options {
                     log_level: "info",
                     import_image: false,
+                    runc_v2_is_corral: false,
                 },
             );
             let mut c = match (m.command)(&d, &reference) {

@@ -52,6 +52,34 @@ pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> io::Result<O
     })
 }
 
+/// Runs `cmd` with `input` written to its stdin (then closed) and returns its exit status and
+/// output, killing it after `timeout`. The input is written by a thread of its own, so a child
+/// that does not read it cannot block us.
+pub fn output_with_input(cmd: &mut Command, input: &[u8], timeout: Duration) -> io::Result<Output> {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let stdin = child.stdin.take();
+    let input = input.to_vec();
+    std::thread::spawn(move || {
+        if let Some(mut w) = stdin {
+            use std::io::Write;
+            // The child may exit without reading everything (EPIPE): that is its business.
+            let _ = w.write_all(&input);
+        }
+    });
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let (status, timed_out) = wait_with_timeout(child, timeout)?;
+    Ok(Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        timed_out,
+    })
+}
+
 /// Waits for `child`; after `timeout` sends SIGKILL and waits for that. Returns the status and
 /// whether the deadline passed.
 pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> io::Result<(ExitStatus, bool)> {
@@ -100,6 +128,18 @@ mod tests {
         assert_eq!(out.stdout, b"out\n");
         assert_eq!(out.stderr, b"err\n");
         assert!(!out.timed_out);
+    }
+
+    #[test]
+    fn feeds_stdin() {
+        let out = output_with_input(
+            Command::new("sh").args(["-c", "read x; echo got $x"]),
+            b"hello\n",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(out.stdout, b"got hello\n");
+        assert!(out.status.success());
     }
 
     #[test]

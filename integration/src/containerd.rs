@@ -48,6 +48,9 @@ pub struct Options {
     pub log_level: &'static str,
     /// Import the busybox test image ([`IMAGE_REF`]) after start-up.
     pub import_image: bool,
+    /// corrald only: run `io.containerd.runc.v2` (what dockerd asks for) with our shim, through
+    /// corrald's runtime mapping.
+    pub runc_v2_is_corral: bool,
 }
 
 impl Default for Options {
@@ -55,6 +58,7 @@ impl Default for Options {
         Options {
             log_level: "debug",
             import_image: true,
+            runc_v2_is_corral: false,
         }
     }
 }
@@ -125,7 +129,7 @@ impl Containerd {
             sock = path.join("c.sock").display(),
         );
         fs::write(path.join("config.toml"), config).expect("cannot write containerd config");
-        let corrald_config = format!(
+        let mut corrald_config = format!(
             "version = 1\n\
              root = \"{root}\"\n\
              state = \"{state}\"\n\
@@ -142,6 +146,13 @@ impl Containerd {
             corral = Runtime::Corral.name(),
             shim = shim.display(),
         );
+        if options.runc_v2_is_corral {
+            corrald_config.push_str(&format!(
+                "\n[runtime.runtimes.\"{runc}\"]\nbinary = \"{shim}\"\n",
+                runc = Runtime::Runc.name(),
+                shim = shim.display(),
+            ));
+        }
         fs::write(path.join("corrald.toml"), corrald_config).expect("cannot write corrald config");
 
         let ctr = Ctr::new(&path.join("c.sock"), &namespace);

@@ -3,7 +3,8 @@
 //! What it is: helpers that start a private containerd per test ([`Containerd`]), drive it with
 //! `ctr` ([`Ctr`]), watch its event stream ([`EventStream`]), run `ctr -t` under a pseudo-terminal
 //! ([`pty::run_in_pty`]), build a busybox image without network ([`image`]) and check that a test
-//! left nothing behind ([`Containerd::assert_no_leaks`]). What it is not: product code, or a mock of
+//! left nothing behind ([`Containerd::assert_no_leaks`]); and a private Docker Engine on such a
+//! daemon, driven with the `docker` CLI ([`Docker`]). What it is not: product code, or a mock of
 //! anything — every test talks to the real binaries.
 //!
 //! Every lifecycle test runs once per [`Runtime`]: `io.containerd.runc.v2` (containerd's Go shim,
@@ -36,6 +37,7 @@ pub mod containerd;
 pub mod corrald;
 pub mod cri;
 pub mod ctr;
+pub mod docker;
 pub mod events;
 pub mod image;
 pub mod leaks;
@@ -51,6 +53,7 @@ pub use containerd::Containerd;
 pub use corrald::Corrald;
 pub use cri::{CriNode, Crictl};
 pub use ctr::{Ctr, CtrOutput, TaskRow};
+pub use docker::{Docker, DockerOutput};
 pub use events::{Event, EventStream};
 pub use image::IMAGE_REF;
 

@@ -10,7 +10,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use integration::{Containerd, Target, corrald_runtime_tests, leaks, require_root, wait_until};
+use integration::{
+    Containerd, EventStream, Target, corrald_runtime_tests, leaks, require_root, wait_until,
+};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -362,7 +364,86 @@ fn grpc_create_without_rootfs_and_error_codes(t: Target) {
     d.assert_no_leaks();
 }
 
+/// A container that exits while corrald is down: its shim delivers the exit once corrald is
+/// back, before any client has subscribed again. corrald holds it for the first subscriber
+/// whose filters match, so a client that resubscribes after its reconnect backoff (dockerd
+/// does, about a second later) still learns that the container stopped.
+fn outage_exit_reaches_a_late_subscriber(t: Target) {
+    if !require_root() {
+        return;
+    }
+    let mut d = Containerd::start(t);
+    let victim = d.new_id("victim");
+    assert!(d.ctr_run(&["-d"], &victim, &["sleep", "1000"]).success());
+    let pid = d.ctr().task(&victim).expect("task listed").pid;
+
+    d.kill_9();
+    kill(pid, libc::SIGKILL);
+    wait_until("the container to exit and be reaped", T, || {
+        process_gone(pid).then_some(())
+    });
+    d.restart();
+    // The shim's retry delivers the exit; only then does the subscriber come.
+    let received = format!("event {} /tasks/exit", d.namespace());
+    wait_until("corrald to receive the exit", T, || {
+        d.log_tail(500).contains(&received).then_some(())
+    });
+    let filter = format!("namespace=={}", d.namespace());
+    let events = EventStream::spawn(d.ctr(), &[&filter]);
+    let exit = events.wait_for("the held /tasks/exit", T, |evs| {
+        evs.iter()
+            .find(|e| e.topic == "/tasks/exit" && e.container_id() == Some(victim.as_str()))
+            .cloned()
+    });
+    assert_eq!(exit.u64_field("exit_status"), 137, "{}", exit.payload);
+    drop(events);
+
+    let ctr = d.ctr();
+    ctr.ok(&["tasks", "rm", &victim]);
+    ctr.ok(&["containers", "rm", &victim]);
+    d.assert_no_leaks();
+}
+
+/// A process that outgrows its memory limit within milliseconds of `runc start` is killed
+/// before its shim arms the OOM eventfd, so the shim reports no OOM; corrald, reading the
+/// cgroup's OOM-kill counter when the exit comes, publishes /tasks/oom ahead of /tasks/exit
+/// (dockerd sets OOMKilled only from an OOM that precedes the exit). Three runs: the shims
+/// miss one in three or so by themselves.
+fn immediate_oom_is_reported_before_the_exit(t: Target) {
+    if !require_root() {
+        return;
+    }
+    let d = Containerd::start(t);
+    let events = EventStream::start(&d);
+    let limit = (8u64 << 20).to_string();
+    let hog = ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"];
+    for _ in 0..3 {
+        let id = d.new_id("oom");
+        let out = d.ctr_run(&["--rm", "--memory-limit", &limit], &id, &hog);
+        assert_eq!(out.code(), Some(137), "{}", out.describe());
+        let topics = events.wait_for("the container's exit", T, |evs| {
+            let mine: Vec<&str> = evs
+                .iter()
+                .filter(|e| e.container_id() == Some(id.as_str()))
+                .map(|e| e.topic.as_str())
+                .collect();
+            mine.contains(&"/tasks/exit")
+                .then(|| mine.iter().map(|t| t.to_string()).collect::<Vec<_>>())
+        });
+        let oom = topics.iter().position(|t| t == "/tasks/oom");
+        let exit = topics.iter().position(|t| t == "/tasks/exit");
+        assert!(
+            oom.is_some() && oom < exit,
+            "{id}: no /tasks/oom before /tasks/exit: {topics:?}"
+        );
+    }
+    drop(events);
+    d.assert_no_leaks();
+}
+
 corrald_runtime_tests!(
+    immediate_oom_is_reported_before_the_exit,
+    outage_exit_reaches_a_late_subscriber,
     kill9_with_running_exited_and_dead,
     kill9_while_creating,
     grpc_create_without_rootfs_and_error_codes,

@@ -2,6 +2,14 @@
 //! forward) fans out to every Subscribe stream. Slow subscribers lose the oldest events
 //! (a bounded broadcast channel) rather than slow the daemon down.
 //!
+//! After a restart that found tasks again, task events nobody subscribed to are held for a
+//! while ([`Exchange::hold_unclaimed_task_events`]) and handed to the first subscriber whose
+//! filters match. A client that was subscribed before the daemon went down comes back only
+//! after its reconnect backoff (dockerd: about a second, up to 3 s; it first polls the health
+//! service), while shims deliver the exits they saw during the outage as soon as the daemon
+//! answers: without holding, dockerd never learns that such a container stopped. containerd
+//! 1.6 has the same race and loses those exits now and then.
+//!
 //! Also here: the exchange's rules for what may enter it (containerd's `validateTopic` and
 //! `validateEnvelope`), and the filter fields of an envelope (`topic`, `namespace`,
 //! `event.<field>`), so Subscribe filters work as on containerd.
@@ -13,14 +21,22 @@ use protocol::grpc::containerd::events as ev;
 use protocol::grpc::containerd::services::events::v1::Envelope;
 use protocol::grpc::containerd::services::images::v1 as images;
 use protocol::grpc::prost::Message;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, watch};
 
 use crate::metadata::Time;
-use protocol::filters::Fields;
+use protocol::filters::{Fields, Filters};
 
 const BACKLOG: usize = 4096;
+/// At most this many unclaimed task events are held; past it the oldest go.
+const HOLD_MAX: usize = 1024;
+/// How long after start-up unclaimed task events are held: well past the reconnect backoff of
+/// containerd's Go client (capped at 3 s) and the shims' retries (containerd's gives up after
+/// about 15 s).
+pub const HOLD_WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct Exchange {
@@ -28,6 +44,41 @@ pub struct Exchange {
     /// Set at shutdown: subscriptions end, so that the server's graceful shutdown, which
     /// waits for open streams, is not held up by `ctr events`.
     closed: Arc<watch::Sender<bool>>,
+    /// Subscribe streams' filters and the held events. Sending happens under this lock, so a
+    /// new subscriber gets each event exactly once: replayed from the held ones, or live.
+    clients: Arc<Mutex<Clients>>,
+    /// OOM kills shims missed (see [`crate::oom`]).
+    oom: Arc<crate::oom::OomCheck>,
+}
+
+#[derive(Default)]
+struct Clients {
+    filters: HashMap<u64, Filters>,
+    next: u64,
+    hold: Option<Held>,
+}
+
+struct Held {
+    until: Instant,
+    events: VecDeque<Envelope>,
+}
+
+impl Clients {
+    /// The held events, unless the window has passed (then they are dropped).
+    fn held(&mut self) -> Option<&mut Held> {
+        if self
+            .hold
+            .as_ref()
+            .is_some_and(|h| Instant::now() >= h.until)
+        {
+            let h = self.hold.take();
+            let n = h.map_or(0, |h| h.events.len());
+            if n > 0 {
+                log::info!("events: {n} task events nobody subscribed to since start-up dropped");
+            }
+        }
+        self.hold.as_mut()
+    }
 }
 
 impl Default for Exchange {
@@ -35,8 +86,30 @@ impl Default for Exchange {
         Exchange {
             tx: broadcast::channel(BACKLOG).0,
             closed: Arc::new(watch::channel(false).0),
+            clients: Arc::default(),
+            oom: Arc::default(),
         }
     }
+}
+
+/// A Subscribe stream's view of the exchange: the held events it claimed, then everything
+/// published from its subscription on. Dropping it unregisters its filters.
+pub struct Subscription {
+    pub replay: Vec<Envelope>,
+    pub rx: broadcast::Receiver<Envelope>,
+    pub filters: Filters,
+    id: u64,
+    clients: Arc<Mutex<Clients>>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        lock(&self.clients).filters.remove(&self.id);
+    }
+}
+
+fn lock(m: &Mutex<Clients>) -> std::sync::MutexGuard<'_, Clients> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Exchange {
@@ -58,14 +131,88 @@ impl Exchange {
     /// outside the daemon go through [`validate_envelope`] first.
     pub fn forward(&self, env: Envelope) {
         log::debug!("event {} {}", env.namespace, env.topic);
+        let mut clients = lock(&self.clients);
+        if env.topic.starts_with("/tasks/") {
+            let fields = EnvelopeFields(&env);
+            let claimed = clients.filters.values().any(|f| f.matches(&fields));
+            if !claimed && let Some(held) = clients.held() {
+                if held.events.len() == HOLD_MAX {
+                    held.events.pop_front();
+                }
+                held.events.push_back(env.clone());
+            }
+        }
         // No subscriber is not an error.
         let _ = self.tx.send(env);
     }
 
-    /// A new subscription, seeing what is published from now on. A receiver that falls more
-    /// than the backlog behind gets `RecvError::Lagged` and skips ahead.
+    /// Passes on an envelope a shim forwarded, preceded by a /tasks/oom for an OOM kill the
+    /// shim did not report when it is its task's exit (see [`crate::oom`]).
+    pub async fn forward_from_shim(&self, env: Envelope) {
+        for env in self.oom.filter(env).await {
+            self.forward(env);
+        }
+    }
+
+    /// Lets [`Exchange::forward_from_shim`] find task bundles (and so their cgroups) under
+    /// `dir/<namespace>/<id>`.
+    pub fn set_tasks_dir(&self, dir: std::path::PathBuf) {
+        self.oom.set_tasks_dir(dir);
+    }
+
+    /// From now until `window` has passed, task events that no Subscribe stream's filters
+    /// match are kept for the first stream that subscribes with matching filters (see the
+    /// module docs). Called at start-up when tasks were found again.
+    pub fn hold_unclaimed_task_events(&self, window: Duration) {
+        lock(&self.clients).hold = Some(Held {
+            until: Instant::now() + window,
+            events: VecDeque::new(),
+        });
+    }
+
+    /// Stops holding and drops what is held (start-up found no task to hold events for).
+    pub fn stop_holding(&self) {
+        lock(&self.clients).hold = None;
+    }
+
+    /// A new receiver for the daemon's own use, seeing what is published from now on. A
+    /// receiver that falls more than the backlog behind gets `RecvError::Lagged` and skips
+    /// ahead.
     pub fn subscribe(&self) -> broadcast::Receiver<Envelope> {
         self.tx.subscribe()
+    }
+
+    /// A client's subscription with `filters`: it claims the held events its filters match
+    /// (in the order they came) and sees everything published from now on.
+    pub fn subscribe_filtered(&self, filters: Filters) -> Subscription {
+        let mut clients = lock(&self.clients);
+        let rx = self.tx.subscribe();
+        let mut replay = Vec::new();
+        if let Some(held) = clients.held() {
+            let (mine, rest): (VecDeque<Envelope>, VecDeque<Envelope>) = held
+                .events
+                .drain(..)
+                .partition(|e| filters.matches(&EnvelopeFields(e)));
+            held.events = rest;
+            replay = mine.into();
+        }
+        let id = clients.next;
+        clients.next += 1;
+        clients.filters.insert(id, filters.clone());
+        drop(clients);
+        if !replay.is_empty() {
+            log::info!(
+                "events: {} task events held since start-up go to a new subscriber",
+                replay.len()
+            );
+        }
+        Subscription {
+            replay,
+            rx,
+            filters,
+            id,
+            clients: self.clients.clone(),
+        }
     }
 
     /// Ends every subscription (daemon shutdown).
@@ -475,6 +622,105 @@ mod tests {
         );
         assert!(!matches(&["event.container_id"], &bad));
         assert!(matches(&["event.container_id!=c1"], &bad));
+    }
+
+    fn exit_of(ns: &str, id: &str) -> Envelope {
+        env(
+            ns,
+            "/tasks/exit",
+            any::pack(
+                any::TASK_EXIT,
+                &ev::TaskExit {
+                    container_id: id.into(),
+                    id: id.into(),
+                    ..Default::default()
+                },
+            ),
+        )
+    }
+
+    fn filters(f: &[&str]) -> Filters {
+        Filters::parse_all(f).unwrap()
+    }
+
+    fn ids(events: &[Envelope]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| event_field(e.event.as_ref().unwrap(), &["container_id".into()]).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn unclaimed_task_events_go_to_the_first_matching_subscriber() {
+        let x = Exchange::default();
+        x.hold_unclaimed_task_events(Duration::from_secs(60));
+        let other = x.subscribe_filtered(filters(&["namespace==plugins.moby"]));
+        x.forward(exit_of("moby", "a"));
+        x.forward(exit_of("k8s.io", "k"));
+        x.forward(exit_of("moby", "b"));
+        // Not a task event: never held.
+        x.publish("moby", "/containers/delete", Any::default());
+        assert!(other.replay.is_empty());
+
+        // dockerd's filter (one alternative; the list's entries are alternatives).
+        let mut dockerd = x.subscribe_filtered(filters(&[r#"namespace==moby,topic~="^/tasks/""#]));
+        assert_eq!(ids(&dockerd.replay), ["a", "b"], "held, in order");
+        // Events published before the subscription are not also seen live.
+        x.forward(exit_of("moby", "c"));
+        assert_eq!(ids(&[dockerd.rx.recv().await.unwrap()]), ["c"]);
+
+        // Claimed once: a second subscriber gets only what nobody matched.
+        let again = x.subscribe_filtered(filters(&["namespace==moby"]));
+        assert!(again.replay.is_empty());
+        let all = x.subscribe_filtered(Filters::default());
+        assert_eq!(ids(&all.replay), ["k"]);
+    }
+
+    #[tokio::test]
+    async fn events_a_subscriber_matched_are_not_held() {
+        let x = Exchange::default();
+        x.hold_unclaimed_task_events(Duration::from_secs(60));
+        let live = x.subscribe_filtered(filters(&["namespace==moby"]));
+        x.forward(exit_of("moby", "a"));
+        drop(live);
+        x.forward(exit_of("moby", "b"));
+        let late = x.subscribe_filtered(filters(&["namespace==moby"]));
+        assert_eq!(ids(&late.replay), ["b"]);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_held_without_a_restart_or_after_the_window() {
+        let fresh = Exchange::default();
+        fresh.forward(exit_of("moby", "a"));
+        assert!(
+            fresh
+                .subscribe_filtered(Filters::default())
+                .replay
+                .is_empty()
+        );
+
+        let x = Exchange::default();
+        x.hold_unclaimed_task_events(Duration::ZERO);
+        x.forward(exit_of("moby", "a"));
+        assert!(x.subscribe_filtered(Filters::default()).replay.is_empty());
+
+        let y = Exchange::default();
+        y.hold_unclaimed_task_events(Duration::from_secs(60));
+        y.forward(exit_of("moby", "a"));
+        y.stop_holding();
+        assert!(y.subscribe_filtered(Filters::default()).replay.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_hold_is_bounded() {
+        let x = Exchange::default();
+        x.hold_unclaimed_task_events(Duration::from_secs(60));
+        for i in 0..HOLD_MAX + 3 {
+            x.forward(exit_of("moby", &format!("c{i}")));
+        }
+        let s = x.subscribe_filtered(Filters::default());
+        assert_eq!(s.replay.len(), HOLD_MAX);
+        assert_eq!(ids(&s.replay[..1]), ["c3"], "the oldest went");
     }
 
     #[tokio::test]

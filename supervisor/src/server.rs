@@ -88,6 +88,14 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         .set_nonblocking(true)
         .map_err(|e| format!("socket: {e}"))?;
     let listener = tokio::net::UnixListener::from_std(listener).map_err(|e| e.to_string())?;
+    daemon
+        .events
+        .set_tasks_dir(cfg.state.join(crate::runtime::PLUGIN_DIR));
+    // Until start-up has found out whether there are tasks, hold their events for clients that
+    // will subscribe again (shims deliver what they saw during an outage as soon as they can).
+    daemon
+        .events
+        .hold_unclaimed_task_events(crate::events::HOLD_WINDOW);
     // Shims forward their events here (TTRPC_ADDRESS); it lives and dies with the gRPC socket.
     let ttrpc =
         match crate::ttrpc_events::TtrpcEvents::start(&cfg.ttrpc_address(), daemon.events.clone())
@@ -101,7 +109,10 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         };
     // Before serving: every task is found again by asking its shim (shims forward events to
     // the ttrpc socket above, which is up by now).
-    runtime.load(&daemon.db).await;
+    if runtime.load(&daemon.db).await == 0 {
+        // A fresh start: no client was subscribed to a task of ours, nothing to hold.
+        daemon.events.stop_holding();
+    }
 
     // SERVING from here until shutdown begins: dockerd and containerd's Go client poll it
     // before they subscribe to events again after a daemon restart.

@@ -38,7 +38,7 @@ impl Events for Forwarder {
             log::warn!("refused event from a shim: {e}");
             return Err(e.code().ttrpc_status(e.to_string()));
         }
-        self.events.forward(env);
+        self.events.forward_from_shim(env).await;
         Ok(Empty::new())
     }
 }

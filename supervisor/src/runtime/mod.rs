@@ -541,8 +541,9 @@ impl Manager {
     /// Start-up: finds every task again by asking its shim (protocol.md §4). Runs before
     /// corrald serves. Every bundle ends up as a live task, a dead one (its shim did not
     /// answer; its `delete` action ran), or removed (no task was ever created in it, or its
-    /// container is gone) — no shim is left running without a task.
-    pub async fn load(self: &Arc<Self>, db: &Db) {
+    /// container is gone) — no shim is left running without a task. Returns how many tasks
+    /// (live or dead) it registered.
+    pub async fn load(self: &Arc<Self>, db: &Db) -> usize {
         let dir = self.state_dir.clone();
         let address = self.env.address.display().to_string();
         let found = tokio::task::spawn_blocking(move || {
@@ -597,6 +598,7 @@ impl Manager {
             "runtime: {live} tasks loaded in {} ms",
             started.elapsed().as_millis()
         );
+        live
     }
 
     /// Loads one bundle; true if a task (live or dead) was registered for it.

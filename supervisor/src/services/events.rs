@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{Shared, namespace};
-use crate::events::{validate_envelope, validate_topic};
+use crate::events::{Subscription, validate_envelope, validate_topic};
 use protocol::filters::Filters;
 
 /// Envelopes queued per subscriber between its feeding task and the gRPC stream.
@@ -50,7 +50,7 @@ impl Events for EventsService {
             .envelope
             .ok_or_else(|| invalid("envelope is required"))?;
         validate_envelope(&env).map_err(|e| e.code().grpc_status(e.to_string()))?;
-        self.daemon.events.forward(env);
+        self.daemon.events.forward_from_shim(env).await;
         Ok(Response::new(()))
     }
 
@@ -62,26 +62,31 @@ impl Events for EventsService {
         let parsed =
             Filters::parse_all(&filters).map_err(|e| e.code().grpc_status(e.to_string()))?;
         // Subscribe before answering: whatever is published after the call returns is seen.
-        let rx = self.daemon.events.subscribe();
+        let sub = self.daemon.events.subscribe_filtered(parsed);
         let (tx, out) = mpsc::channel(STREAM_QUEUE);
         let closed = self.daemon.events.closed();
-        tokio::spawn(feed(rx, tx, parsed, filters, closed));
+        tokio::spawn(feed(sub, tx, filters, closed));
         Ok(Response::new(Box::pin(ReceiverStream::new(out))))
     }
 }
 
-/// Copies matching envelopes from the exchange to one subscriber until it goes away.
+/// Copies the held events the subscription claimed, then matching envelopes from the
+/// exchange, to one subscriber until it goes away.
 async fn feed(
-    mut rx: broadcast::Receiver<Envelope>,
+    mut sub: Subscription,
     tx: mpsc::Sender<Result<Envelope, Status>>,
-    filters: Filters,
     desc: Vec<String>,
     closed: impl Future<Output = ()>,
 ) {
+    for env in std::mem::take(&mut sub.replay) {
+        if tx.send(Ok(env)).await.is_err() {
+            return;
+        }
+    }
     tokio::pin!(closed);
     loop {
         let env = tokio::select! {
-            r = rx.recv() => r,
+            r = sub.rx.recv() => r,
             // The client hung up: stop now rather than at the next event.
             _ = tx.closed() => return,
             // Daemon shutdown: end the stream so the server can finish.
@@ -89,7 +94,7 @@ async fn feed(
         };
         match env {
             Ok(env) => {
-                if filters.matches(&crate::events::EnvelopeFields(&env))
+                if sub.filters.matches(&crate::events::EnvelopeFields(&env))
                     && tx.send(Ok(env)).await.is_err()
                 {
                     return;
