@@ -13,6 +13,8 @@
 //! (including the image's /etc/passwd and /etc/group, read by the caller), so every rule is
 //! unit-tested without root.
 
+pub mod defaults;
+
 use std::path::{Path, PathBuf};
 
 use protocol::grpc::runtime::v1::{
