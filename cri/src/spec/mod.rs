@@ -14,6 +14,7 @@
 //! unit-tested without root.
 
 pub mod defaults;
+pub mod user;
 
 use std::path::{Path, PathBuf};
 
