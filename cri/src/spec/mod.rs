@@ -13,6 +13,7 @@
 //! (including the image's /etc/passwd and /etc/group, read by the caller), so every rule is
 //! unit-tested without root.
 
+pub mod caps;
 pub mod defaults;
 pub mod user;
 
