@@ -15,6 +15,7 @@
 
 pub mod caps;
 pub mod defaults;
+pub mod seccomp;
 pub mod user;
 
 use std::path::{Path, PathBuf};
