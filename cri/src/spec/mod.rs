@@ -15,6 +15,8 @@
 
 pub mod caps;
 pub mod defaults;
+pub mod devices;
+pub mod mounts;
 pub mod seccomp;
 pub mod user;
 
@@ -44,6 +46,47 @@ pub struct SandboxFiles {
 pub struct ImageEtc {
     pub passwd: Option<String>,
     pub group: Option<String>,
+}
+
+/// How the mount a host path lies on propagates (its mountinfo optional fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Propagation {
+    /// `shared:N`
+    Shared,
+    /// `master:N` without `shared:`
+    Slave,
+    Private,
+}
+
+/// What the caller found about a config mount's host path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPath {
+    /// The path with every symlink resolved: what gets bind-mounted.
+    pub resolved: PathBuf,
+    /// The mount point the path lies on, and how that mount propagates.
+    pub mount_point: PathBuf,
+    pub propagation: Propagation,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    Char,
+    Block,
+}
+
+/// A device node on the host, as stat saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceNode {
+    /// Where it is below the path asked for: "" for that path itself, `sub/node` for a node
+    /// inside a requested directory (or below /dev for the host's devices).
+    pub relative: String,
+    pub kind: DeviceKind,
+    pub major: i64,
+    pub minor: i64,
+    /// Permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 pub struct SandboxInput<'a> {
