@@ -17,6 +17,7 @@ pub mod caps;
 pub mod defaults;
 pub mod devices;
 pub mod mounts;
+pub mod resources;
 pub mod seccomp;
 pub mod user;
 
@@ -46,6 +47,37 @@ pub struct SandboxFiles {
 pub struct ImageEtc {
     pub passwd: Option<String>,
     pub group: Option<String>,
+}
+
+/// What the specs depend on about this node, read once at start-up (`crate::host::node`).
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// corral-cri's own /proc/self/oom_score_adj: nothing it starts can score lower.
+    pub oom_score_adj: i64,
+    /// The capabilities corral-cri holds: what `ALL` and privileged containers get.
+    pub caps: Vec<String>,
+    /// cgroup v2 (unified): unprivileged containers get a cgroup namespace.
+    pub cgroup_v2: bool,
+    /// The memory controller can limit swap.
+    pub swap: bool,
+    /// The hugetlb controller is there.
+    pub hugetlb: bool,
+    /// runc and the kernel make `rro` binds (recursive read-only).
+    pub recursive_read_only: bool,
+}
+
+impl Default for Node {
+    /// A node that restricts nothing: every capability, v1 cgroups with swap and hugetlb.
+    fn default() -> Node {
+        Node {
+            oom_score_adj: -1000,
+            caps: defaults::ALL_CAPS.iter().map(|c| c.to_string()).collect(),
+            cgroup_v2: false,
+            swap: true,
+            hugetlb: true,
+            recursive_read_only: false,
+        }
+    }
 }
 
 /// How the mount a host path lies on propagates (its mountinfo optional fields).
