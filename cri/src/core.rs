@@ -10,6 +10,7 @@ use crate::corrald::Corrald;
 use crate::events::Events;
 use crate::image::Images;
 use crate::network::Cni;
+use crate::spec::Node;
 use crate::store::Store;
 
 pub struct Cri {
@@ -19,6 +20,8 @@ pub struct Cri {
     pub cni: Cni,
     pub images: Images,
     pub events: Events,
+    /// What the specs depend on about this node (capabilities, cgroups, our OOM score).
+    pub node: Node,
 }
 
 impl Cri {
@@ -35,6 +38,7 @@ impl Cri {
             store: Store::default(),
             cni,
             events: Events::default(),
+            node: crate::host::node(),
             cfg,
         }
     }

@@ -21,15 +21,19 @@ pub mod resources;
 pub mod seccomp;
 pub mod user;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use protocol::grpc::runtime::v1::{
-    ContainerConfig, LinuxContainerResources, NamespaceMode, PodSandboxConfig,
+    ContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
+    LinuxSandboxSecurityContext, NamespaceMode, PodSandboxConfig, SecurityProfile,
 };
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::oci::ImageConfig;
+
+pub use defaults::ALL_CAPS;
 
 /// Files a pod's containers get from the pod (under `<root>/sandboxes/<id>/`).
 #[derive(Clone, Debug, Default)]
@@ -121,6 +125,20 @@ pub struct DeviceNode {
     pub gid: u32,
 }
 
+/// What the caller learned from the host for one container (`crate::host::container_facts`).
+#[derive(Clone, Debug, Default)]
+pub struct HostFacts {
+    /// Every config mount's `host_path` → what is there (created first if it was missing, as
+    /// containerd does).
+    pub mounts: HashMap<String, HostPath>,
+    /// Every config device's `host_path` → the device nodes found there.
+    pub devices: HashMap<String, Vec<DeviceNode>>,
+    /// Every device under /dev, for a privileged container (else empty).
+    pub host_devices: Vec<DeviceNode>,
+    /// The Localhost seccomp profile's contents ([`container_seccomp_file`]).
+    pub seccomp_profile: Option<String>,
+}
+
 pub struct SandboxInput<'a> {
     pub id: &'a str,
     pub config: &'a PodSandboxConfig,
@@ -172,6 +190,20 @@ fn namespace_mode(
         .unwrap_or(NamespaceMode::Pod as i32)
 }
 
+fn pod_security(config: &PodSandboxConfig) -> Option<&LinuxSandboxSecurityContext> {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+}
+
+fn container_security(config: &ContainerConfig) -> Option<&LinuxContainerSecurityContext> {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+}
+
 /// The cgroups path of a pod or container under `parent`.
 pub fn cgroups_path(driver: &str, parent: &str, id: &str) -> String {
     if driver == "systemd" {
@@ -186,6 +218,37 @@ pub fn cgroups_path(driver: &str, parent: &str, id: &str) -> String {
     } else {
         format!("{}/{id}", parent.trim_end_matches('/'))
     }
+}
+
+/// A pod's seccomp request: `seccomp`, and the deprecated `seccomp_profile_path` that
+/// containerd still honours when `seccomp` is unset.
+#[allow(deprecated)]
+fn pod_seccomp(sc: &LinuxSandboxSecurityContext) -> (Option<&SecurityProfile>, &str) {
+    (sc.seccomp.as_ref(), &sc.seccomp_profile_path)
+}
+
+/// A container's seccomp request (as [`pod_seccomp`]).
+#[allow(deprecated)]
+fn container_seccomp(sc: &LinuxContainerSecurityContext) -> (Option<&SecurityProfile>, &str) {
+    (sc.seccomp.as_ref(), &sc.seccomp_profile_path)
+}
+
+/// The seccomp profile file the caller must read for a pod's pause container, if any.
+pub fn sandbox_seccomp_file(config: &PodSandboxConfig) -> Result<Option<String>> {
+    let Some(sc) = pod_security(config) else {
+        return Ok(None);
+    };
+    let (profile, path) = pod_seccomp(sc);
+    seccomp::file_to_read(profile, path, sc.privileged)
+}
+
+/// The seccomp profile file the caller must read for a container, if any.
+pub fn container_seccomp_file(config: &ContainerConfig) -> Result<Option<String>> {
+    let Some(sc) = container_security(config) else {
+        return Ok(None);
+    };
+    let (profile, path) = container_seccomp(sc);
+    seccomp::file_to_read(profile, path, sc.privileged)
 }
 
 /// The pause container's spec.
@@ -318,29 +381,10 @@ pub fn exec_process(container_spec: &Value, cmd: &[String], tty: bool) -> Result
     Ok(p)
 }
 
-/// `LinuxResources` (OCI) for an update of a running container's limits.
-pub fn linux_resources(r: &LinuxContainerResources) -> Value {
-    let mut cpu = serde_json::Map::new();
-    if r.cpu_shares != 0 {
-        cpu.insert("shares".into(), json!(r.cpu_shares));
-    }
-    if r.cpu_quota != 0 {
-        cpu.insert("quota".into(), json!(r.cpu_quota));
-    }
-    if r.cpu_period != 0 {
-        cpu.insert("period".into(), json!(r.cpu_period));
-    }
-    if !r.cpuset_cpus.is_empty() {
-        cpu.insert("cpus".into(), json!(r.cpuset_cpus));
-    }
-    if !r.cpuset_mems.is_empty() {
-        cpu.insert("mems".into(), json!(r.cpuset_mems));
-    }
-    let mut memory = serde_json::Map::new();
-    if r.memory_limit_in_bytes != 0 {
-        memory.insert("limit".into(), json!(r.memory_limit_in_bytes));
-    }
-    json!({"cpu": cpu, "memory": memory})
+/// `LinuxResources` (OCI) for an update of a running container's limits: the rules of
+/// CreateContainer's (see [`resources`]).
+pub fn linux_resources(r: &LinuxContainerResources, node: &Node) -> Value {
+    resources::linux_resources(r, node)
 }
 
 fn base_spec(args: Vec<String>, env: Vec<String>, cwd: String) -> Value {
