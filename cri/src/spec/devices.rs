@@ -56,10 +56,9 @@ pub fn plan(
             let path = join(base, &n.relative);
             paths.insert(path.clone());
             out.devices.push(entry(&path, n));
-            out.rules.push(
-                json!({"allow": true, "type": kind(n.kind), "major": n.major,
-                                  "minor": n.minor, "access": access}),
-            );
+            let rule = json!({"allow": true, "type": kind(n.kind), "major": n.major,
+                              "minor": n.minor, "access": access});
+            out.rules.push(rule);
         }
     }
     for n in host_devices.unwrap_or_default() {

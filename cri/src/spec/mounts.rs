@@ -138,10 +138,9 @@ pub fn plan(r: &Request, defaults: Vec<Value>) -> Result<Planned> {
         if b.recursive_read_only {
             options.push("rro");
         }
-        mounts.push(
-            json!({"destination": b.dst, "type": "bind", "source": b.src,
-                           "options": options}),
-        );
+        let bind = json!({"destination": b.dst, "type": "bind", "source": b.src,
+                          "options": options});
+        mounts.push(bind);
     }
     Ok(Planned {
         mounts,
