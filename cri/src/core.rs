@@ -10,6 +10,7 @@ use crate::corrald::Corrald;
 use crate::events::Events;
 use crate::image::Images;
 use crate::network::Cni;
+use crate::spec::Node;
 use crate::store::Store;
 
 pub struct Cri {
@@ -21,6 +22,8 @@ pub struct Cri {
     pub events: Events,
     /// Previous CPU samples, for usage_nano_cores.
     pub stats: crate::stats::CpuSamples,
+    /// What the specs depend on about this node (capabilities, cgroups, our OOM score).
+    pub node: Node,
 }
 
 impl Cri {
@@ -38,6 +41,7 @@ impl Cri {
             cni,
             events: Events::default(),
             stats: Default::default(),
+            node: crate::host::node(),
             cfg,
         }
     }

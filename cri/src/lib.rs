@@ -30,6 +30,7 @@ pub mod core;
 pub mod corrald;
 pub mod error;
 pub mod events;
+pub mod host;
 pub mod ids;
 pub mod image;
 pub mod monitor;

@@ -4,6 +4,8 @@
 //!
 //! ```text
 //!  sandbox READY? ─▶ reserve name ─▶ local image (+ its /etc/passwd, /etc/group, cached)
+//!    ─▶ host facts (mount sources made if missing, symlinks resolved, device nodes stat'ed,
+//!       the seccomp profile file, a TARGET container's pid)
 //!    ─▶ spec (joins the pause's namespaces, pod files bind-mounted)
 //!    ─▶ corrald container <id> (ContainerRecord + empty status) ─▶ snapshot <id> on the image
 //! ```
@@ -17,8 +19,8 @@ use protocol::grpc::containerd::services::containers::v1::{
 };
 use protocol::grpc::corral::cri::v1::{ContainerRecord, ContainerStatusRecord};
 use protocol::grpc::runtime::v1::{
-    ContainerEventType, ContainerUser, CreateContainerRequest, CreateContainerResponse,
-    LinuxContainerUser,
+    ContainerConfig, ContainerEventType, ContainerUser, CreateContainerRequest,
+    CreateContainerResponse, LinuxContainerUser, NamespaceMode,
 };
 
 use crate::core::Cri;
@@ -26,7 +28,7 @@ use crate::corrald::now_nanos;
 use crate::error::{Error, Result};
 use crate::records;
 use crate::spec;
-use crate::store::Container;
+use crate::store::{Container, State};
 
 impl Cri {
     pub async fn create_container(
@@ -93,7 +95,7 @@ impl Cri {
         name: &str,
         sandbox: &crate::store::Sandbox,
         pod_config: &protocol::grpc::runtime::v1::PodSandboxConfig,
-        config: protocol::grpc::runtime::v1::ContainerConfig,
+        config: ContainerConfig,
         image_ref: &str,
     ) -> Result<Container> {
         let image = self
@@ -108,17 +110,42 @@ impl Cri {
         );
         let netns = (!sandbox.record.netns_path.is_empty())
             .then(|| std::path::PathBuf::from(&sandbox.record.netns_path));
+        let target_pid = self.target_pid(&sandbox.id, &config)?;
+        // The host's side of the spec: mount sources (created when missing), device nodes,
+        // the seccomp profile file, and the node's hostname for a pod without its own.
+        let (host, hostname) = {
+            let config = config.clone();
+            let pod_hostname = pod_config.hostname.clone();
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                let hostname = if pod_hostname.is_empty() {
+                    std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map_err(|e| Error::internal(format!("read the node's hostname: {e}")))?
+                        .trim()
+                        .to_string()
+                } else {
+                    pod_hostname
+                };
+                Ok((crate::host::container_facts(&config)?, hostname))
+            })
+            .await
+            .map_err(|e| Error::internal(e.to_string()))??
+        };
         let oci = spec::container(&spec::ContainerInput {
             id,
             sandbox_id: &sandbox.id,
             config: &config,
             sandbox: pod_config,
             sandbox_pid: sandbox.pid,
+            target_pid,
             netns: netns.as_deref(),
             files: &files,
             image: &image.config,
+            image_name: &image.name,
             etc: &etc,
+            hostname: &hostname,
             cgroup_driver: &self.cfg.cgroup_driver,
+            node: &self.node,
+            host: &host,
         })?;
         let log_path = match (&pod_config.log_directory, &config.log_path) {
             (dir, path) if !dir.is_empty() && !path.is_empty() => std::path::Path::new(dir)
@@ -192,5 +219,42 @@ impl Cri {
             status,
             pid: 0,
         })
+    }
+
+    /// The init pid of the container whose pid namespace a TARGET container joins: one of the
+    /// same pod, running (containerd's `validateTargetContainer`).
+    fn target_pid(&self, sandbox_id: &str, config: &ContainerConfig) -> Result<Option<u32>> {
+        let Some(ns) = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+            .filter(|ns| ns.pid == NamespaceMode::Target as i32)
+        else {
+            return Ok(None);
+        };
+        if ns.target_id.is_empty() {
+            return Err(Error::invalid(
+                "pid namespace TARGET without namespace_options.target_id",
+            ));
+        }
+        let target = self
+            .store
+            .find_container(&ns.target_id)
+            .map_err(|e| e.context("pid namespace TARGET"))?;
+        if target.sandbox_id() != sandbox_id {
+            return Err(Error::invalid(format!(
+                "target container {} belongs to pod {}, not {sandbox_id}",
+                target.id,
+                target.sandbox_id()
+            )));
+        }
+        if target.state() != State::Running || target.pid == 0 {
+            return Err(Error::precondition(format!(
+                "target container {} is not running",
+                target.id
+            )));
+        }
+        Ok(Some(target.pid))
     }
 }

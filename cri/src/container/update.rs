@@ -35,7 +35,7 @@ impl Cri {
                 c.id
             )));
         }
-        let resources = spec::linux_resources(&new);
+        let resources = spec::linux_resources(&new, &self.node);
         let stored =
             self.corrald.get_container(&c.id).await?.ok_or_else(|| {
                 Error::not_found(format!("container {} is gone from corrald", c.id))

@@ -113,6 +113,16 @@ impl Cri {
             .ensure(&self.cfg.sandbox_image, None)
             .await
             .with_context(|| format!("sandbox image {}", self.cfg.sandbox_image))?;
+        // What the spec needs from files, read before anything is set up for the pod.
+        let etc = self.images.etc(&image).await?;
+        let seccomp_profile = match spec::sandbox_seccomp_file(&config)? {
+            Some(path) => Some(
+                tokio::task::spawn_blocking(move || crate::host::read_seccomp(&path))
+                    .await
+                    .map_err(|e| Error::internal(e.to_string()))??,
+            ),
+            None => None,
+        };
 
         let netns = if spec::host_network(&config) {
             None
@@ -147,9 +157,12 @@ impl Cri {
             id,
             config: &config,
             image: &image.config,
+            etc: &etc,
             netns: netns.as_deref(),
             files: &files,
             cgroup_driver: &self.cfg.cgroup_driver,
+            node: &self.node,
+            seccomp_profile: seccomp_profile.as_deref(),
         })?;
         let mut labels = HashMap::new();
         labels.insert(records::KIND_LABEL.into(), records::KIND_SANDBOX.into());
