@@ -79,6 +79,9 @@ pub struct HostConfig {
     pub skip_verify: Option<bool>,
     /// Extra request headers, in file order (a name may repeat).
     pub headers: Vec<(String, String)>,
+    /// The file (or certs.d directory) this entry comes from, for messages; `None` for the
+    /// registry itself when nothing configures it.
+    pub source: Option<PathBuf>,
 }
 
 impl HostConfig {
@@ -98,6 +101,7 @@ impl HostConfig {
             client: Vec::new(),
             skip_verify: None,
             headers: Vec::new(),
+            source: None,
         }
     }
 }
@@ -201,6 +205,7 @@ fn load_cert_files(dir: &Path) -> std::io::Result<Vec<HostConfig>> {
     };
     names.sort();
     let mut host = HostConfig::empty();
+    host.source = Some(dir.to_path_buf());
     for name in &names {
         if name.ends_with(".crt") {
             host.ca.push(dir.join(name));
@@ -309,6 +314,7 @@ fn parse_host(
 ) -> Result<HostConfig, Error> {
     let bad = |reason: String| bad_file(file, format!("{what}: {reason}"));
     let mut h = HostConfig::empty();
+    h.source = Some(file.to_path_buf());
     let override_path = match t.get("override_path") {
         None => false,
         Some(toml::Value::Boolean(b)) => *b,

@@ -76,8 +76,11 @@ impl Endpoint {
         install_crypto();
         let bad = |code: Code, reason: String| Error::HostsConfig {
             code,
-            path: config.url(),
-            reason,
+            path: config
+                .source
+                .as_ref()
+                .map_or_else(|| config.url(), |p| p.display().to_string()),
+            reason: format!("host {}: {reason}", config.url()),
         };
         let mut b = Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
@@ -656,6 +659,12 @@ fn request_error(host: &str, what: &str, r: &reqwest::Error) -> Error {
              hosts.toml)"
         ));
     }
+    if detail.contains("UnknownIssuer") {
+        detail.push_str(&format!(
+            " (the CA that signed {host}'s certificate is not trusted: name it with `ca` in \
+             the registry's hosts.toml, or put it as a *.crt in the registry's host directory)"
+        ));
+    }
     if r.is_connect() || r.is_timeout() {
         Error::Unreachable {
             host: host.to_string(),
@@ -686,6 +695,7 @@ mod tests {
             client: Vec::new(),
             skip_verify: None,
             headers: vec![("X-A".into(), "1".into())],
+            source: None,
         };
         Endpoint::new(registry, config, &|_| {
             Ok(super::super::Credentials::Anonymous)
