@@ -33,8 +33,10 @@
 //!
 //! The directory is read at each pull, so an edit applies to the next pull without a restart,
 //! and a broken file fails only the pulls from its registry (InvalidArgument naming the file and
-//! the problem). Unknown keys are logged and ignored, as containerd ignores them: a file written
-//! for a newer containerd must not break pulls.
+//! the problem; containerd logs it and falls back to the directory's certificate files, which
+//! hides the mistake). Unknown keys are logged and ignored, as containerd ignores them: a file
+//! written for a newer containerd must not break pulls. A file with a `server` and no `[host]`
+//! table is valid here, as in containerd 1.7 (1.6.20 rejects it for want of `[host]`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -77,7 +79,7 @@ pub struct HostConfig {
     pub client: Vec<(PathBuf, Option<PathBuf>)>,
     /// `Some(true)`: do not verify the server's certificate.
     pub skip_verify: Option<bool>,
-    /// Extra request headers, in file order (a name may repeat).
+    /// Extra request headers, by name (a name may repeat, its values in file order).
     pub headers: Vec<(String, String)>,
     /// The file (or certs.d directory) this entry comes from, for messages; `None` for the
     /// registry itself when nothing configures it.

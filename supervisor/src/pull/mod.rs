@@ -1406,5 +1406,40 @@ mod tests {
             size: 3,
         };
         assert!(e.to_string().contains("sha256:aa") && e.to_string().contains("sha256:bb"));
+
+        // Several hosts failed: the first failure other than NotFound gives the code, and the
+        // message names every host.
+        let not_found = |host: &str| Error::Registry {
+            code: Code::NotFound,
+            host: host.into(),
+            what: "manifest x".into(),
+            detail: "not found".into(),
+        };
+        let all = |failures: Vec<(String, Error)>| Error::AllHostsFailed {
+            registry: "r.io".into(),
+            what: "manifest r.io/x:1".into(),
+            failures,
+        };
+        let e = all(vec![
+            ("http://a/v2".into(), not_found("a")),
+            (
+                "http://b/v2".into(),
+                Error::Unreachable {
+                    host: "b".into(),
+                    detail: "refused".into(),
+                },
+            ),
+            ("https://r.io/v2".into(), not_found("r.io")),
+        ]);
+        assert_eq!(e.code(), Code::Unavailable);
+        let msg = e.to_string();
+        for host in ["http://a/v2: ", "http://b/v2: ", "https://r.io/v2: "] {
+            assert!(msg.contains(host), "{msg}");
+        }
+        let e = all(vec![
+            ("http://a/v2".into(), not_found("a")),
+            ("https://r.io/v2".into(), not_found("r.io")),
+        ]);
+        assert_eq!(e.code(), Code::NotFound);
     }
 }
