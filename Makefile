@@ -19,9 +19,9 @@ CNI_CONF_DIR := /etc/cni/net.d
 
 # Debian packages the tests and `make run` need. Installed only when something is missing.
 PACKAGES := runc containerd busybox-static docker-registry containernetworking-plugins iproute2 iptables \
-	gcc libc6-dev docker.io
+	gcc libc6-dev docker.io openssl
 NEEDED_COMMANDS := runc containerd ctr containerd-shim-runc-v2 busybox docker-registry ip iptables cc \
-	dockerd docker
+	dockerd docker openssl
 # Files of packages that install no command (the CNI plugins corral-cri runs).
 NEEDED_FILES := /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/loopback /usr/lib/cni/portmap
 # crictl and critest (cri-tools v1.36.0), shipped beside the checkout.

@@ -30,6 +30,8 @@ pub fn corrald_path() -> PathBuf {
 pub struct Corrald {
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
+    /// A config file of the test's (`--config`), if any.
+    config: Option<PathBuf>,
     namespace: String,
     child: Option<Child>,
     ctr: Ctr,
@@ -38,6 +40,16 @@ pub struct Corrald {
 impl Corrald {
     /// Starts corrald on private paths and waits until `ctr version` answers.
     pub fn start() -> Corrald {
+        Corrald::launch(None)
+    }
+
+    /// Like [`Corrald::start`], with `config` (TOML, e.g. a `[registry]` section) as its config
+    /// file; the command-line paths still win over the file's.
+    pub fn start_with_config(config: &str) -> Corrald {
+        Corrald::launch(Some(config))
+    }
+
+    fn launch(config: Option<&str>) -> Corrald {
         let bin = corrald_path();
         assert!(
             bin.is_file(),
@@ -51,9 +63,15 @@ impl Corrald {
         let path = dir.path().to_path_buf();
         let namespace = unique_namespace();
         let ctr = Ctr::new(&path.join("c.sock"), &namespace);
+        let config = config.map(|text| {
+            let p = path.join("config.toml");
+            fs::write(&p, text).expect("cannot write the corrald config");
+            p
+        });
         let mut me = Corrald {
             dir: Some(dir),
             path,
+            config,
             namespace,
             child: None,
             ctr,
@@ -101,6 +119,9 @@ impl Corrald {
             .arg("--address")
             .arg(self.address())
             .args(["--log-level", "debug"]);
+        if let Some(config) = &self.config {
+            c.arg("--config").arg(config);
+        }
         c
     }
 

@@ -30,6 +30,7 @@
 //! `/run/corral/runc/<ns>` for ours) and shim sockets (`/run/containerd/s/<sha256>`).
 
 pub mod api;
+pub mod certs;
 pub mod cgroups;
 pub mod cli;
 pub mod cmd;

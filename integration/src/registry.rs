@@ -2,7 +2,10 @@
 //!
 //! [`Registry::start`] runs Debian's `docker-registry` (distribution 2.8) on `127.0.0.1:<free
 //! port>` with filesystem storage in a tempdir and no auth, and waits until `GET /v2/` answers.
-//! On drop the registry is killed and its storage removed. [`Registry::push`] uploads blobs
+//! On drop the registry is killed and its storage removed. [`Registry::start_with`] can serve
+//! HTTPS (a certificate from [`crate::certs`], client certificates required if asked) and can
+//! serve another registry's storage, which is how a test fills an HTTPS registry: push to a
+//! plain one, serve its storage over TLS. [`Registry::push`] uploads blobs
 //! monolithically (`POST /v2/<name>/blobs/uploads/`, then `PUT <location>&digest=…`) and puts the
 //! manifest by tag. The HTTP/1.1 client is the smallest that works against it: one request per
 //! connection (`Connection: close`), Content-Length bodies, chunked responses decoded.
@@ -27,11 +30,26 @@ pub fn registry_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/bin/docker-registry"))
 }
 
+/// How to run a registry beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Serve HTTPS with this certificate and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// With `tls`: require client certificates issued by this CA.
+    pub client_ca: Option<PathBuf>,
+    /// Serve this storage directory (another registry's [`Registry::storage`]) instead of a
+    /// new one.
+    pub storage: Option<PathBuf>,
+}
+
 /// A running registry; killed on drop.
 pub struct Registry {
     child: Option<Child>,
     port: u16,
-    dir: tempfile::TempDir,
+    /// Config, log and (unless shared) storage; removed on drop.
+    _dir: tempfile::TempDir,
+    storage: PathBuf,
+    tls: bool,
 }
 
 /// One HTTP response.
@@ -55,6 +73,11 @@ impl Response {
 impl Registry {
     /// Starts a registry on a free local port. Panics with its log if it does not come up.
     pub fn start() -> Registry {
+        Registry::start_with(Options::default())
+    }
+
+    /// Starts a registry as `opts` say (see [`Options`]).
+    pub fn start_with(opts: Options) -> Registry {
         let bin = registry_path();
         assert!(
             bin.is_file(),
@@ -71,15 +94,26 @@ impl Registry {
             .expect("cannot find a free port")
             .port();
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("storage").display()
-            ),
-        )
-        .expect("cannot write the registry config");
+        let storage = opts
+            .storage
+            .clone()
+            .unwrap_or_else(|| dir.path().join("storage"));
+        let mut text = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: 127.0.0.1:{port}\n",
+            storage.display()
+        );
+        if let Some((cert, key)) = &opts.tls {
+            text.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+            if let Some(ca) = &opts.client_ca {
+                text.push_str(&format!("    clientcas:\n      - {}\n", ca.display()));
+            }
+        }
+        std::fs::write(&config, text).expect("cannot write the registry config");
         let log_path = dir.path().join("registry.log");
         let log = std::fs::File::create(&log_path).expect("cannot create the registry log");
         let log2 = log.try_clone().expect("cannot dup the registry log");
@@ -94,14 +128,21 @@ impl Registry {
         let mut me = Registry {
             child: Some(child),
             port,
-            dir,
+            _dir: dir,
+            storage,
+            tls: opts.tls.is_some(),
         };
-        wait_until("the registry answers GET /v2/", START_TIMEOUT, || {
+        wait_until("the registry answers", START_TIMEOUT, || {
             if let Some(Ok(Some(status))) = me.child.as_mut().map(Child::try_wait) {
                 panic!(
                     "docker-registry exited with {status}:\n{}",
                     std::fs::read_to_string(&log_path).unwrap_or_default()
                 );
+            }
+            if me.tls {
+                // Our client speaks no TLS: a listening port is what can be checked (the
+                // registry listens only once its certificate is loaded).
+                return TcpStream::connect(("127.0.0.1", me.port)).ok().map(|_| ());
             }
             me.request("GET", "/v2/", &[], &[])
                 .ok()
@@ -111,6 +152,10 @@ impl Registry {
         me
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `127.0.0.1:<port>`, the registry host part of image references.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -118,10 +163,11 @@ impl Registry {
 
     /// Where the registry keeps its blobs and repositories.
     pub fn storage(&self) -> PathBuf {
-        self.dir.path().join("storage")
+        self.storage.clone()
     }
 
-    /// One HTTP/1.1 request on a fresh connection; `path` is absolute (`/v2/…`).
+    /// One HTTP/1.1 request on a fresh connection; `path` is absolute (`/v2/…`). Plain HTTP
+    /// registries only.
     pub fn request(
         &self,
         method: &str,
@@ -129,6 +175,11 @@ impl Registry {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> io::Result<Response> {
+        if self.tls {
+            return Err(invalid(
+                "this registry serves HTTPS: push to a plain one and serve its storage",
+            ));
+        }
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
         s.set_write_timeout(Some(IO_TIMEOUT))?;

@@ -92,17 +92,24 @@ pub struct Gc {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Registry {
-    /// A docker-style `config.json` whose `auths` give registry credentials (read per pull;
-    /// a missing file means none).
+    /// The registry hosts directory, in containerd's layout: `<config_path>/<host[:port]>/
+    /// hosts.toml` gives a registry's mirrors, plain HTTP or TLS settings (CA, client
+    /// certificate, skip_verify) and extra headers; `_default/hosts.toml` applies to registries
+    /// without a directory. Read per pull; a missing directory means none.
     pub config_path: PathBuf,
-    /// Registry hosts (`host[:port]`) pulled from over plain HTTP instead of HTTPS.
+    /// A docker-style `config.json` whose `auths` give registry credentials, per host pulled
+    /// from (read per pull; a missing file means none).
+    pub auths_file: PathBuf,
+    /// Registries (`host[:port]`) pulled from over plain HTTP instead of HTTPS (when no
+    /// hosts.toml gives them a server).
     pub insecure: Vec<String>,
 }
 
 impl Default for Registry {
     fn default() -> Registry {
         Registry {
-            config_path: "/root/.docker/config.json".into(),
+            config_path: "/etc/corral/certs.d".into(),
+            auths_file: "/root/.docker/config.json".into(),
             insecure: Vec::new(),
         }
     }
@@ -113,6 +120,7 @@ impl Registry {
     pub fn settings(&self) -> crate::pull::Settings {
         crate::pull::Settings {
             config_path: self.config_path.clone(),
+            auths_file: self.auths_file.clone(),
             insecure: self.insecure.clone(),
         }
     }
@@ -248,8 +256,20 @@ mod tests {
         let c = Config::load(&p, true).unwrap();
         assert_eq!(c.registry.insecure, vec!["127.0.0.1:5000".to_string()]);
         assert_eq!(
-            c.registry.config_path,
+            c.registry.auths_file,
             PathBuf::from("/root/.docker/config.json")
+        );
+        assert_eq!(c.registry.config_path, PathBuf::from("/etc/corral/certs.d"));
+        std::fs::write(
+            &p,
+            "version = 1\n[registry]\nconfig_path = \"/tmp/certs.d\"\nauths_file = \"/tmp/a.json\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&p, true).unwrap();
+        let s = c.registry.settings();
+        assert_eq!(
+            (s.config_path, s.auths_file),
+            ("/tmp/certs.d".into(), "/tmp/a.json".into())
         );
         std::fs::write(&p, "version = 1\n[registry]\ninsecur = []\n").unwrap();
         assert!(Config::load(&p, true).unwrap_err().contains("insecur"));

@@ -37,19 +37,6 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-impl Credentials {
-    pub fn to_oci(&self) -> oci_client::secrets::RegistryAuth {
-        use oci_client::secrets::RegistryAuth;
-        match self {
-            Credentials::Anonymous => RegistryAuth::Anonymous,
-            Credentials::Basic { username, password } => {
-                RegistryAuth::Basic(username.clone(), password.clone())
-            }
-            Credentials::Token(t) => RegistryAuth::Bearer(t.clone()),
-        }
-    }
-}
-
 #[derive(Deserialize, Default)]
 struct DockerConfig {
     #[serde(default)]

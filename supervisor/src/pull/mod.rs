@@ -4,7 +4,7 @@
 //! see an image corral pulled as their own:
 //!
 //! ```text
-//! reference ──normalise──▶ registry (oci_client: HTTPS, tokens, redirects)
+//! reference ──normalise──▶ hosts (hosts.toml: mirrors, TLS) ──▶ registry (HTTP, tokens)
 //!   │ lease (gc.expire = now + 24 h) holds everything below until the image record exists
 //!   ├─ index?    ingest `index-sha256:…`     labels gc.ref.content.m.0 = chosen manifest
 //!   ├─ manifest  ingest `manifest-sha256:…`  labels gc.ref.content.config, gc.ref.content.l.<n>
@@ -24,6 +24,8 @@
 //! as the content service names them) for the next pull to resume.
 
 pub mod auth;
+pub mod authorizer;
+pub mod hosts;
 pub mod reference;
 pub mod registry;
 
@@ -34,7 +36,6 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use content::{BlobReader, ContentStore, Digest, WriterOpts};
-use oci_client::manifest::OciDescriptor;
 use protocol::Code;
 use protocol::grpc::any::{IMAGE_CREATE, IMAGE_UPDATE, SNAPSHOT_COMMIT, SNAPSHOT_PREPARE, pack};
 use protocol::grpc::containerd::events::{SnapshotCommit, SnapshotPrepare};
@@ -45,7 +46,7 @@ use tokio_stream::StreamExt;
 
 pub use auth::Credentials;
 use reference::{ImageRef, Platform};
-use registry::Registry;
+use registry::{Endpoint, Registry};
 
 use crate::metadata::{self, Descriptor, IMAGES, Image, LEASES, Labels, Lease, Time, key};
 use crate::services::Shared;
@@ -85,6 +86,19 @@ pub enum Error {
     NoSnapshotter(String),
     #[error("credentials file {path}: {reason}")]
     BadCredentialsFile { path: String, reason: String },
+    #[error("registry hosts configuration {path}: {reason}")]
+    HostsConfig {
+        code: Code,
+        path: String,
+        reason: String,
+    },
+    #[error("{what} from registry {registry}: every host failed: {}", describe_failures(.failures))]
+    AllHostsFailed {
+        registry: String,
+        what: String,
+        /// Each host tried (its URL) and why it failed, in order.
+        failures: Vec<(String, Error)>,
+    },
     #[error("registry {host} unreachable: {detail}")]
     Unreachable { host: String, detail: String },
     #[error("{what} from registry {host}: {detail}")]
@@ -146,6 +160,14 @@ pub enum Error {
     Worker(String),
 }
 
+fn describe_failures(failures: &[(String, Error)]) -> String {
+    failures
+        .iter()
+        .map(|(url, e)| format!("{url}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl Error {
     pub fn code(&self) -> Code {
         match self {
@@ -153,6 +175,14 @@ impl Error {
                 Code::InvalidArgument
             }
             Error::BadCredentialsFile { .. } => Code::FailedPrecondition,
+            Error::HostsConfig { code, .. } => *code,
+            // As containerd: the first failure other than "not found" says what went wrong;
+            // if every host said "not found", it is not found.
+            Error::AllHostsFailed { failures, .. } => failures
+                .iter()
+                .map(|(_, e)| e.code())
+                .find(|c| *c != Code::NotFound)
+                .unwrap_or(Code::NotFound),
             Error::Unreachable { .. } => Code::Unavailable,
             Error::Registry { code, .. } => *code,
             Error::NoPlatform { .. } => Code::NotFound,
@@ -185,9 +215,12 @@ pub struct Request {
 /// corrald's registry settings (`[registry]` in its config).
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
-    /// A docker-style config.json with `auths`.
+    /// The registry hosts directory (`<dir>/<host>/hosts.toml`, see [`hosts`]).
     pub config_path: PathBuf,
-    /// Hosts (`host[:port]`) talked to over plain HTTP.
+    /// A docker-style config.json with `auths`.
+    pub auths_file: PathBuf,
+    /// Registries (`host[:port]`) talked to over plain HTTP when no hosts.toml names a server
+    /// for them.
     pub insecure: Vec<String>,
 }
 
@@ -308,16 +341,6 @@ impl Desc {
             annotations: self.annotations.clone().into_iter().collect(),
         }
     }
-
-    fn to_oci(&self) -> OciDescriptor {
-        OciDescriptor {
-            media_type: self.media_type.clone(),
-            digest: self.digest.clone(),
-            size: self.size,
-            urls: self.urls.clone(),
-            ..Default::default()
-        }
-    }
 }
 
 /// State shared by the tasks of one pull.
@@ -390,35 +413,28 @@ pub async fn pull(
     if req.unpack && !d.snapshotters.contains_key(&sn_name) {
         return Err(Error::NoSnapshotter(sn_name));
     }
-    let creds = match req.credentials.clone() {
-        Some(c) => c,
-        None => {
-            let (path, host) = (settings.config_path.clone(), image.host().to_string());
-            blocking(move || auth::from_docker_config_file(&path, &host))
-                .await?
-                .unwrap_or(Credentials::Anonymous)
-        }
-    };
     let plain_http = req.plain_http
         || settings
             .insecure
             .iter()
             .any(|h| h == image.host() || h == image.endpoint());
-    let registry = Registry::new(&image, plain_http, &creds);
+    let registry = connect(&image, plain_http, req.credentials.clone(), settings).await?;
     log::info!(
-        "pull {} into {ns} (platform {platform}, {}{})",
+        "pull {} into {ns} (platform {platform}, from {})",
         image.name,
-        if plain_http { "plain HTTP" } else { "HTTPS" },
-        match creds {
-            Credentials::Anonymous => "",
-            _ => ", with credentials",
-        }
+        registry.urls().join(", "),
     );
 
     // Resolve before anything is written: a bad name or an unreachable registry leaves no
     // trace.
+    let object = image
+        .oci
+        .digest()
+        .or(image.oci.tag())
+        .unwrap_or("latest")
+        .to_string();
     let (top_bytes, top_digest) = registry
-        .manifest(&image.oci, &format!("manifest {}", image.name))
+        .resolve(&object, &format!("manifest {}", image.name))
         .await?;
 
     let lease = create_lease(&d, ns).await?;
@@ -464,6 +480,41 @@ pub async fn pull(
         }
     }
     result
+}
+
+/// The hosts of `image`'s registry (from the hosts directory), each with its client and
+/// credentials: `creds` for every host when the request brings them, else each host's entry in
+/// the credentials file.
+async fn connect(
+    image: &ImageRef,
+    plain_http: bool,
+    creds: Option<Credentials>,
+    settings: &Settings,
+) -> Result<Registry, Error> {
+    let (dir, auths, registry, repository) = (
+        settings.config_path.clone(),
+        settings.auths_file.clone(),
+        image.host().to_string(),
+        image.repository().to_string(),
+    );
+    // Files are read and clients built (CA and key files read) off the async threads.
+    blocking(move || {
+        let configs = hosts::hosts_for(&dir, &registry, plain_http)?;
+        let creds_for =
+            |host: &str| -> Result<Credentials, Error> {
+                match &creds {
+                    Some(c) => Ok(c.clone()),
+                    None => Ok(auth::from_docker_config_file(&auths, host)?
+                        .unwrap_or(Credentials::Anonymous)),
+                }
+            };
+        let endpoints = configs
+            .into_iter()
+            .map(|c| Endpoint::new(&registry, c, &creds_for))
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Registry::new(&registry, &repository, endpoints))
+    })
+    .await
 }
 
 /// A lease that expires in a day, as containerd's client makes for a pull.
@@ -582,10 +633,9 @@ async fn pull_in_lease(
                 wanted: platform.to_string(),
                 available: available_platforms(&entries),
             })?;
-        let at = ctx.image.at_digest(&chosen.digest);
         let (bytes, digest) = ctx
             .registry
-            .manifest(&at, &format!("manifest {}", chosen.digest))
+            .manifest(&chosen.digest, &format!("manifest {}", chosen.digest))
             .await?;
         if digest != chosen.digest || bytes.len() as i64 != chosen.size {
             return Err(Error::DigestMismatch {
@@ -981,6 +1031,8 @@ async fn fetch(ctx: Arc<Ctx>, desc: Desc, kind: Kind, index: usize) -> Result<()
         }
     };
     let mut offset = writer.offset();
+    // The host the bytes came from (the registry's name if none was asked).
+    let mut host = ctx.image.host().to_string();
     if offset > size {
         writer = blocking(move || {
             writer.truncate(0)?;
@@ -990,8 +1042,9 @@ async fn fetch(ctx: Arc<Ctx>, desc: Desc, kind: Kind, index: usize) -> Result<()
         offset = 0;
     }
     if offset < size || size == 0 {
-        let at = ctx.image.at_digest(&desc.digest);
-        let mut body = ctx.registry.blob(&at, &desc.to_oci(), offset).await?;
+        let urls = desc.urls.clone().unwrap_or_default();
+        let mut body = ctx.registry.blob(&desc.digest, &urls, offset).await?;
+        host = body.host.clone();
         if body.offset != offset {
             // The registry ignored the Range: start over.
             writer = blocking(move || {
@@ -1027,7 +1080,7 @@ async fn fetch(ctx: Arc<Ctx>, desc: Desc, kind: Kind, index: usize) -> Result<()
             offset += chunk.len() as u64;
             if offset > size {
                 failed = Some(Error::BadLength {
-                    host: ctx.image.host().to_string(),
+                    host: host.clone(),
                     digest: desc.digest.clone(),
                     detail: format!(
                         "the registry sent more than the {size} bytes of the descriptor"
@@ -1065,7 +1118,6 @@ async fn fetch(ctx: Arc<Ctx>, desc: Desc, kind: Kind, index: usize) -> Result<()
         }
     }
     let c = ctx.clone();
-    let host = ctx.image.host().to_string();
     let d2 = desc.clone();
     blocking(move || {
         let held = writer.offset();
@@ -1354,5 +1406,40 @@ mod tests {
             size: 3,
         };
         assert!(e.to_string().contains("sha256:aa") && e.to_string().contains("sha256:bb"));
+
+        // Several hosts failed: the first failure other than NotFound gives the code, and the
+        // message names every host.
+        let not_found = |host: &str| Error::Registry {
+            code: Code::NotFound,
+            host: host.into(),
+            what: "manifest x".into(),
+            detail: "not found".into(),
+        };
+        let all = |failures: Vec<(String, Error)>| Error::AllHostsFailed {
+            registry: "r.io".into(),
+            what: "manifest r.io/x:1".into(),
+            failures,
+        };
+        let e = all(vec![
+            ("http://a/v2".into(), not_found("a")),
+            (
+                "http://b/v2".into(),
+                Error::Unreachable {
+                    host: "b".into(),
+                    detail: "refused".into(),
+                },
+            ),
+            ("https://r.io/v2".into(), not_found("r.io")),
+        ]);
+        assert_eq!(e.code(), Code::Unavailable);
+        let msg = e.to_string();
+        for host in ["http://a/v2: ", "http://b/v2: ", "https://r.io/v2: "] {
+            assert!(msg.contains(host), "{msg}");
+        }
+        let e = all(vec![
+            ("http://a/v2".into(), not_found("a")),
+            ("https://r.io/v2".into(), not_found("r.io")),
+        ]);
+        assert_eq!(e.code(), Code::NotFound);
     }
 }

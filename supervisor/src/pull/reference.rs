@@ -20,7 +20,8 @@ pub struct ImageRef {
 
 impl ImageRef {
     /// The registry as named in the reference (`docker.io`, `127.0.0.1:5000`): the key for
-    /// credentials, the insecure list and the `containerd.io/distribution.source.<host>` label.
+    /// the hosts directory, the insecure list and the `containerd.io/distribution.source.<host>`
+    /// label.
     pub fn host(&self) -> &str {
         self.oci.registry()
     }
@@ -32,15 +33,6 @@ impl ImageRef {
 
     pub fn repository(&self) -> &str {
         self.oci.repository()
-    }
-
-    /// The same repository at `digest`.
-    pub fn at_digest(&self, digest: &str) -> Reference {
-        Reference::with_digest(
-            self.oci.registry().to_string(),
-            self.oci.repository().to_string(),
-            digest.to_string(),
-        )
     }
 }
 

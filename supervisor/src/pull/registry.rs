@@ -1,35 +1,47 @@
-//! The registry side of a pull: `oci_client` (OCI distribution API over reqwest + rustls)
-//! configured for one reference, and its errors mapped to ours.
+//! The registry side of a pull: the OCI distribution API (`GET <root>/<repository>/manifests/
+//! <tag|digest>` and `…/blobs/<digest>`) over reqwest + rustls, against the hosts the hosts
+//! configuration gives for the reference's registry (see [`super::hosts`]), tried in order.
 //!
-//! HTTPS unless the host is one the user named (the request's `plain_http`, or corrald's
-//! insecure list). Bearer tokens (anonymous or with basic credentials) and basic auth come from
-//! `oci_client`; redirects (blob storage behind a registry) are followed by reqwest.
+//! Resolving the reference (a tag, or a digest) asks the hosts that may resolve (a tag needs
+//! `resolve` and `pull`, a digest `pull`); manifests by digest and blobs ask the hosts that may
+//! pull. Any failure of a host (connection refused, TLS, 5xx, 404, a 401 that cannot be
+//! answered, wrong bytes for a digest) moves on to the next; when all fail, the error names
+//! every host tried and why. A host found unreachable is tried last for the rest of the pull.
+//! Requests to a host other than the registry itself (a mirror) carry `?ns=<registry>`, as
+//! containerd's do, so a proxy serving several registries can tell them apart.
+//!
+//! Each host has its own HTTP client (its CAs, client certificate, `skip_verify`), its extra
+//! headers and its own [`Authorizer`]. Redirects (blob storage behind a registry) are followed
+//! by reqwest, which drops `Authorization` when the redirect leaves the host.
 
 use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::manifest::{
-    IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
-    OCI_IMAGE_MEDIA_TYPE, OciDescriptor,
-};
-use oci_client::{Client, Reference};
 use protocol::Code;
+use reqwest::header::{ACCEPT, CONTENT_RANGE, HeaderMap, HeaderName, HeaderValue, RANGE};
+use reqwest::{Client, StatusCode};
+use sha2::Digest as _;
 use tokio_stream::{Stream, StreamExt};
 
 use super::Error;
-use super::auth::Credentials;
-use super::reference::ImageRef;
+use super::authorizer::{Authorizer, error_chain};
+use super::hosts::HostConfig;
 
 /// The manifest media types a pull accepts.
 pub const MANIFEST_TYPES: &[&str] = &[
-    OCI_IMAGE_INDEX_MEDIA_TYPE,
-    IMAGE_MANIFEST_LIST_MEDIA_TYPE,
-    OCI_IMAGE_MEDIA_TYPE,
-    IMAGE_MANIFEST_MEDIA_TYPE,
+    super::MEDIA_TYPE_OCI_INDEX,
+    super::MEDIA_TYPE_DOCKER_LIST,
+    super::MEDIA_TYPE_OCI_MANIFEST,
+    super::MEDIA_TYPE_DOCKER_MANIFEST,
 ];
+
+/// Manifests and indexes bigger than this are refused (containerd's limit).
+pub const MAX_MANIFEST_SIZE: usize = 4 << 20;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// rustls needs a process-wide crypto provider; ours is ring.
 fn install_crypto() {
@@ -39,174 +51,618 @@ fn install_crypto() {
     });
 }
 
-/// One registry, one repository, one set of credentials.
-#[derive(Clone)]
-pub struct Registry {
+/// One host of a registry, ready to be asked.
+pub struct Endpoint {
+    pub config: HostConfig,
     client: Client,
-    auth: oci_client::secrets::RegistryAuth,
-    /// The host as the reference names it (for messages).
-    host: String,
+    headers: HeaderMap,
+    auth: Authorizer,
+    /// `?ns=<registry>` for a mirror; empty for the registry itself.
+    query: String,
+    /// Found unreachable during this pull.
+    down: AtomicBool,
+}
+
+/// The credentials of one host, given its `host[:port]`.
+pub type CredentialsFor<'a> = dyn Fn(&str) -> Result<super::Credentials, Error> + 'a;
+
+impl Endpoint {
+    /// Builds the client for host `config` of `registry`.
+    pub fn new(
+        registry: &str,
+        config: HostConfig,
+        creds: &CredentialsFor<'_>,
+    ) -> Result<Endpoint, Error> {
+        install_crypto();
+        let bad = |code: Code, reason: String| Error::HostsConfig {
+            code,
+            path: config
+                .source
+                .as_ref()
+                .map_or_else(|| config.url(), |p| p.display().to_string()),
+            reason: format!("host {}: {reason}", config.url()),
+        };
+        let mut b = Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .user_agent("corrald");
+        if !config.ca.is_empty() {
+            let mut roots = Vec::new();
+            for f in &config.ca {
+                let pem = std::fs::read(f).map_err(|e| {
+                    bad(
+                        Code::FailedPrecondition,
+                        format!("CA file {}: {e}", f.display()),
+                    )
+                })?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                    .ok()
+                    .filter(|c| !c.is_empty())
+                    .ok_or_else(|| {
+                        bad(
+                            Code::InvalidArgument,
+                            format!("CA file {}: no PEM certificate in it", f.display()),
+                        )
+                    })?;
+                roots.extend(certs);
+            }
+            b = b.tls_certs_merge(roots);
+        }
+        if let Some((cert, key)) = config.client.first() {
+            if config.client.len() > 1 {
+                log::warn!(
+                    "{}: {} client certificates given; using the first, {}",
+                    config.url(),
+                    config.client.len(),
+                    cert.display()
+                );
+            }
+            let mut pem = std::fs::read(cert).map_err(|e| {
+                bad(
+                    Code::FailedPrecondition,
+                    format!("client certificate {}: {e}", cert.display()),
+                )
+            })?;
+            if let Some(key) = key {
+                pem.push(b'\n');
+                pem.extend(std::fs::read(key).map_err(|e| {
+                    bad(
+                        Code::FailedPrecondition,
+                        format!("client key {}: {e}", key.display()),
+                    )
+                })?);
+            }
+            let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                bad(
+                    Code::InvalidArgument,
+                    format!(
+                        "client certificate {}{}: {}",
+                        cert.display(),
+                        key.as_ref()
+                            .map(|k| format!(" with key {}", k.display()))
+                            .unwrap_or_default(),
+                        error_chain(&e)
+                    ),
+                )
+            })?;
+            b = b.identity(id);
+        }
+        if config.skip_verify == Some(true) {
+            b = b.danger_accept_invalid_certs(true);
+        }
+        let client = b
+            .build()
+            .map_err(|e| bad(Code::InvalidArgument, error_chain(&e)))?;
+        let mut headers = HeaderMap::new();
+        for (n, v) in &config.headers {
+            // Validated when the file was read.
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(n.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                headers.append(n, v);
+            }
+        }
+        let is_registry = config.host == registry
+            || (registry == "docker.io" && config.host == "registry-1.docker.io");
+        let query = if is_registry {
+            String::new()
+        } else {
+            format!("?ns={registry}")
+        };
+        let auth = Authorizer::new(creds(&config.host)?);
+        Ok(Endpoint {
+            config,
+            client,
+            headers,
+            auth,
+            query,
+            down: AtomicBool::new(false),
+        })
+    }
+
+    fn url(&self, repository: &str, tail: &[&str]) -> String {
+        let mut parts: Vec<&str> = self
+            .config
+            .path
+            .split('/')
+            .chain(repository.split('/'))
+            .chain(tail.iter().copied())
+            .filter(|p| !p.is_empty())
+            .collect();
+        if parts.is_empty() {
+            parts.push("");
+        }
+        format!(
+            "{}://{}/{}{}",
+            self.config.scheme,
+            self.config.host,
+            parts.join("/"),
+            self.query
+        )
+    }
+
+    /// GET `url` with `extra` headers, answering one authentication challenge.
+    async fn get(
+        &self,
+        url: &str,
+        extra: &HeaderMap,
+        scope: &str,
+        what: &str,
+    ) -> Result<reqwest::Response, Error> {
+        let mut answered = false;
+        loop {
+            let mut req = self
+                .client
+                .get(url)
+                .headers(self.headers.clone())
+                .headers(extra.clone());
+            let sent_auth = self.auth.current();
+            if let Some(a) = &sent_auth {
+                req = req.header(reqwest::header::AUTHORIZATION, a.clone());
+            }
+            let resp = req.send().await.map_err(|e| {
+                let err = request_error(&self.config.host, what, &e);
+                if matches!(err, Error::Unreachable { .. }) {
+                    self.down.store(true, Ordering::Relaxed);
+                }
+                err
+            })?;
+            if resp.status() == StatusCode::UNAUTHORIZED && !answered {
+                let challenges: Vec<String> = resp
+                    .headers()
+                    .get_all(reqwest::header::WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok().map(str::to_string))
+                    .collect();
+                answered = true;
+                if self
+                    .auth
+                    .answer(&self.client, &self.config.host, &challenges, scope)
+                    .await?
+                {
+                    continue;
+                }
+            }
+            if resp.status().is_success() {
+                return Ok(resp);
+            }
+            return Err(status_error(&self.config.host, what, url, resp).await);
+        }
+    }
+}
+
+/// One repository of one registry, through its hosts.
+pub struct Registry {
+    /// As the reference names it (`docker.io`, `registry.k8s.io`).
+    registry: String,
+    repository: String,
+    endpoints: Vec<Endpoint>,
 }
 
 /// A blob body: where it starts, and the bytes from there.
 pub struct BlobBody {
-    /// 0, or the offset asked for if the registry honoured the Range request.
+    /// 0, or the offset asked for if the host honoured the Range request.
     pub offset: u64,
+    /// The host serving it (`host[:port]`), for messages.
+    pub host: String,
     pub stream: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, Error>> + Send>>,
 }
 
+/// Which hosts an operation may use.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// Tag → digest.
+    Resolve,
+    /// By digest.
+    Pull,
+}
+
 impl Registry {
-    pub fn new(r: &ImageRef, plain_http: bool, creds: &Credentials) -> Registry {
-        install_crypto();
-        let protocol = if plain_http {
-            ClientProtocol::HttpsExcept(vec![r.endpoint().to_string()])
-        } else {
-            ClientProtocol::Https
-        };
-        let config = ClientConfig {
-            protocol,
-            connect_timeout: Some(Duration::from_secs(30)),
-            read_timeout: Some(Duration::from_secs(60)),
-            user_agent: "corrald",
-            ..Default::default()
-        };
+    pub fn new(registry: &str, repository: &str, endpoints: Vec<Endpoint>) -> Registry {
         Registry {
-            client: Client::new(config),
-            auth: creds.to_oci(),
-            host: r.host().to_string(),
+            registry: registry.to_string(),
+            repository: repository.to_string(),
+            endpoints,
         }
     }
 
-    /// The raw manifest or index at `at` and its digest (verified against the reference's
-    /// digest and the registry's `Docker-Content-Digest` header by `oci_client`).
-    pub async fn manifest(&self, at: &Reference, what: &str) -> Result<(Bytes, String), Error> {
-        self.client
-            .pull_manifest_raw(at, &self.auth, MANIFEST_TYPES)
-            .await
-            .map_err(|e| self.error(e, what))
+    /// The hosts, for messages.
+    pub fn urls(&self) -> Vec<String> {
+        self.endpoints.iter().map(|e| e.config.url()).collect()
     }
 
-    /// The blob `desc` from byte `offset` on (a Range request; a registry that ignores it
-    /// answers from 0, which [`BlobBody::offset`] says).
-    pub async fn blob(
-        &self,
-        at: &Reference,
-        desc: &OciDescriptor,
-        offset: u64,
-    ) -> Result<BlobBody, Error> {
-        let what = format!("blob {}", desc.digest);
-        // Make sure a token is cached for blob requests made without a manifest first.
-        self.client
-            .store_auth_if_needed(at.resolve_registry(), &self.auth)
-            .await;
-        // The content store verifies the digest as the bytes arrive; ask for a ranged (and so
-        // unverified) body even from 0, not to hash every byte twice.
-        let resp = self
-            .client
-            .pull_blob_stream_partial(at, desc, offset, None)
-            .await
-            .map_err(|e| self.error(e, &what))?;
-        let (offset, sized) = match resp {
-            BlobResponse::Partial(s) => (offset, s),
-            BlobResponse::Full(s) => (0, s),
+    fn scope(&self) -> String {
+        format!("repository:{}:pull", self.repository)
+    }
+
+    /// The hosts able to do `need`, those found unreachable last.
+    fn candidates(&self, need: Need) -> Result<Vec<&Endpoint>, Error> {
+        let able = |e: &&Endpoint| {
+            let c = e.config.capabilities;
+            c.pull && (need == Need::Pull || c.resolve)
         };
-        let this = self.clone();
-        let stream = sized
-            .stream
-            .map(move |r| r.map_err(|e| this.error(OciDistributionError::IoError(e), &what)));
-        Ok(BlobBody {
-            offset,
-            stream: Box::pin(stream),
-        })
+        let mut list: Vec<&Endpoint> = self
+            .endpoints
+            .iter()
+            .filter(able)
+            .filter(|e| !e.down.load(Ordering::Relaxed))
+            .collect();
+        list.extend(
+            self.endpoints
+                .iter()
+                .filter(able)
+                .filter(|e| e.down.load(Ordering::Relaxed)),
+        );
+        if list.is_empty() {
+            return Err(Error::Registry {
+                code: Code::NotFound,
+                host: self.registry.clone(),
+                what: "hosts".into(),
+                detail: format!(
+                    "none of its hosts ({}) may {}",
+                    self.urls().join(", "),
+                    match need {
+                        Need::Resolve => "resolve tags (capabilities \"pull\" and \"resolve\")",
+                        Need::Pull => "pull (capability \"pull\")",
+                    }
+                ),
+            });
+        }
+        Ok(list)
     }
 
-    /// Our error for what `oci_client` reports, naming the host and what was asked for.
-    pub fn error(&self, e: OciDistributionError, what: &str) -> Error {
-        let host = self.host.clone();
-        let registry = |code: Code, detail: String| Error::Registry {
-            code,
-            host: host.clone(),
+    /// The error after every host failed: the one error, or all of them.
+    fn all_failed(&self, what: &str, mut failures: Vec<(String, Error)>) -> Error {
+        if failures.len() == 1 {
+            return failures
+                .pop()
+                .map(|(_, e)| e)
+                .unwrap_or(Error::Worker("no host was tried".into()));
+        }
+        Error::AllHostsFailed {
+            registry: self.registry.clone(),
             what: what.to_string(),
-            detail,
+            failures,
+        }
+    }
+
+    /// The manifest or index `reference` (a tag, or a digest) names, and its digest.
+    pub async fn resolve(&self, reference: &str, what: &str) -> Result<(Bytes, String), Error> {
+        let need = if reference.contains(':') {
+            Need::Pull
+        } else {
+            Need::Resolve
         };
-        match e {
-            OciDistributionError::RequestError(r) => request_error(&host, what, &r),
-            OciDistributionError::IoError(io) => {
-                // Streams wrap reqwest errors in io::Error.
-                match io
-                    .get_ref()
-                    .and_then(|inner| inner.downcast_ref::<reqwest::Error>())
-                {
-                    Some(r) => request_error(&host, what, r),
-                    None => registry(Code::Unavailable, format!("reading the answer: {io}")),
+        self.manifest_from(need, reference, what).await
+    }
+
+    /// The manifest (or index) with `digest`.
+    pub async fn manifest(&self, digest: &str, what: &str) -> Result<(Bytes, String), Error> {
+        self.manifest_from(Need::Pull, digest, what).await
+    }
+
+    async fn manifest_from(
+        &self,
+        need: Need,
+        reference: &str,
+        what: &str,
+    ) -> Result<(Bytes, String), Error> {
+        let mut failures = Vec::new();
+        let mut accept = HeaderMap::new();
+        accept.insert(
+            ACCEPT,
+            HeaderValue::from_str(&MANIFEST_TYPES.join(", ")).expect("valid media types"),
+        );
+        for e in self.candidates(need)? {
+            let url = e.url(&self.repository, &["manifests", reference]);
+            match self.manifest_at(e, &url, &accept, reference, what).await {
+                Ok(found) => {
+                    log::debug!("pull: {what} from {url}");
+                    return Ok(found);
+                }
+                Err(err) => {
+                    log::info!("pull: {what} from {url}: {err}; trying the next host");
+                    failures.push((e.config.url(), err));
                 }
             }
-            OciDistributionError::UnauthorizedError { url } => registry(
-                Code::Unauthenticated,
-                format!("401 Unauthorized for {url}: credentials are missing or wrong"),
-            ),
-            OciDistributionError::AuthenticationFailure(reason) => registry(
-                Code::Unauthenticated,
-                format!("authentication failed: {}", reason.trim()),
-            ),
-            OciDistributionError::ImageManifestNotFoundError(m) => {
-                registry(Code::NotFound, format!("not found: {m}"))
-            }
-            OciDistributionError::RegistryError { envelope, url } => {
-                let code = envelope
-                    .errors
-                    .iter()
-                    .map(|e| match e.code {
-                        OciErrorCode::ManifestUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::BlobUnknown
-                        | OciErrorCode::NotFound => Code::NotFound,
-                        OciErrorCode::Unauthorized => Code::Unauthenticated,
-                        OciErrorCode::Denied => Code::PermissionDenied,
-                        OciErrorCode::Toomanyrequests => Code::Unavailable,
-                        _ => Code::Unknown,
-                    })
-                    .next()
-                    .unwrap_or(Code::Unknown);
-                let msgs: Vec<String> = envelope
-                    .errors
-                    .iter()
-                    .map(|e| format!("{:?}: {}", e.code, e.message))
-                    .collect();
-                registry(code, format!("{} ({url})", msgs.join("; ")))
-            }
-            OciDistributionError::ServerError { code, url, message } => {
-                let c = match code {
-                    401 => Code::Unauthenticated,
-                    403 => Code::PermissionDenied,
-                    404 => Code::NotFound,
-                    429 | 500..=599 => Code::Unavailable,
-                    _ => Code::Unknown,
-                };
-                registry(c, format!("HTTP {code} for {url}: {}", message.trim()))
-            }
-            OciDistributionError::DigestError(d) => registry(Code::DataLoss, d.to_string()),
-            e => registry(Code::Unknown, e.to_string()),
         }
+        Err(self.all_failed(what, failures))
+    }
+
+    async fn manifest_at(
+        &self,
+        e: &Endpoint,
+        url: &str,
+        accept: &HeaderMap,
+        reference: &str,
+        what: &str,
+    ) -> Result<(Bytes, String), Error> {
+        let host = e.config.host.clone();
+        let resp = e.get(url, accept, &self.scope(), what).await?;
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_MANIFEST_SIZE as u64)
+        {
+            return Err(too_big(&host, what));
+        }
+        let header_digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| request_error(&host, what, &e))?;
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_MANIFEST_SIZE {
+                return Err(too_big(&host, what));
+            }
+        }
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body)));
+        // The digest asked for, or the one the host claims, must be the bytes'.
+        let claimed = if reference.contains(':') {
+            Some(reference.to_string())
+        } else {
+            header_digest.filter(|d| d.starts_with("sha256:"))
+        };
+        if let Some(want) = claimed
+            && want != digest
+        {
+            return Err(Error::DigestMismatch {
+                host,
+                expected: want,
+                actual: digest,
+                size: body.len() as u64,
+            });
+        }
+        Ok((Bytes::from(body), digest))
+    }
+
+    /// The blob `digest` from byte `offset` on (a Range request; a host that ignores it
+    /// answers from 0, which [`BlobBody::offset`] says). `urls`: a foreign layer's own
+    /// locations, tried first.
+    pub async fn blob(
+        &self,
+        digest: &str,
+        urls: &[String],
+        offset: u64,
+    ) -> Result<BlobBody, Error> {
+        let what = format!("blob {digest}");
+        let mut range = HeaderMap::new();
+        if offset > 0 {
+            range.insert(
+                RANGE,
+                HeaderValue::from_str(&format!("bytes={offset}-")).expect("valid range"),
+            );
+        }
+        let mut failures = Vec::new();
+        for u in urls {
+            match self.foreign_blob(u, &range, offset, &what).await {
+                Ok(b) => return Ok(b),
+                Err(err) => {
+                    log::info!("pull: {what} from {u}: {err}; trying the next location");
+                    failures.push((u.clone(), err));
+                }
+            }
+        }
+        for e in self.candidates(Need::Pull)? {
+            let url = e.url(&self.repository, &["blobs", digest]);
+            let resp = match e.get(&url, &range, &self.scope(), &what).await {
+                Ok(r) => r,
+                Err(err) => {
+                    log::info!("pull: {what} from {url}: {err}; trying the next host");
+                    failures.push((e.config.url(), err));
+                    continue;
+                }
+            };
+            match body_of(resp, &e.config.host, &what, offset) {
+                Ok(b) => return Ok(b),
+                Err(err) => failures.push((e.config.url(), err)),
+            }
+        }
+        Err(self.all_failed(&what, failures))
+    }
+
+    async fn foreign_blob(
+        &self,
+        url: &str,
+        range: &HeaderMap,
+        offset: u64,
+        what: &str,
+    ) -> Result<BlobBody, Error> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| Error::Registry {
+            code: Code::InvalidArgument,
+            host: url.to_string(),
+            what: what.to_string(),
+            detail: format!("bad URL: {e}"),
+        })?;
+        let host = parsed.host_str().unwrap_or_default().to_string();
+        if parsed.scheme() != "http" && parsed.scheme() != "https" {
+            return Err(Error::Registry {
+                code: Code::Unimplemented,
+                host,
+                what: what.to_string(),
+                detail: format!("only http and https URLs are fetched, not {url}"),
+            });
+        }
+        install_crypto();
+        let client = Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .user_agent("corrald")
+            .build()
+            .map_err(|e| request_error(&host, what, &e))?;
+        let resp = client
+            .get(parsed)
+            .headers(range.clone())
+            .send()
+            .await
+            .map_err(|e| request_error(&host, what, &e))?;
+        if !resp.status().is_success() {
+            return Err(status_error(&host, what, url, resp).await);
+        }
+        body_of(resp, &host, what, offset)
+    }
+}
+
+fn too_big(host: &str, what: &str) -> Error {
+    Error::Registry {
+        code: Code::FailedPrecondition,
+        host: host.to_string(),
+        what: what.to_string(),
+        detail: format!("more than {MAX_MANIFEST_SIZE} bytes; refused"),
+    }
+}
+
+/// The body of a successful blob answer, checked against the Range asked for.
+fn body_of(
+    resp: reqwest::Response,
+    host: &str,
+    what: &str,
+    offset: u64,
+) -> Result<BlobBody, Error> {
+    let start = if resp.status() == StatusCode::PARTIAL_CONTENT {
+        // `bytes <start>-<end>/<size>`
+        let start = resp
+            .headers()
+            .get(CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes "))
+            .and_then(|v| v.split('-').next())
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        if start.is_some_and(|s| s != offset) {
+            return Err(Error::Registry {
+                code: Code::Unknown,
+                host: host.to_string(),
+                what: what.to_string(),
+                detail: format!(
+                    "asked for bytes from {offset}, the answer starts at {}",
+                    start.unwrap_or_default()
+                ),
+            });
+        }
+        offset
+    } else {
+        0
+    };
+    let (h, w) = (host.to_string(), what.to_string());
+    let stream = resp
+        .bytes_stream()
+        .map(move |r| r.map_err(|e| request_error(&h, &w, &e)));
+    Ok(BlobBody {
+        offset: start,
+        host: host.to_string(),
+        stream: Box::pin(stream),
+    })
+}
+
+/// The distribution API's error envelope.
+#[derive(serde::Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    errors: Vec<EnvelopeError>,
+}
+
+#[derive(serde::Deserialize)]
+struct EnvelopeError {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// Our error for a non-success answer, naming the host and what was asked for.
+async fn status_error(host: &str, what: &str, url: &str, resp: reqwest::Response) -> Error {
+    let status = resp.status();
+    let body = resp.bytes().await.unwrap_or_default();
+    let envelope: Option<Envelope> = serde_json::from_slice(&body).ok();
+    let from_envelope =
+        envelope
+            .as_ref()
+            .and_then(|e| e.errors.first())
+            .map(|e| match e.code.as_str() {
+                "MANIFEST_UNKNOWN" | "NAME_UNKNOWN" | "BLOB_UNKNOWN" | "NOT_FOUND" => {
+                    Code::NotFound
+                }
+                "UNAUTHORIZED" => Code::Unauthenticated,
+                "DENIED" => Code::PermissionDenied,
+                "TOOMANYREQUESTS" => Code::Unavailable,
+                _ => Code::Unknown,
+            });
+    let code = match status.as_u16() {
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        408 | 429 | 500..=599 => Code::Unavailable,
+        _ => from_envelope.unwrap_or(Code::Unknown),
+    };
+    let mut detail = match status.as_u16() {
+        401 => format!("401 Unauthorized for {url}: credentials are missing or wrong"),
+        404 => format!("not found: HTTP 404 for {url}"),
+        _ => format!("HTTP {status} for {url}"),
+    };
+    match envelope.filter(|e| !e.errors.is_empty()) {
+        Some(e) => {
+            let msgs: Vec<String> = e
+                .errors
+                .iter()
+                .map(|e| format!("{}: {}", e.code, e.message))
+                .collect();
+            detail.push_str(&format!(" ({})", msgs.join("; ")));
+        }
+        None if !body.is_empty() && status.as_u16() != 404 => {
+            let text = String::from_utf8_lossy(&body[..body.len().min(256)]);
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            detail.push_str(&format!(": {text}"));
+        }
+        None => {}
+    }
+    Error::Registry {
+        code,
+        host: host.to_string(),
+        what: what.to_string(),
+        detail,
     }
 }
 
 fn request_error(host: &str, what: &str, r: &reqwest::Error) -> Error {
-    // The whole source chain: "error sending request" alone does not say why.
-    let mut detail = r.to_string();
-    let mut src = std::error::Error::source(r);
-    while let Some(s) = src {
-        detail.push_str(": ");
-        detail.push_str(&s.to_string());
-        src = s.source();
-    }
+    let mut detail = error_chain(r);
     // TLS spoken to a plain HTTP server: say what to do about it.
     if detail.contains("https://")
         && (detail.contains("InvalidContentType") || detail.contains("corrupt message"))
     {
         detail.push_str(&format!(
-            " (does {host} serve plain HTTP? then pull with plain HTTP, or list it under \
-             [registry] insecure in corrald's config)"
+            " (does {host} serve plain HTTP? then pull with plain HTTP, list it under \
+             [registry] insecure in corrald's config, or give it an http:// URL in its \
+             hosts.toml)"
+        ));
+    }
+    if detail.contains("UnknownIssuer") {
+        detail.push_str(&format!(
+            " (the CA that signed {host}'s certificate is not trusted: name it with `ca` in \
+             the registry's hosts.toml, or put it as a *.crt in the registry's host directory)"
         ));
     }
     if r.is_connect() || r.is_timeout() {
@@ -221,5 +677,56 @@ fn request_error(host: &str, what: &str, r: &reqwest::Error) -> Error {
             what: what.to_string(),
             detail,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pull::hosts::{Capabilities, HostConfig};
+
+    fn endpoint(registry: &str, host: &str, path: &str) -> Endpoint {
+        let config = HostConfig {
+            scheme: "http".into(),
+            host: host.into(),
+            path: path.into(),
+            capabilities: Capabilities::ALL,
+            ca: Vec::new(),
+            client: Vec::new(),
+            skip_verify: None,
+            headers: vec![("X-A".into(), "1".into())],
+            source: None,
+        };
+        Endpoint::new(registry, config, &|_| {
+            Ok(super::super::Credentials::Anonymous)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn urls_join_root_repository_and_object() {
+        let e = endpoint("r.io", "r.io", "/v2");
+        assert_eq!(
+            e.url("a/b", &["manifests", "v1"]),
+            "http://r.io/v2/a/b/manifests/v1"
+        );
+        // A mirror says which registry it is asked for.
+        let e = endpoint("registry.k8s.io", "127.0.0.1:5000", "/v2");
+        assert_eq!(
+            e.url("pause", &["blobs", "sha256:ab"]),
+            "http://127.0.0.1:5000/v2/pause/blobs/sha256:ab?ns=registry.k8s.io"
+        );
+        // override_path: the URL's own path is the root.
+        let e = endpoint("r.io", "m.io", "/proxy/r");
+        assert_eq!(
+            e.url("x", &["manifests", "t"]),
+            "http://m.io/proxy/r/x/manifests/t?ns=r.io"
+        );
+        let e = endpoint("docker.io", "registry-1.docker.io", "/v2");
+        assert_eq!(
+            e.url("library/busybox", &["manifests", "latest"]),
+            "http://registry-1.docker.io/v2/library/busybox/manifests/latest"
+        );
+        assert_eq!(e.headers.get("x-a").unwrap(), "1");
     }
 }
