@@ -123,11 +123,20 @@ impl Cri {
                 .map_err(|e| Error::internal(e.to_string()))?
                 .context("create the pod's network namespace")?;
             let pod = pod_network(id, ns.path(), &config);
-            let up = self
-                .cni
-                .setup(&pod)
-                .await
-                .map_err(|e| Error::new(e.code(), format!("set up the pod network: {e}")))?;
+            let up = match self.cni.setup(&pod).await {
+                Ok(up) => up,
+                Err(e) => {
+                    // A failed setup has already DELeted whatever it added (IPs, veths,
+                    // rules). The namespace goes too, now: the undo must not run DEL again,
+                    // which fails the same way when a plugin is missing or the config broken
+                    // and would then keep the namespace for ever.
+                    let path = ns.path().to_path_buf();
+                    if let Err(undo) = super::stop::blocking(move || NetNs::remove(&path)).await {
+                        log::warn!("pod {id}: remove the network namespace: {undo}");
+                    }
+                    return Err(Error::new(e.code(), format!("set up the pod network: {e}")));
+                }
+            };
             record.netns_path = ns.path().to_string_lossy().into_owned();
             record.ip = up.ip.to_string();
             record.additional_ips = up.additional_ips.iter().map(|i| i.to_string()).collect();
