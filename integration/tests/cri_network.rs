@@ -208,6 +208,18 @@ fn pods_reach_each_other_on_the_bridge() {
     );
 }
 
+/// The host ends of veths attached to `bridge`.
+fn bridge_ports(bridge: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", "master", bridge])
+        .output()
+        .expect("run ip link");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1).map(str::to_string))
+        .collect()
+}
+
 #[test]
 fn failed_cni_add_leaves_nothing_behind() {
     if !require_root() {
@@ -215,56 +227,69 @@ fn failed_cni_add_leaves_nothing_behind() {
     }
     let node = CriNode::start();
     let c = node.crictl();
-    // The bridge plugin (and its host-local IPAM) succeeds, then the next plugin is missing:
-    // the ADD fails after an address was allocated.
     let good = node.cni_config();
-    let mut broken = good.clone();
-    broken["plugins"]
+    // The bridge plugin and its host-local IPAM succeed, then the next plugin is missing: the
+    // ADD fails after an address was allocated and a veth attached.
+    let mut missing_plugin = good.clone();
+    missing_plugin["plugins"]
         .as_array_mut()
         .unwrap()
         .insert(1, json!({ "type": "corral-no-such-plugin" }));
-    node.set_cni_config(&broken);
-
+    // The bridge plugin fails itself, its IPAM plugin missing, with the veth already made.
+    let mut missing_ipam = good.clone();
+    missing_ipam["plugins"][0]["ipam"] = json!({ "type": "corral-no-such-ipam" });
     let pod_cfg = node.pod_config("doomed", json!({}));
-    let out = c.run(&["runp", pod_cfg.to_str().unwrap()]);
-    assert!(!out.success(), "{}", out.describe());
-    assert!(
-        out.stderr.contains("corral-no-such-plugin") && out.stderr.contains("not found"),
-        "the error does not name the missing plugin: {}",
-        out.describe()
-    );
 
-    assert!(c.ok(&["pods", "-q"]).is_empty(), "a pod is listed");
-    assert!(
-        node.netns_entries().is_empty(),
-        "{:?}",
-        node.netns_entries()
-    );
-    assert!(node.sandbox_dirs().is_empty(), "{:?}", node.sandbox_dirs());
-    assert!(
-        node.ipam_allocations().is_empty(),
-        "IPAM allocation kept: {:?}",
-        node.ipam_allocations()
-    );
-    let cache = node.root().join("cni/results");
-    let cached: Vec<_> = std::fs::read_dir(&cache)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(cached.is_empty(), "CNI cache entries left: {cached:?}");
-    let ctr = node.corrald().ctr_in("k8s.io");
-    assert!(ctr.ok(&["containers", "ls", "-q"]).is_empty());
-    assert!(ctr.ok(&["tasks", "ls", "-q"]).is_empty());
-    let snapshots = ctr.ok(&["snapshots", "ls"]);
-    assert!(
-        !snapshots.contains("Active"),
-        "an active snapshot is left:\n{snapshots}"
-    );
+    for (broken, named) in [
+        (missing_plugin, "corral-no-such-plugin"),
+        (missing_ipam, "corral-no-such-ipam"),
+    ] {
+        node.set_cni_config(&broken);
+        let out = c.run(&["runp", pod_cfg.to_str().unwrap()]);
+        assert!(!out.success(), "{}", out.describe());
+        assert!(
+            out.stderr.contains(named) && out.stderr.contains("set up the pod network"),
+            "the error does not name {named}: {}",
+            out.describe()
+        );
 
-    // The network is fixed: the same pod name runs.
+        assert!(c.ok(&["pods", "-q"]).is_empty(), "a pod is listed");
+        assert!(
+            node.netns_entries().is_empty(),
+            "{:?}",
+            node.netns_entries()
+        );
+        assert!(node.sandbox_dirs().is_empty(), "{:?}", node.sandbox_dirs());
+        assert!(
+            node.ipam_allocations().is_empty(),
+            "IPAM allocation kept: {:?}",
+            node.ipam_allocations()
+        );
+        let cache = node.root().join("cni/results");
+        let cached: Vec<_> = std::fs::read_dir(&cache)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(cached.is_empty(), "CNI cache entries left: {cached:?}");
+        // The kernel destroys the unmounted namespace, and the veth in it, a little later.
+        wait_until("the failed pod's veth to go", T, || {
+            bridge_ports(node.bridge()).is_empty().then_some(())
+        });
+        let ctr = node.corrald().ctr_in("k8s.io");
+        assert!(ctr.ok(&["containers", "ls", "-q"]).trim().is_empty());
+        assert!(ctr.ok(&["tasks", "ls", "-q"]).trim().is_empty());
+        let snapshots = ctr.ok(&["snapshots", "ls"]);
+        assert!(
+            !snapshots.contains("Active"),
+            "an active snapshot is left:\n{snapshots}"
+        );
+    }
+
+    // The network is mended: the same pod name runs.
     node.set_cni_config(&good);
     let pod = c.ok(&["runp", pod_cfg.to_str().unwrap()]);
     assert!(!node.pod_ip(&pod).is_empty());
     assert_eq!(node.ipam_allocations().len(), 1);
+    assert_eq!(bridge_ports(node.bridge()).len(), 1);
     c.ok(&["stopp", &pod]);
     c.ok(&["rmp", &pod]);
     assert!(node.ipam_allocations().is_empty());
