@@ -162,7 +162,11 @@ impl Cri {
             };
             if !known.contains(&id) {
                 log::info!("pod {id}: network namespace without a record; tearing it down");
-                self.release_sandbox(&id, None).await?;
+                // One that cannot be torn down now (its plugin failing, the network config
+                // broken) stays for the next start; it must not keep this one from serving.
+                if let Err(e) = self.release_sandbox(&id, None).await {
+                    log::warn!("pod {id}: leaving the orphaned namespace for now: {e}");
+                }
             }
         }
         if let Ok(mut dirs) = tokio::fs::read_dir(self.sandboxes_dir()).await {

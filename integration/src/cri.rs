@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use protocol::grpc::runtime::v1::ReopenContainerLogRequest;
+use protocol::grpc::runtime::v1::runtime_service_client::RuntimeServiceClient;
+use protocol::grpc::tonic;
+
 use crate::corrald::unmount_below;
 use crate::{Corrald, cmd, image, wait_until};
 
@@ -81,31 +85,7 @@ impl CriNode {
     fn write_files(&self) {
         let net = self.dir.join("net.d");
         fs::create_dir_all(&net).unwrap();
-        let conflist = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": format!("corral-{}", self.bridge),
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": self.bridge,
-                    "isGateway": true,
-                    "ipMasq": false,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{ "subnet": self.subnet }]],
-                        "routes": [{ "dst": "0.0.0.0/0" }],
-                        "dataDir": self.dir.join("ipam"),
-                    },
-                },
-                { "type": "portmap", "capabilities": { "portMappings": true } },
-                { "type": "loopback" },
-            ],
-        });
-        fs::write(
-            net.join("10-test.conflist"),
-            serde_json::to_vec_pretty(&conflist).unwrap(),
-        )
-        .unwrap();
+        self.set_cni_config(&self.cni_config());
         let config = format!(
             "sandbox_image = {PAUSE_REF:?}\n\n[cni]\nconf_dir = {:?}\nbin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\"]\n",
             net.display()
@@ -156,6 +136,49 @@ impl CriNode {
     /// The pod network's subnet (`10.x.y.0/24`).
     pub fn subnet(&self) -> &str {
         &self.subnet
+    }
+
+    /// The pod network's bridge on the host.
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
+    /// host-local's data directory: one file per allocated address, under the network's name.
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.dir.join("ipam")
+    }
+
+    /// The node's own network config: a bridge with host-local IPAM, portmap and loopback.
+    pub fn cni_config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": format!("corral-{}", self.bridge),
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": self.bridge,
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{ "subnet": self.subnet }]],
+                        "routes": [{ "dst": "0.0.0.0/0" }],
+                        "dataDir": self.ipam_dir(),
+                    },
+                },
+                { "type": "portmap", "capabilities": { "portMappings": true } },
+                { "type": "loopback" },
+            ],
+        })
+    }
+
+    /// Replaces the node's network config (the only file of its CNI conf dir), atomically:
+    /// corral-cri reads it again at the next pod.
+    pub fn set_cni_config(&self, conflist: &serde_json::Value) {
+        let net = self.dir.join("net.d");
+        let tmp = net.join(".10-test.conflist.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(conflist).unwrap()).unwrap();
+        fs::rename(&tmp, net.join("10-test.conflist")).unwrap();
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -245,6 +268,93 @@ impl CriNode {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// `crictl inspect <id>`'s status object.
+    pub fn container_status(&self, id: &str) -> serde_json::Value {
+        self.crictl().json(&["inspect", id])["status"].clone()
+    }
+
+    /// Waits until container `id` is in `state` (`CONTAINER_RUNNING`, ...); its status then.
+    pub fn wait_container_state(&self, id: &str, state: &str) -> serde_json::Value {
+        crate::wait_until(&format!("container {id} {state}"), START_TIMEOUT, || {
+            let s = self.container_status(id);
+            (s["state"] == state).then_some(s)
+        })
+    }
+
+    /// A pod's IP as `crictl inspectp` reports it.
+    pub fn pod_ip(&self, pod: &str) -> String {
+        let v = self.crictl().json(&["inspectp", pod]);
+        v["status"]["network"]["ip"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Runs a pod from `pod_config` and one container in it from `container_config`, started
+    /// and running; returns (pod id, container id).
+    pub fn run_pod_with(&self, pod_cfg: &Path, ctr_cfg: &Path) -> (String, String) {
+        let c = self.crictl();
+        let pod = c.ok(&["runp", pod_cfg.to_str().unwrap()]);
+        let id = c.ok(&[
+            "create",
+            &pod,
+            ctr_cfg.to_str().unwrap(),
+            pod_cfg.to_str().unwrap(),
+        ]);
+        c.ok(&["start", &id]);
+        self.wait_container_state(&id, "CONTAINER_RUNNING");
+        (pod, id)
+    }
+
+    /// The entries of corral-cri's network namespace directory (one per pod with a network).
+    pub fn netns_entries(&self) -> Vec<String> {
+        dir_entries(&self.root().join("netns"))
+    }
+
+    /// The entries of corral-cri's per-pod file directory.
+    pub fn sandbox_dirs(&self) -> Vec<String> {
+        dir_entries(&self.root().join("sandboxes"))
+    }
+
+    /// The addresses host-local holds for the node's network (its data files named by IP).
+    pub fn ipam_allocations(&self) -> Vec<String> {
+        let dir = self.ipam_dir().join(format!("corral-{}", self.bridge));
+        dir_entries(&dir)
+            .into_iter()
+            .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+            .collect()
+    }
+
+    /// Runs `f` with a client of corral-cri's RuntimeService, for what crictl cannot send
+    /// (requests it refuses itself, ReopenContainerLog) or for the calls' exact answers.
+    pub fn runtime_api<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut RuntimeServiceClient<tonic::transport::Channel>) -> T,
+    ) -> T {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        rt.block_on(async {
+            let channel = protocol::grpc::unix::connect(self.socket())
+                .await
+                .unwrap_or_else(|e| panic!("connect to corral-cri: {e}"));
+            let mut client = RuntimeServiceClient::new(channel);
+            f(&mut client).await
+        })
+    }
+
+    /// ReopenContainerLog through the CRI API (crictl has no command for it).
+    pub fn reopen_container_log(&self, id: &str) -> Result<(), tonic::Status> {
+        self.runtime_api(async |client| {
+            let mut req = tonic::Request::new(ReopenContainerLogRequest {
+                container_id: id.to_string(),
+            });
+            req.set_timeout(Duration::from_secs(30));
+            client.reopen_container_log(req).await.map(|_| ())
+        })
+    }
+
     /// Writes a pod sandbox config for `crictl runp` and returns its path.
     pub fn pod_config(&self, name: &str, extra: serde_json::Value) -> PathBuf {
         let mut pod = serde_json::json!({
@@ -326,6 +436,16 @@ pub fn pause_tar() -> &'static [u8] {
     TAR.get_or_init(|| {
         image::pause_image_tar(PAUSE_REF).unwrap_or_else(|e| panic!("pause image: {e}"))
     })
+}
+
+fn dir_entries(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn node_number() -> u32 {

@@ -39,6 +39,7 @@ pub const APPLETS: &[&str] = &[
     "grep",
     "head",
     "hostname",
+    "httpd",
     "id",
     "kill",
     "ln",
@@ -48,6 +49,7 @@ pub const APPLETS: &[&str] = &[
     "mkfifo",
     "mount",
     "mv",
+    "nc",
     "nproc",
     "pidof",
     "printf",
@@ -74,6 +76,7 @@ pub const APPLETS: &[&str] = &[
     "uname",
     "uniq",
     "wc",
+    "wget",
     "xargs",
     "yes",
 ];

@@ -53,6 +53,7 @@ impl Cri {
             .map(|i| i.image.clone())
             .filter(|i| !i.is_empty())
             .ok_or_else(|| Error::invalid("CreateContainer: config.image.image is empty"))?;
+        check_log_path(&config.log_path)?;
         let sandbox = self.store.find_sandbox(&r.pod_sandbox_id)?;
         if !sandbox.ready {
             return Err(Error::precondition(format!(
@@ -257,4 +258,24 @@ impl Cri {
         }
         Ok(Some(target.pid))
     }
+}
+
+/// kubelet's log path is relative to the pod's log directory (`<name>/<attempt>.log`). An
+/// absolute one, or one climbing out with `..`, would have the shim create and write a file
+/// anywhere on the host.
+fn check_log_path(path: &str) -> Result<()> {
+    use std::path::{Component, Path};
+    let p = Path::new(path);
+    if p.is_absolute() {
+        return Err(Error::invalid(format!(
+            "CreateContainer: config.log_path {path:?} is absolute; it must be relative to the \
+             pod's log_directory"
+        )));
+    }
+    if p.components().any(|c| c == Component::ParentDir) {
+        return Err(Error::invalid(format!(
+            "CreateContainer: config.log_path {path:?} leaves the pod's log_directory (\"..\")"
+        )));
+    }
+    Ok(())
 }

@@ -17,9 +17,20 @@ use crate::error::{Error, Result};
 use crate::records;
 use crate::store::State;
 
-/// The log URI our shim reads as "write a CRI log at this path".
+/// The log URI our shim reads as "write a CRI log at this path". The shim percent-decodes the
+/// path (and reads `+` as a space), so those characters and the URI's own delimiters are
+/// encoded: the file is created at exactly `path`.
 pub fn cri_log_uri(path: &str) -> String {
-    format!("file://{path}?format=cri")
+    let mut enc = String::with_capacity(path.len());
+    for c in path.chars() {
+        match c {
+            '%' | '?' | '#' | '+' | '&' | ' ' | '\0'..='\x1f' | '\x7f' => {
+                enc.push_str(&format!("%{:02X}", c as u32))
+            }
+            _ => enc.push(c),
+        }
+    }
+    format!("file://{enc}?format=cri")
 }
 
 impl Cri {
@@ -140,5 +151,20 @@ impl Cri {
         {
             log::warn!("container {id}: record status: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_uris_keep_the_path_as_it_is() {
+        assert_eq!(
+            super::cri_log_uri("/var/log/pods/ns_web_1/app/0.log"),
+            "file:///var/log/pods/ns_web_1/app/0.log?format=cri"
+        );
+        assert_eq!(
+            super::cri_log_uri("/l/a b+c%d?e#f&g/é.log"),
+            "file:///l/a%20b%2Bc%25d%3Fe%23f%26g/é.log?format=cri"
+        );
     }
 }

@@ -55,6 +55,7 @@ impl Cri {
                 )));
             }
         }
+        validate(&config)?;
         let runtime = self
             .cfg
             .runtime(&r.runtime_handler)
@@ -133,11 +134,20 @@ impl Cri {
                 .map_err(|e| Error::internal(e.to_string()))?
                 .context("create the pod's network namespace")?;
             let pod = pod_network(id, ns.path(), &config);
-            let up = self
-                .cni
-                .setup(&pod)
-                .await
-                .map_err(|e| Error::new(e.code(), format!("set up the pod network: {e}")))?;
+            let up = match self.cni.setup(&pod).await {
+                Ok(up) => up,
+                Err(e) => {
+                    // A failed setup has already DELeted whatever it added (IPs, veths,
+                    // rules). The namespace goes too, now: the undo must not run DEL again,
+                    // which fails the same way when a plugin is missing or the config broken
+                    // and would then keep the namespace for ever.
+                    let path = ns.path().to_path_buf();
+                    if let Err(undo) = super::stop::blocking(move || NetNs::remove(&path)).await {
+                        log::warn!("pod {id}: remove the network namespace: {undo}");
+                    }
+                    return Err(Error::new(e.code(), format!("set up the pod network: {e}")));
+                }
+            };
             record.netns_path = ns.path().to_string_lossy().into_owned();
             record.ip = up.ip.to_string();
             record.additional_ips = up.additional_ips.iter().map(|i| i.to_string()).collect();
@@ -206,6 +216,45 @@ impl Cri {
             stopped: false,
         })
     }
+}
+
+/// What RunPodSandbox refuses before doing anything: values that would otherwise be cut to fit
+/// (a port above 65535 taken modulo 2^16), silently replaced (an unknown protocol as TCP), or
+/// fail late with a plugin's or the shim's message instead of one naming the field.
+fn validate(config: &PodSandboxConfig) -> Result<()> {
+    let bad = |what: String| Err(Error::invalid(format!("RunPodSandbox: {what}")));
+    if !config.log_directory.is_empty()
+        && !std::path::Path::new(&config.log_directory).is_absolute()
+    {
+        return bad(format!(
+            "config.log_directory {:?} is not an absolute path",
+            config.log_directory
+        ));
+    }
+    for (i, p) in config.port_mappings.iter().enumerate() {
+        let at = format!("config.port_mappings[{i}]");
+        if Protocol::try_from(p.protocol).is_err() {
+            return bad(format!(
+                "{at}.protocol {} is not TCP (0), UDP (1) or SCTP (2)",
+                p.protocol
+            ));
+        }
+        if !(0..=65535).contains(&p.host_port) {
+            return bad(format!("{at}.host_port {} is not in 0-65535", p.host_port));
+        }
+        // A mapping without a host port is only informational (kubelet lists every port of
+        // the pod); one with a host port needs a real container port to forward to.
+        if p.host_port > 0 && !(1..=65535).contains(&p.container_port) {
+            return bad(format!(
+                "{at}.container_port {} is not in 1-65535",
+                p.container_port
+            ));
+        }
+        if !p.host_ip.is_empty() && p.host_ip.parse::<std::net::IpAddr>().is_err() {
+            return bad(format!("{at}.host_ip {:?} is not an IP address", p.host_ip));
+        }
+    }
+    Ok(())
 }
 
 /// What CNI needs to know of a pod.

@@ -595,10 +595,24 @@ impl Tasks for TasksService {
                     exit_status: resp.exit_status,
                     exited_at: pb_ts(&resp.exited_at),
                 })),
-                Err(e) => match tokio::time::timeout(LONG, s.died()).await {
-                    Ok(exit) => Ok(Response::new(from_death(exit))),
-                    Err(_) => Err(status(&format!("wait for task {}", r_id(&req)), e)),
-                },
+                Err(e) => {
+                    let st = status(&format!("wait for task {}", r_id(&req)), e);
+                    // A Delete that raced this Wait (another client reaping the exit) took the
+                    // process from the shim, or the task from us and then shut the shim down:
+                    // nothing is left to wait for, and no death will ever be reported.
+                    let deleted = st.code() == tonic::Code::NotFound
+                        || matches!(
+                            self.runtime.get(&ns, &req.id),
+                            Err(ref g) if g.code() == tonic::Code::NotFound
+                        );
+                    if deleted {
+                        return Err(st);
+                    }
+                    match tokio::time::timeout(LONG, s.died()).await {
+                        Ok(exit) => Ok(Response::new(from_death(exit))),
+                        Err(_) => Err(st),
+                    }
+                }
             },
             exit = s.died() => Ok(Response::new(from_death(exit))),
         }
