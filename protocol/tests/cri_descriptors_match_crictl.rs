@@ -103,3 +103,47 @@ fn our_cri_proto_matches_the_one_compiled_into_crictl() {
         cri_files[0].name()
     );
 }
+
+/// The gRPC health service (`grpc.health.v1`), against the grpc-go compiled into crictl (a
+/// recent one: it has List, which containerd 1.6's grpc-go lacks; clients of either call only
+/// Check and Watch).
+#[test]
+fn health_service_matches_grpc_go_in_crictl() {
+    const HEALTH: &str = "grpc.health.v1";
+    let crictl = common::find_program("CRICTL", "crictl", "/usr/local/bin/crictl");
+    let Ok(binary) = std::fs::read(&crictl) else {
+        let why = format!("cannot read {}", crictl.display());
+        if std::env::var("CORRAL_REQUIRE_ROOT").as_deref() == Ok("1") {
+            panic!("{why} (CORRAL_REQUIRE_ROOT=1 is set)");
+        }
+        eprintln!("note: skipping, {why}");
+        return;
+    };
+    let mut theirs = Index::default();
+    let mut found = 0;
+    for f in common::raw_descriptors(&binary)
+        .into_iter()
+        .filter(|f| f.package() == HEALTH)
+    {
+        theirs.add_file(&f);
+        found += 1;
+    }
+    assert_eq!(
+        found,
+        1,
+        "expected one {HEALTH} descriptor in {}",
+        crictl.display()
+    );
+    let mut ours = Index::default();
+    for file in common::our_descriptors()
+        .iter()
+        .filter(|f| f.package() == HEALTH)
+    {
+        ours.add_file(file);
+    }
+    assert!(ours.services.contains_key("grpc.health.v1.Health"));
+    let reference = format!("crictl's {HEALTH}");
+    let mut problems = common::differences(&ours, &theirs, &reference, &[]);
+    problems.extend(common::missing(&ours, &theirs, HEALTH, &reference));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
