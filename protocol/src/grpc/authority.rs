@@ -22,9 +22,11 @@
 //! would have closed it too (a connection error in HTTP/2), and the front cannot go on decoding
 //! after one. Frames and header lists are bounded before anything is buffered.
 
+use std::cell::RefCell;
 use std::fmt;
 
 use loona_hpack::Decoder;
+use loona_hpack::huffman::HuffmanDecoder;
 use tonic::codegen::http::uri::Authority;
 
 /// What every HTTP/2 client sends first (RFC 9113 §3.4).
@@ -48,13 +50,14 @@ const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
 const SAFE_FRAME: usize = 16_384;
 
 /// The largest header block (HPACK-encoded, HEADERS and CONTINUATION frames together) the front
-/// buffers. The server under tonic accepts header lists of 16 KiB by default; this leaves it to
-/// answer those that are somewhat larger itself.
-pub const MAX_HEADER_BLOCK: usize = 256 * 1024;
+/// buffers. The server under tonic accepts header lists of 16 KiB by default (and gRPC clients
+/// send at most 8 to 16 KiB of metadata by default); this leaves it to answer those somewhat
+/// larger itself.
+pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
 /// The largest header list (decoded: names, values and 32 bytes per field, as RFC 9113 counts
 /// it) the front re-encodes. A small block that references a large table entry again and again
 /// decodes to much more than it weighs: this bounds what it costs.
-pub const MAX_HEADER_LIST: usize = 256 * 1024;
+pub const MAX_HEADER_LIST: usize = 64 * 1024;
 /// CONTINUATION frames in one header block.
 const MAX_CONTINUATIONS: usize = 1024;
 /// The HPACK dynamic table size before the server says otherwise (RFC 9113 §6.5.2).
@@ -441,11 +444,17 @@ impl Front {
 
     /// Decodes a complete header block and appends it, re-encoded, to `out`.
     fn finish(&mut self, block: Block, out: &mut Vec<u8>) -> Result<(), Malformed> {
-        let mut encoded = Vec::with_capacity(block.fragment.len() + 64);
+        let plain = without_huffman(&block.fragment).or_else(|e| {
+            malformed(format!(
+                "the header block of stream {} does not decode (HPACK: {e})",
+                block.stream
+            ))
+        })?;
+        let mut encoded = Vec::with_capacity(plain.len() + 64);
         let mut list_size = 0usize;
         let mut replaced = false;
         self.decoder
-            .decode_with_cb(&block.fragment, |name, value| {
+            .decode_with_cb(&plain, |name, value| {
                 list_size = list_size.saturating_add(name.len() + value.len() + 32);
                 if list_size > MAX_HEADER_LIST {
                     // Decoding goes on (to keep the table in step) but nothing more is kept.
@@ -477,6 +486,83 @@ impl Front {
         }
         write_header_block(out, &block, &encoded);
         Ok(())
+    }
+}
+
+thread_local! {
+    /// loona-hpack builds its Huffman tables anew for every string it decodes (some 20 µs);
+    /// built once per thread here, a string costs what its bytes do.
+    static HUFFMAN: RefCell<Option<HuffmanDecoder>> = const { RefCell::new(None) };
+}
+
+/// The same header block with its Huffman-coded strings decoded (RFC 7541 §6): what the
+/// decoder then adds to its table and emits is the same, and it decodes no string itself.
+fn without_huffman(block: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(block.len() + block.len() / 2);
+    let mut i = 0;
+    while i < block.len() {
+        let first = block[i];
+        // The representation's prefix size, and whether it may carry strings: indexed (1),
+        // literal with incremental indexing (01), size update (001), literal without
+        // indexing or never indexed (000x).
+        let (prefix, literal) = match first {
+            b if b & 0x80 != 0 => (7, false),
+            b if b & 0x40 != 0 => (6, true),
+            b if b & 0x20 != 0 => (5, false),
+            _ => (4, true),
+        };
+        let (index, n) = decode_integer(&block[i..], prefix)?;
+        out.extend_from_slice(&block[i..i + n]);
+        i += n;
+        if !literal {
+            continue;
+        }
+        // A new name (index 0) and the value, or only the value.
+        for _ in 0..if index == 0 { 2 } else { 1 } {
+            let huffman = block.get(i).is_some_and(|b| b & 0x80 != 0);
+            let (len, n) = decode_integer(&block[i..], 7)?;
+            let start = i + n;
+            let Some(s) = start.checked_add(len).and_then(|end| block.get(start..end)) else {
+                return Err(format!("a {len}-byte string past the end of the block"));
+            };
+            i = start + len;
+            if huffman {
+                let plain = HUFFMAN.with(|h| {
+                    h.borrow_mut()
+                        .get_or_insert_with(HuffmanDecoder::new)
+                        .decode(s)
+                        .map_err(|e| format!("Huffman: {e}"))
+                })?;
+                encode_string(&mut out, &plain);
+            } else {
+                out.extend_from_slice(&block[start - n..i]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An integer with an N-bit prefix (RFC 7541 §5.1) at the start of `buf`: its value and how
+/// many octets it took. Values past 2^28 are refused (nothing in a header block is that large).
+fn decode_integer(buf: &[u8], prefix_bits: u32) -> Result<(usize, usize), String> {
+    let Some(&first) = buf.first() else {
+        return Err("the block ends inside a representation".into());
+    };
+    let max = (1usize << prefix_bits) - 1;
+    let mut value = usize::from(first) & max;
+    if value < max {
+        return Ok((value, 1));
+    }
+    for (i, &b) in buf.iter().enumerate().skip(1).take(4) {
+        value += usize::from(b & 0x7f) << (7 * (i - 1));
+        if b & 0x80 == 0 {
+            return Ok((value, i + 1));
+        }
+    }
+    if buf.len() <= 5 {
+        Err("the block ends inside an integer".into())
+    } else {
+        Err("an integer of more than five octets".into())
     }
 }
 
@@ -743,6 +829,51 @@ mod tests {
             [1, 3, 5, 7, 9]
         );
         assert_eq!(front.replaced(), 3);
+    }
+
+    /// RFC 7541 C.4: three requests with Huffman-coded strings, a literal name among them,
+    /// each referring to entries the ones before added.
+    #[test]
+    fn huffman_coded_requests_of_rfc_7541_decode_as_the_rfc_says() {
+        let blocks: [&[u8]; 3] = [
+            &[
+                0x82, 0x86, 0x84, 0x41, 0x8c, 0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab,
+                0x90, 0xf4, 0xff,
+            ],
+            &[
+                0x82, 0x86, 0x84, 0xbe, 0x58, 0x86, 0xa8, 0xeb, 0x10, 0x64, 0x9c, 0xbf,
+            ],
+            &[
+                0x82, 0x87, 0x85, 0xbf, 0x40, 0x88, 0x25, 0xa8, 0x49, 0xe9, 0x5b, 0xa9, 0x7d, 0x7f,
+                0x89, 0x25, 0xa8, 0x49, 0xe9, 0x5b, 0xb8, 0xe8, 0xb4, 0xbf,
+            ],
+        ];
+        let frames_in: Vec<Vec<u8>> = blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| frame(HEADERS, END_HEADERS, 2 * i as u32 + 1, b))
+            .collect();
+        let got = frames(&run(&mut Front::new(), &connection(&frames_in)).unwrap());
+        let base = [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/"),
+            (":authority", "www.example.com"),
+        ];
+        assert_eq!(decode_fresh(&got[1].payload), pairs(&base));
+        let mut second = base.to_vec();
+        second.push(("cache-control", "no-cache"));
+        assert_eq!(decode_fresh(&got[2].payload), pairs(&second));
+        assert_eq!(
+            decode_fresh(&got[3].payload),
+            pairs(&[
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":path", "/index.html"),
+                (":authority", "www.example.com"),
+                ("custom-key", "custom-value"),
+            ])
+        );
     }
 
     #[test]
