@@ -37,6 +37,7 @@ pub mod corrald;
 pub mod cri;
 pub mod ctr;
 pub mod events;
+pub mod grpcio;
 pub mod image;
 pub mod leaks;
 pub mod pty;
