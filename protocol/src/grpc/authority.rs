@@ -313,14 +313,14 @@ impl Front {
         let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
         let (kind, flags) = (h[3], h[4]);
         let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-        if let Some(block) = &self.block {
-            if kind != CONTINUATION || stream != block.stream {
-                return malformed(format!(
-                    "a frame of type {kind:#x} on stream {stream} inside the header block of \
-                     stream {} (only its CONTINUATION frames may come before it ends)",
-                    block.stream
-                ));
-            }
+        if let Some(block) = &self.block
+            && (kind != CONTINUATION || stream != block.stream)
+        {
+            return malformed(format!(
+                "a frame of type {kind:#x} on stream {stream} inside the header block of \
+                 stream {} (only its CONTINUATION frames may come before it ends)",
+                block.stream
+            ));
         }
         match kind {
             HEADERS | CONTINUATION => {
@@ -434,10 +434,10 @@ impl Front {
             }
             block.fragment.extend_from_slice(payload);
         }
-        if flags & END_HEADERS != 0 {
-            if let Some(block) = self.block.take() {
-                self.finish(block, out)?;
-            }
+        if flags & END_HEADERS != 0
+            && let Some(block) = self.block.take()
+        {
+            self.finish(block, out)?;
         }
         Ok(())
     }
@@ -951,7 +951,7 @@ mod tests {
     fn the_table_may_grow_only_as_far_as_the_server_allowed() {
         // A dynamic table size update to 8192, then :method POST.
         let grow = frame(HEADERS, END_HEADERS, 1, &[0x3f, 0xe1, 0x3f, 0x83]);
-        let err = run(&mut Front::new(), &connection(&[grow.clone()])).unwrap_err();
+        let err = run(&mut Front::new(), &connection(std::slice::from_ref(&grow))).unwrap_err();
         assert!(err.to_string().contains("HPACK"), "{err}");
 
         let mut front = Front::new();
