@@ -18,12 +18,15 @@ CRI_SOCK := /run/corral/cri.sock
 CNI_CONF_DIR := /etc/cni/net.d
 
 # Debian packages the tests and `make run` need. Installed only when something is missing.
+# python3-venv: the tests install grpcio (grpc C-core's Python client, from PyPI) into a venv.
 PACKAGES := runc containerd busybox-static docker-registry containernetworking-plugins iproute2 iptables \
-	gcc libc6-dev docker.io openssl
+	gcc libc6-dev docker.io openssl python3-venv
 NEEDED_COMMANDS := runc containerd ctr containerd-shim-runc-v2 busybox docker-registry ip iptables cc \
 	dockerd docker openssl
 # Files of packages that install no command (the CNI plugins corral-cri runs).
 NEEDED_FILES := /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/loopback /usr/lib/cni/portmap
+# Python modules of packages that install no command (python3-venv's ensurepip).
+NEEDED_PYTHON_MODULES := ensurepip
 # crictl and critest (cri-tools v1.36.0), shipped beside the checkout.
 CRI_TOOLS := $(CURDIR)/../shared/cri-tools
 
@@ -35,6 +38,7 @@ all: build
 deps:
 	@missing=""; for c in $(NEEDED_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
 	for f in $(NEEDED_FILES); do [ -e $$f ] || missing="$$missing $$f"; done; \
+	for m in $(NEEDED_PYTHON_MODULES); do /usr/bin/python3 -c "import $$m" 2>/dev/null || missing="$$missing python:$$m"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "missing:$$missing; installing $(PACKAGES)"; \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(PACKAGES); \

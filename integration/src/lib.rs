@@ -40,6 +40,7 @@ pub mod cri;
 pub mod ctr;
 pub mod docker;
 pub mod events;
+pub mod grpcio;
 pub mod image;
 pub mod leaks;
 pub mod pty;

@@ -13,7 +13,6 @@ use protocol::grpc::containerd::services::version::v1 as version;
 use protocol::grpc::tonic::{self, Request, Response, Status, transport::Server};
 use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
 
 const NS_KEY: &str = "containerd-namespace";
 const TEST_VERSION: &str = "corral-test-9.8.7";
@@ -139,7 +138,8 @@ impl TestServer {
             .add_service(namespaces::namespaces_server::NamespacesServer::new(
                 EchoNamespaces { seen: seen.clone() },
             ));
-        let task = tokio::spawn(router.serve_with_incoming(UnixListenerStream::new(listener)));
+        let task =
+            tokio::spawn(router.serve_with_incoming(protocol::grpc::unix::incoming(listener)));
         TestServer {
             _dir: dir,
             sock,

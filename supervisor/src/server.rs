@@ -11,7 +11,6 @@ use protocol::grpc::containerd::services::namespaces::v1::namespaces_server::Nam
 use protocol::grpc::containerd::services::snapshots::v1::snapshots_server::SnapshotsServer;
 use protocol::grpc::containerd::services::version::v1::version_server::VersionServer;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
 use crate::events::Exchange;
@@ -202,7 +201,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         cfg.state.display()
     );
     let served = router
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(protocol::grpc::unix::incoming(listener), shutdown)
         .await;
     ttrpc.shutdown().await;
     let _ = std::fs::remove_file(&cfg.grpc.address);

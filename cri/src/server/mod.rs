@@ -13,7 +13,6 @@ use protocol::grpc::runtime::v1::image_service_server::ImageServiceServer;
 use protocol::grpc::runtime::v1::runtime_service_server::RuntimeServiceServer;
 use protocol::grpc::tonic::transport::Server;
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
 use crate::core::Cri;
@@ -72,7 +71,7 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(health.server())
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(protocol::grpc::unix::incoming(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(&listen);
     served.map_err(|e| format!("serve: {e}"))

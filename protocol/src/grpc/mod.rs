@@ -28,6 +28,7 @@ mod generated {
 pub use generated::*;
 
 pub mod any;
+pub mod authority;
 pub mod client;
 pub mod health;
 pub mod unix;
