@@ -30,6 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 pub struct Exit {
     pub pid: u32,
     pub status: u32,
+    /// The signal that ended the process, if one did (then `status` is 128 + it).
+    pub signal: Option<i32>,
     /// Monotonic number of this exit among all exits the reaper has seen.
     pub seq: u64,
 }
@@ -74,6 +76,21 @@ impl Reaper {
         Ok((child, rx))
     }
 
+    /// SIGKILLs the process group led by `pid`, a child spawned with [`Reaper::spawn`] in a
+    /// group of its own, if it has not been reaped yet. Checked under the reaper's lock, so the
+    /// pid cannot have been reaped and reused in between.
+    pub fn kill_group_if_running(&self, pid: u32) {
+        let inner = self.inner.lock().unwrap();
+        if inner.waiters.contains_key(&pid)
+            && let Err(e) = nix::sys::signal::killpg(
+                Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+        {
+            log::warn!("kill process group {pid}: {e}");
+        }
+    }
+
     /// Hands an exit back to the monitor channel, to be dispatched again (an exec's exit that
     /// was reaped before its pid was known, once the pid is known).
     pub fn redeliver(&self, exit: Exit) {
@@ -87,8 +104,10 @@ impl Reaper {
             // and the lookup of its waiter. WNOHANG keeps it short.
             let mut inner = self.inner.lock().unwrap();
             let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => Some((pid, code as u32)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => Some((pid, 128 + sig as u32)),
+                Ok(WaitStatus::Exited(pid, code)) => Some((pid, code as u32, None)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    Some((pid, 128 + sig as u32, Some(sig as i32)))
+                }
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
                 Ok(_) => None,
                 Err(Errno::EINTR) => None,
@@ -97,13 +116,14 @@ impl Reaper {
                     return;
                 }
             };
-            let Some((pid, status)) = status else {
+            let Some((pid, status, signal)) = status else {
                 continue;
             };
             inner.seq += 1;
             let exit = Exit {
                 pid: pid.as_raw() as u32,
                 status,
+                signal,
                 seq: inner.seq,
             };
             match inner.waiters.remove(&exit.pid) {

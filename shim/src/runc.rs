@@ -4,16 +4,87 @@
 //! through the [`Reaper`] and its exit is observed there, never by a second `wait`. When runc
 //! fails, the error carries runc's own message from the JSON log (the last `"level":"error"`
 //! entry written by this call), not a scraped stderr.
+//!
+//! Every call is bounded: a runc that hangs (a stuck cgroup, a wedged hook, a broken runtime
+//! wrapper) must not hang the task call, the shim's state or its caller for good. The bound is
+//! [`configured_timeout`] (60 s, or `CORRAL_RUNC_TIMEOUT`), shortened to answer before the
+//! ttrpc request's own deadline ([`with_request_deadline`]). At the bound, runc's whole process
+//! group (runc and any `runc init` it forked) gets SIGKILL, and the call fails with
+//! DeadlineExceeded naming the runc subcommand.
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::reaper::Reaper;
 use protocol::Code;
+
+/// Bound of one runc call when nothing else says: runc does its work in well under a second;
+/// a minute covers a loaded machine and slow hooks.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Margin kept before a request's deadline, for the shim's answer to reach its caller.
+const ANSWER_MARGIN: Duration = Duration::from_millis(500);
+/// How long the output pipes of a runc killed at its bound are still read: a descendant that
+/// escaped the process group may hold them open.
+const KILLED_DRAIN: Duration = Duration::from_secs(2);
+
+/// The bound of a runc call: `CORRAL_RUNC_TIMEOUT` in the shim's environment (inherited from
+/// the daemon; seconds, or with an `ms`/`s` suffix), else [`DEFAULT_TIMEOUT`]. A value that
+/// does not parse is reported once and ignored.
+pub fn configured_timeout() -> Duration {
+    static TIMEOUT: OnceLock<Duration> = OnceLock::new();
+    *TIMEOUT.get_or_init(|| match std::env::var("CORRAL_RUNC_TIMEOUT") {
+        Ok(v) => parse_timeout(&v).unwrap_or_else(|| {
+            log::warn!("CORRAL_RUNC_TIMEOUT={v:?} is not a duration (e.g. 30, 30s, 500ms): using {DEFAULT_TIMEOUT:?}");
+            DEFAULT_TIMEOUT
+        }),
+        Err(_) => DEFAULT_TIMEOUT,
+    })
+}
+
+fn parse_timeout(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let d = if let Some(ms) = v.strip_suffix("ms") {
+        Duration::from_millis(ms.trim().parse().ok()?)
+    } else {
+        Duration::try_from_secs_f64(v.strip_suffix('s').unwrap_or(v).trim().parse().ok()?).ok()?
+    };
+    (!d.is_zero()).then_some(d)
+}
+
+tokio::task_local! {
+    /// The deadline of the ttrpc request being served, when it has one.
+    static REQUEST_DEADLINE: Option<Instant>;
+}
+
+/// Runs `fut` with the deadline of a request whose ttrpc `timeout_nano` is `timeout_nano` (0:
+/// none): runc calls made inside are bounded to answer before it.
+pub async fn with_request_deadline<F: std::future::Future>(timeout_nano: i64, fut: F) -> F::Output {
+    let deadline =
+        (timeout_nano > 0).then(|| Instant::now() + Duration::from_nanos(timeout_nano as u64));
+    REQUEST_DEADLINE.scope(deadline, fut).await
+}
+
+/// The bound of a runc call starting now: the configured one, or less to answer before the
+/// request's deadline (never below a tenth of a second: runc gets a chance to answer).
+fn call_timeout() -> Duration {
+    let configured = configured_timeout();
+    match REQUEST_DEADLINE.try_with(|d| *d).ok().flatten() {
+        Some(deadline) => configured.min(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .saturating_sub(ANSWER_MARGIN)
+                .max(Duration::from_millis(100)),
+        ),
+        None => configured,
+    }
+}
 
 /// Where and how to run runc for one container.
 #[derive(Debug, Clone)]
@@ -65,6 +136,10 @@ impl Runc {
     ) -> Result<Vec<u8>> {
         let mut cmd = self.command();
         cmd.args(args);
+        // A group of its own, so that a runc killed at its bound takes its children along.
+        cmd.process_group(0);
+        let subcommand = args.first().copied().unwrap_or("");
+        let timeout = call_timeout();
         let log_offset = fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
         match stdio {
             Some(s) => {
@@ -97,19 +172,43 @@ impl Runc {
             use std::io::Write;
             let _ = stdin.write_all(&data);
         }
+        let pid = child.id();
         let stdout = child.stdout.take().map(read_pipe);
         let stderr = child.stderr.take().map(read_pipe);
-        let out = match stdout {
-            Some(f) => f.await,
-            None => Vec::new(),
+        let outputs = async {
+            let out = match stdout {
+                Some(f) => f.await,
+                None => Vec::new(),
+            };
+            let err = match stderr {
+                Some(f) => f.await,
+                None => Vec::new(),
+            };
+            (out, err)
         };
-        let err = match stderr {
-            Some(f) => f.await,
-            None => Vec::new(),
+        tokio::pin!(outputs, exited);
+        let finished = tokio::time::timeout(timeout, async {
+            let outputs = (&mut outputs).await;
+            (outputs, (&mut exited).await)
+        })
+        .await;
+        let ((out, err), exit) = match finished {
+            Ok(done) => done,
+            Err(_) => {
+                reaper.kill_group_if_running(pid);
+                let _ = (&mut exited).await;
+                let _ = tokio::time::timeout(KILLED_DRAIN, outputs).await;
+                log::error!("runc {subcommand} timed out after {timeout:?}: killed");
+                return Err(Error::new(
+                    Code::DeadlineExceeded,
+                    format!(
+                        "runc {subcommand} did not finish within {timeout:?} and was killed ({})",
+                        self.binary
+                    ),
+                ));
+            }
         };
-        let exit = exited
-            .await
-            .map_err(|_| Error::new(Code::Internal, "reaper stopped"))?;
+        let exit = exit.map_err(|_| Error::new(Code::Internal, "reaper stopped"))?;
         if exit.status != 0 {
             let msg = self
                 .log_error_since(log_offset)
@@ -117,8 +216,11 @@ impl Runc {
                     let s = String::from_utf8_lossy(&err).trim().to_string();
                     (!s.is_empty()).then_some(s)
                 })
-                .unwrap_or_else(|| format!("exit status {}", exit.status));
-            return Err(Error::runc(args.first().copied().unwrap_or(""), msg));
+                .unwrap_or_else(|| match exit.signal {
+                    Some(sig) => format!("{} was killed by signal {sig}", self.binary),
+                    None => format!("{} exited with status {}", self.binary, exit.status),
+                });
+            return Err(Error::runc(subcommand, msg));
         }
         Ok(out)
     }
@@ -252,6 +354,21 @@ impl Runc {
         )
         .await
         .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_parse() {
+        assert_eq!(parse_timeout("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_timeout("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_timeout("750ms"), Some(Duration::from_millis(750)));
+        assert_eq!(parse_timeout("0"), None);
+        assert_eq!(parse_timeout("soon"), None);
+        assert_eq!(parse_timeout("-1"), None);
     }
 }
 

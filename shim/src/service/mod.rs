@@ -158,7 +158,9 @@ impl Service {
     /// even when its caller goes away mid-call (the daemon killed, the connection closed, a
     /// ttrpc deadline): a Start dropped between `runc start` and its bookkeeping would leave
     /// the process marked as starting for good, and every later Delete refused.
-    async fn detached<T, F, Fut>(&self, handler: F) -> Result<T>
+    ///
+    /// runc calls it makes answer before the request's deadline (`timeout_nano`, 0: none).
+    async fn detached<T, F, Fut>(&self, timeout_nano: i64, handler: F) -> Result<T>
     where
         F: FnOnce(Arc<Service>) -> Fut,
         Fut: Future<Output = Result<T>> + Send + 'static,
@@ -168,9 +170,12 @@ impl Service {
             .this
             .upgrade()
             .ok_or_else(|| Error::new(Code::Unavailable, "the shim is shutting down"))?;
-        tokio::spawn(handler(this))
-            .await
-            .map_err(|e| Error::new(Code::Internal, format!("handler failed: {e}")))?
+        tokio::spawn(crate::runc::with_request_deadline(
+            timeout_nano,
+            handler(this),
+        ))
+        .await
+        .map_err(|e| Error::new(Code::Internal, format!("handler failed: {e}")))?
     }
 
     async fn do_state(&self, req: StateRequest) -> Result<StateResponse> {
@@ -301,11 +306,11 @@ impl Task for Service {
 
     async fn create(
         &self,
-        _: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: CreateTaskRequest,
     ) -> ttrpc::Result<CreateTaskResponse> {
         let id = req.id.clone();
-        self.detached(|s| async move { s.do_create(req).await })
+        self.detached(ctx.timeout_nano, |s| async move { s.do_create(req).await })
             .await
             .map_err(|e| {
                 log::error!("create {id}: {e}");
@@ -313,15 +318,19 @@ impl Task for Service {
             })
     }
 
-    async fn start(&self, _: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
+    async fn start(&self, ctx: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
         Ok(self
-            .detached(|s| async move { s.do_start(req).await })
+            .detached(ctx.timeout_nano, |s| async move { s.do_start(req).await })
             .await?)
     }
 
-    async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
+    async fn delete(
+        &self,
+        ctx: &TtrpcContext,
+        req: DeleteRequest,
+    ) -> ttrpc::Result<DeleteResponse> {
         Ok(self
-            .detached(|s| async move { s.do_delete(req).await })
+            .detached(ctx.timeout_nano, |s| async move { s.do_delete(req).await })
             .await?)
     }
 
@@ -329,15 +338,19 @@ impl Task for Service {
         Ok(self.do_pids(req).await?)
     }
 
-    async fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
-        self.detached(|s| async move { s.do_pause(&req.id, true).await })
-            .await?;
+    async fn pause(&self, ctx: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
+        self.detached(ctx.timeout_nano, |s| async move {
+            s.do_pause(&req.id, true).await
+        })
+        .await?;
         Ok(Empty::new())
     }
 
-    async fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> ttrpc::Result<Empty> {
-        self.detached(|s| async move { s.do_pause(&req.id, false).await })
-            .await?;
+    async fn resume(&self, ctx: &TtrpcContext, req: ResumeRequest) -> ttrpc::Result<Empty> {
+        self.detached(ctx.timeout_nano, |s| async move {
+            s.do_pause(&req.id, false).await
+        })
+        .await?;
         Ok(Empty::new())
     }
 
@@ -347,14 +360,14 @@ impl Task for Service {
         ))
     }
 
-    async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
-        self.detached(|s| async move { s.do_kill(req).await })
+    async fn kill(&self, ctx: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
+        self.detached(ctx.timeout_nano, |s| async move { s.do_kill(req).await })
             .await?;
         Ok(Empty::new())
     }
 
-    async fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
-        self.detached(|s| async move { s.do_exec(req).await })
+    async fn exec(&self, ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        self.detached(ctx.timeout_nano, |s| async move { s.do_exec(req).await })
             .await?;
         Ok(Empty::new())
     }
@@ -381,8 +394,8 @@ impl Task for Service {
         Ok(Empty::new())
     }
 
-    async fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
-        self.detached(|s| async move { s.do_update(req).await })
+    async fn update(&self, ctx: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
+        self.detached(ctx.timeout_nano, |s| async move { s.do_update(req).await })
             .await?;
         Ok(Empty::new())
     }
@@ -454,6 +467,7 @@ mod tests {
         let exit = Exit {
             pid: 100,
             status: 3,
+            signal: None,
             seq: 1,
         };
         assert!(svc.apply_exit(&mut st, exit));
@@ -487,11 +501,13 @@ mod tests {
             Exit {
                 pid: 200,
                 status: 9,
+                signal: None,
                 seq: 3,
             },
             Exit {
                 pid: 200,
                 status: 7,
+                signal: None,
                 seq: 5,
             },
         ] {
@@ -531,7 +547,7 @@ mod tests {
         rt.block_on(async {
             let svc = service();
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-            let call = svc.detached(|s| async move {
+            let call = svc.detached(0, |s| async move {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 s.state.lock().unwrap().creating.insert("c1".into());
                 let _ = done_tx.send(());
