@@ -53,6 +53,7 @@ const BENCH_OPTIONS: Options = Options {
     log_level: "info",
     import_image: true,
     runc_v2_is_corral: false,
+    runc_timeout: None,
 };
 /// Deadline of the restart block's wait for all tasks RUNNING.
 const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
@@ -558,6 +559,7 @@ fn pull_block(cfg: &Config, report: &mut Report) {
                     log_level: "info",
                     import_image: false,
                     runc_v2_is_corral: false,
+                    runc_timeout: None,
                 },
             );
             let mut c = match (m.command)(&d, &reference) {

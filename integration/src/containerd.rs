@@ -51,6 +51,9 @@ pub struct Options {
     /// corrald only: run `io.containerd.runc.v2` (what dockerd asks for) with our shim, through
     /// corrald's runtime mapping.
     pub runc_v2_is_corral: bool,
+    /// corrald only: `CORRAL_RUNC_TIMEOUT` in its environment, which our shims inherit: the
+    /// bound of each runc call (e.g. `"2s"`), for tests of a runc that hangs.
+    pub runc_timeout: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -59,6 +62,7 @@ impl Default for Options {
             log_level: "debug",
             import_image: true,
             runc_v2_is_corral: false,
+            runc_timeout: None,
         }
     }
 }
@@ -74,6 +78,7 @@ pub struct Containerd {
     ctr: Ctr,
     ids: Mutex<BTreeSet<String>>,
     next_id: AtomicU32,
+    runc_timeout: Option<&'static str>,
 }
 
 impl Containerd {
@@ -166,6 +171,7 @@ impl Containerd {
             ctr,
             ids: Mutex::new(BTreeSet::new()),
             next_id: AtomicU32::new(0),
+            runc_timeout: options.runc_timeout,
         };
         me.spawn();
         if options.import_image {
@@ -389,6 +395,9 @@ impl Containerd {
             Daemon::Corrald => {
                 let mut c = Command::new(crate::corrald::corrald_path());
                 c.arg("--config").arg(self.path.join("corrald.toml"));
+                if let Some(t) = self.runc_timeout {
+                    c.env("CORRAL_RUNC_TIMEOUT", t);
+                }
                 c
             }
         };

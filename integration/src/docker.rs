@@ -176,6 +176,7 @@ impl Docker {
                 log_level: "debug",
                 import_image: false,
                 runc_v2_is_corral: shim == Runtime::Corral,
+                runc_timeout: None,
             },
         );
         let dir = tempfile::Builder::new()
