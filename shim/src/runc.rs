@@ -30,9 +30,6 @@ use protocol::Code;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Margin kept before a request's deadline, for the shim's answer to reach its caller.
 const ANSWER_MARGIN: Duration = Duration::from_millis(500);
-/// How long the output pipes of a runc killed at its bound are still read: a descendant that
-/// escaped the process group may hold them open.
-const KILLED_DRAIN: Duration = Duration::from_secs(2);
 
 /// The bound of a runc call: `CORRAL_RUNC_TIMEOUT` in the shim's environment (inherited from
 /// the daemon; seconds, or with an `ms`/`s` suffix), else [`DEFAULT_TIMEOUT`]. A value that
@@ -186,9 +183,11 @@ impl Runc {
             };
             (out, err)
         };
-        tokio::pin!(outputs, exited);
+        tokio::pin!(exited);
+        // `exited` is awaited last: when the bound passes, it has not completed and can be
+        // awaited again; the output readers are dropped (runc is gone, its pipes with it).
         let finished = tokio::time::timeout(timeout, async {
-            let outputs = (&mut outputs).await;
+            let outputs = outputs.await;
             (outputs, (&mut exited).await)
         })
         .await;
@@ -196,8 +195,7 @@ impl Runc {
             Ok(done) => done,
             Err(_) => {
                 reaper.kill_group_if_running(pid);
-                let _ = (&mut exited).await;
-                let _ = tokio::time::timeout(KILLED_DRAIN, outputs).await;
+                let _ = exited.await;
                 log::error!("runc {subcommand} timed out after {timeout:?}: killed");
                 return Err(Error::new(
                     Code::DeadlineExceeded,
