@@ -177,4 +177,69 @@ impl Api {
             .unwrap_or_else(|e| panic!("delete task {id}: {e}"))
             .exit_status
     }
+
+    /// Tasks.Start of the init (`exec_id` empty) or of an exec process: the daemon's answer.
+    pub fn try_start(&self, id: &str, exec_id: &str) -> Result<u32, tonic::Status> {
+        let c = &self.client;
+        let req = tasks::StartRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+        };
+        self.call("start", c.tasks().start(c.req(req)))
+            .map(|r| r.pid)
+    }
+
+    /// Tasks.Kill of the init with `signal`: the daemon's answer.
+    pub fn try_kill(&self, id: &str, signal: u32) -> Result<(), tonic::Status> {
+        let c = &self.client;
+        let req = tasks::KillRequest {
+            container_id: id.to_string(),
+            signal,
+            ..Default::default()
+        };
+        self.call("kill task", c.tasks().kill(c.req(req))).map(drop)
+    }
+
+    /// Tasks.Delete: the daemon's answer (the exit status it reports).
+    pub fn try_delete_task(&self, id: &str) -> Result<u32, tonic::Status> {
+        let c = &self.client;
+        let req = tasks::DeleteTaskRequest {
+            container_id: id.to_string(),
+        };
+        self.call("delete task", c.tasks().delete(c.req(req)))
+            .map(|r| r.exit_status)
+    }
+
+    /// Tasks.Exec of `args` as exec process `exec_id` of task `id`, with the rest of the
+    /// container's process spec and no stdio (not started: see [`Api::try_start`]).
+    pub fn exec(&self, id: &str, exec_id: &str, args: &[&str]) -> Result<(), tonic::Status> {
+        let spec = self.container(id).spec.expect("the container has a spec");
+        let spec: serde_json::Value =
+            serde_json::from_slice(&spec.value).expect("the container's spec is JSON");
+        let mut process = spec["process"].clone();
+        process["args"] = serde_json::json!(args);
+        process["terminal"] = serde_json::json!(false);
+        let c = &self.client;
+        let req = tasks::ExecProcessRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            spec: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+                value: serde_json::to_vec(&process).expect("process spec encodes"),
+            }),
+            ..Default::default()
+        };
+        self.call("exec", c.tasks().exec(c.req(req))).map(drop)
+    }
+
+    /// Tasks.DeleteProcess of exec process `exec_id`: the daemon's answer.
+    pub fn try_delete_process(&self, id: &str, exec_id: &str) -> Result<u32, tonic::Status> {
+        let c = &self.client;
+        let req = tasks::DeleteProcessRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+        };
+        self.call("delete process", c.tasks().delete_process(c.req(req)))
+            .map(|r| r.exit_status)
+    }
 }
