@@ -355,6 +355,19 @@ impl Runc {
     }
 }
 
+/// Reads a runc pipe to its end without blocking the runtime.
+async fn read_pipe(p: impl Into<OwnedFd>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    match tokio::net::unix::pipe::Receiver::from_owned_fd(p.into()) {
+        Ok(mut rx) => {
+            let _ = rx.read_to_end(&mut out).await;
+        }
+        Err(e) => log::warn!("read runc output: {e}"),
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,17 +381,4 @@ mod tests {
         assert_eq!(parse_timeout("soon"), None);
         assert_eq!(parse_timeout("-1"), None);
     }
-}
-
-/// Reads a runc pipe to its end without blocking the runtime.
-async fn read_pipe(p: impl Into<OwnedFd>) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut out = Vec::new();
-    match tokio::net::unix::pipe::Receiver::from_owned_fd(p.into()) {
-        Ok(mut rx) => {
-            let _ = rx.read_to_end(&mut out).await;
-        }
-        Err(e) => log::warn!("read runc output: {e}"),
-    }
-    out
 }
