@@ -104,6 +104,10 @@ impl Error {
             Error::TruncateUnsupported { .. } => Code::Unimplemented,
             Error::Io { source, .. } => match source.kind() {
                 std::io::ErrorKind::NotFound => Code::NotFound,
+                // A full disk or quota: the client can free space and retry.
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                    Code::ResourceExhausted
+                }
                 _ => Code::Internal,
             },
             Error::Database { .. } => Code::Internal,
@@ -128,5 +132,23 @@ impl From<protocol::filters::ParseError> for Error {
             filter: e.filter,
             reason: e.reason,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_space_is_resource_exhausted_and_names_the_path() {
+        for errno in [28, 122] {
+            // ENOSPC, EDQUOT.
+            let full =
+                Error::io("write", "/root/ingest/data")(std::io::Error::from_raw_os_error(errno));
+            assert_eq!(full.code(), Code::ResourceExhausted, "{full}");
+            assert!(full.to_string().contains("/root/ingest/data"), "{full}");
+        }
+        let other = Error::io("write", "/x")(std::io::Error::from_raw_os_error(5));
+        assert_eq!(other.code(), Code::Internal);
     }
 }

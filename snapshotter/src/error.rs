@@ -107,6 +107,9 @@ impl Error {
             | Error::NotMountable { .. }
             | Error::HasChildren { .. } => Code::FailedPrecondition,
             Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => Code::NotFound,
+            // A full disk or quota: the caller can free space and retry (containerd's clients
+            // get ENOSPC as an unclassified error; the wire has a class for it).
+            Error::Io { source, .. } if out_of_space(source) => Code::ResourceExhausted,
             Error::Io { .. } | Error::Db { .. } => Code::Internal,
             Error::Locked { .. } => Code::Unavailable,
             Error::Corrupt { .. } => Code::DataLoss,
@@ -129,6 +132,14 @@ impl Error {
             source: Box::new(e.into()),
         }
     }
+}
+
+/// True for ENOSPC and EDQUOT.
+fn out_of_space(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 #[cfg(test)]
@@ -156,5 +167,11 @@ mod tests {
         let io_nf = Error::io("open", "/x")(io::Error::from(io::ErrorKind::NotFound));
         assert_eq!(io_nf.code(), Code::NotFound);
         assert!(io_nf.to_string().contains("failed to open /x"), "{io_nf}");
+        for errno in [28, 122] {
+            // ENOSPC, EDQUOT: out of space, naming the path that could not be written.
+            let full = Error::io("write", "/root/snap")(io::Error::from_raw_os_error(errno));
+            assert_eq!(full.code(), Code::ResourceExhausted, "{full}");
+            assert!(full.to_string().contains("/root/snap"), "{full}");
+        }
     }
 }
