@@ -40,8 +40,7 @@ pub fn corral_cri_path() -> PathBuf {
 pub struct CriNode {
     child: Option<Child>,
     dir: PathBuf,
-    bridge: String,
-    subnet: String,
+    net: CniNetwork,
     // Dropped last: the daemon and its directory outlive corral-cri.
     corrald: Corrald,
     _tmp: tempfile::TempDir,
@@ -51,27 +50,32 @@ impl CriNode {
     /// Starts corrald and corral-cri, imports the images, and waits until `crictl version`
     /// answers.
     pub fn start() -> CriNode {
+        CriNode::start_inner(Corrald::start())
+    }
+
+    /// Like [`CriNode::start`], corrald with `corrald_config` as its configuration file (TOML;
+    /// the node's own paths still come from the command line).
+    pub fn start_with_corrald_config(corrald_config: &str) -> CriNode {
+        CriNode::start_inner(Corrald::start_with_config(corrald_config))
+    }
+
+    fn start_inner(corrald: Corrald) -> CriNode {
         let bin = corral_cri_path();
         assert!(
             bin.is_file(),
             "corral-cri not found at {} (run `cargo build -p cri` or set CORRAL_CRI_BIN)",
             bin.display()
         );
-        let corrald = Corrald::start();
         let tmp = tempfile::Builder::new()
             .prefix("cri-it-")
             .tempdir()
             .expect("cannot create a temp dir for corral-cri");
         let dir = tmp.path().to_path_buf();
-        // A bridge and subnet of this node's own: parallel tests never share either.
-        let n = node_number();
-        let bridge = format!("crit{n}");
-        let subnet = format!("10.{}.{}.0/24", 200 + n / 250 % 50, n % 250);
+        let net = CniNetwork::create(&dir);
         let node = CriNode {
             child: None,
             dir,
-            bridge,
-            subnet,
+            net,
             corrald,
             _tmp: tmp,
         };
@@ -83,19 +87,12 @@ impl CriNode {
     }
 
     fn write_files(&self) {
-        let net = self.dir.join("net.d");
-        fs::create_dir_all(&net).unwrap();
-        self.set_cni_config(&self.cni_config());
         let config = format!(
             "sandbox_image = {PAUSE_REF:?}\n\n[cni]\nconf_dir = {:?}\nbin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\"]\n",
-            net.display()
+            self.net.conf_dir().display()
         );
         fs::write(self.dir.join("cri.toml"), config).unwrap();
-        let crictl = format!(
-            "runtime-endpoint: unix://{0}\nimage-endpoint: unix://{0}\ntimeout: 60\n",
-            self.socket().display()
-        );
-        fs::write(self.dir.join("crictl.yaml"), crictl).unwrap();
+        write_crictl_config(&self.dir.join("crictl.yaml"), &self.socket());
     }
 
     fn import_images(&self) {
@@ -135,50 +132,28 @@ impl CriNode {
 
     /// The pod network's subnet (`10.x.y.0/24`).
     pub fn subnet(&self) -> &str {
-        &self.subnet
+        self.net.subnet()
     }
 
     /// The pod network's bridge on the host.
     pub fn bridge(&self) -> &str {
-        &self.bridge
+        self.net.bridge()
     }
 
     /// host-local's data directory: one file per allocated address, under the network's name.
     pub fn ipam_dir(&self) -> PathBuf {
-        self.dir.join("ipam")
+        self.net.ipam_dir()
     }
 
     /// The node's own network config: a bridge with host-local IPAM, portmap and loopback.
     pub fn cni_config(&self) -> serde_json::Value {
-        serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": format!("corral-{}", self.bridge),
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": self.bridge,
-                    "isGateway": true,
-                    "ipMasq": false,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{ "subnet": self.subnet }]],
-                        "routes": [{ "dst": "0.0.0.0/0" }],
-                        "dataDir": self.ipam_dir(),
-                    },
-                },
-                { "type": "portmap", "capabilities": { "portMappings": true } },
-                { "type": "loopback" },
-            ],
-        })
+        self.net.config()
     }
 
     /// Replaces the node's network config (the only file of its CNI conf dir), atomically:
     /// corral-cri reads it again at the next pod.
     pub fn set_cni_config(&self, conflist: &serde_json::Value) {
-        let net = self.dir.join("net.d");
-        let tmp = net.join(".10-test.conflist.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(conflist).unwrap()).unwrap();
-        fs::rename(&tmp, net.join("10-test.conflist")).unwrap();
+        self.net.set_config(conflist);
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -318,7 +293,7 @@ impl CriNode {
 
     /// The addresses host-local holds for the node's network (its data files named by IP).
     pub fn ipam_allocations(&self) -> Vec<String> {
-        let dir = self.ipam_dir().join(format!("corral-{}", self.bridge));
+        let dir = self.ipam_dir().join(format!("corral-{}", self.bridge()));
         dir_entries(&dir)
             .into_iter()
             .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
@@ -403,10 +378,7 @@ impl Drop for CriNode {
         }
         self.stop();
         self.remove_leftovers();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .stderr(Stdio::null())
-            .status();
+        // The bridge goes with `self.net`.
         unmount_below(&self.dir);
     }
 }
@@ -446,6 +418,100 @@ fn dir_entries(dir: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A private CNI bridge network for one node: its conflist (bridge, host-local IPAM with
+/// state in `<dir>/ipam`, portmap, loopback) in `<dir>/net.d`, a bridge name and a `/24` of its
+/// own so that parallel tests never share either. The bridge is deleted on drop.
+pub struct CniNetwork {
+    dir: PathBuf,
+    bridge: String,
+    subnet: String,
+}
+
+impl CniNetwork {
+    /// Writes the network's configuration below `dir`.
+    pub fn create(dir: &Path) -> CniNetwork {
+        let n = node_number();
+        let net = CniNetwork {
+            dir: dir.to_path_buf(),
+            bridge: format!("crit{n}"),
+            subnet: format!("10.{}.{}.0/24", 200 + n / 250 % 50, n % 250),
+        };
+        fs::create_dir_all(net.conf_dir()).unwrap();
+        net.set_config(&net.config());
+        net
+    }
+
+    /// The CNI configuration directory (`conf_dir`).
+    pub fn conf_dir(&self) -> PathBuf {
+        self.dir.join("net.d")
+    }
+
+    /// The pod network's subnet (`10.x.y.0/24`).
+    pub fn subnet(&self) -> &str {
+        &self.subnet
+    }
+
+    /// The bridge on the host.
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
+    /// host-local's data directory.
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.dir.join("ipam")
+    }
+
+    /// The network's default config: a bridge with host-local IPAM, portmap and loopback.
+    pub fn config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": format!("corral-{}", self.bridge),
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": self.bridge,
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{ "subnet": self.subnet }]],
+                        "routes": [{ "dst": "0.0.0.0/0" }],
+                        "dataDir": self.ipam_dir(),
+                    },
+                },
+                { "type": "portmap", "capabilities": { "portMappings": true } },
+                { "type": "loopback" },
+            ],
+        })
+    }
+
+    /// Replaces the config (the only file of the conf dir), atomically.
+    pub fn set_config(&self, conflist: &serde_json::Value) {
+        let net = self.conf_dir();
+        let tmp = net.join(".10-test.conflist.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(conflist).unwrap()).unwrap();
+        fs::rename(&tmp, net.join("10-test.conflist")).unwrap();
+    }
+}
+
+impl Drop for CniNetwork {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Writes a crictl configuration file pointing both endpoints at `socket`.
+pub fn write_crictl_config(path: &Path, socket: &Path) {
+    let crictl = format!(
+        "runtime-endpoint: unix://{0}\nimage-endpoint: unix://{0}\ntimeout: 60\n",
+        socket.display()
+    );
+    fs::write(path, crictl).unwrap();
 }
 
 fn node_number() -> u32 {
@@ -497,6 +563,14 @@ impl CrictlOutput {
 }
 
 impl Crictl {
+    /// crictl with the configuration file `config` (see [`write_crictl_config`]).
+    pub fn new(config: PathBuf) -> Crictl {
+        Crictl {
+            config,
+            timeout: Duration::from_secs(90),
+        }
+    }
+
     pub fn command<S: AsRef<str>>(&self, args: &[S]) -> Command {
         let mut c = Command::new("crictl");
         c.arg("--config").arg(&self.config);
