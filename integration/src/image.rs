@@ -87,7 +87,7 @@ const MTIME: u64 = 1_700_000_000;
 /// Media type of the OCI image manifests built here.
 pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const MEDIA_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub(crate) const MEDIA_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
 /// Path of the static busybox put into the image: `$CORRAL_TEST_BUSYBOX` or `/bin/busybox`.
 pub fn busybox_path() -> PathBuf {
@@ -293,6 +293,12 @@ pub fn busybox_layer_tar() -> io::Result<Vec<u8>> {
 /// An OCI image layout tar of `img` named `reference`. Layers are stored last-first, so an
 /// import spends its time writing the big upper layers before anything else.
 pub fn oci_layout_tar(img: &ImageBlobs, reference: &str) -> io::Result<Vec<u8>> {
+    oci_layout_tar_named(img, &[reference])
+}
+
+/// Like [`oci_layout_tar`], with one index entry per name in `references`: one import gives
+/// the image all of them.
+pub fn oci_layout_tar_named(img: &ImageBlobs, references: &[&str]) -> io::Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
     add_dir(&mut b, "blobs/", 0o755)?;
     add_dir(&mut b, "blobs/sha256/", 0o755)?;
@@ -300,12 +306,18 @@ pub fn oci_layout_tar(img: &ImageBlobs, reference: &str) -> io::Result<Vec<u8>> 
         let path = format!("blobs/sha256/{}", hex::encode(Sha256::digest(blob)));
         add_file(&mut b, &path, 0o644, blob)?;
     }
-    let mut manifest_desc = descriptor(MEDIA_MANIFEST, &img.manifest);
-    manifest_desc["annotations"] = serde_json::json!({ "io.containerd.image.name": reference });
+    let manifests: Vec<serde_json::Value> = references
+        .iter()
+        .map(|r| {
+            let mut d = descriptor(MEDIA_MANIFEST, &img.manifest);
+            d["annotations"] = serde_json::json!({ "io.containerd.image.name": r });
+            d
+        })
+        .collect();
     let index = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [manifest_desc],
+        "manifests": manifests,
     }))?;
     add_file(&mut b, "index.json", 0o644, &index)?;
     add_file(
@@ -349,7 +361,7 @@ fn layer_tar(busybox: &[u8]) -> io::Result<Vec<u8>> {
     b.into_inner()
 }
 
-fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+pub(crate) fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(kind);
     h.set_mode(mode);
@@ -360,21 +372,26 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     h
 }
 
-fn add_dir(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32) -> io::Result<()> {
+pub(crate) fn add_dir(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32) -> io::Result<()> {
     let mut h = header(tar::EntryType::Directory, mode, 0);
     b.append_data(&mut h, path, io::empty())
 }
 
-fn add_file(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) -> io::Result<()> {
+pub(crate) fn add_file(
+    b: &mut tar::Builder<Vec<u8>>,
+    path: &str,
+    mode: u32,
+    data: &[u8],
+) -> io::Result<()> {
     let mut h = header(tar::EntryType::Regular, mode, data.len() as u64);
     b.append_data(&mut h, path, data)
 }
 
-fn sha256_digest(data: &[u8]) -> String {
+pub(crate) fn sha256_digest(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
-fn descriptor(media_type: &str, blob: &[u8]) -> serde_json::Value {
+pub(crate) fn descriptor(media_type: &str, blob: &[u8]) -> serde_json::Value {
     serde_json::json!({
         "mediaType": media_type,
         "digest": sha256_digest(blob),
@@ -386,11 +403,43 @@ fn descriptor(media_type: &str, blob: &[u8]) -> serde_json::Value {
 /// program (`integration/images/pause.c`, compiled here with `cc -static`), as its entrypoint:
 /// the pod sandbox image for CRI tests, built without a registry.
 pub fn pause_image_tar(reference: &str) -> io::Result<Vec<u8>> {
+    oci_layout_tar(&pause_image_blobs(serde_json::json!({}))?, reference)
+}
+
+/// The blobs of our pause image (see [`pause_image_tar`]); `labels` become the config's
+/// `Labels`, so that two pause images can differ (critest pulls a `pause:3.9` that must not be
+/// the sandbox image). With no labels the digests are those of [`pause_image_tar`].
+pub fn pause_image_blobs(labels: serde_json::Value) -> io::Result<ImageBlobs> {
+    let mut b = tar::Builder::new(Vec::new());
+    add_file(&mut b, "pause", 0o755, &compile_static("pause.c")?)?;
+    let layer_tar = b.into_inner()?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&layer_tar)?;
+    let layers = vec![gz.finish()?];
+    let mut run_config = serde_json::json!({ "Entrypoint": ["/pause"], "User": "65535:65535" });
+    if labels.as_object().is_some_and(|l| !l.is_empty()) {
+        run_config["Labels"] = labels;
+    }
+    let (manifest, config) =
+        manifest_with_run_config(&layers, &[sha256_digest(&layer_tar)], run_config)?;
+    Ok(ImageBlobs {
+        manifest,
+        config,
+        layers,
+        layer_tars: vec![layer_tar],
+    })
+}
+
+/// Compiles `integration/images/<source>` (one C file of ours) with `cc -static -Os -s` and
+/// returns the executable.
+pub fn compile_static(source: &str) -> io::Result<Vec<u8>> {
     let dir = tempfile::tempdir()?;
-    let bin = dir.path().join("pause");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/pause.c");
+    let bin = dir.path().join("a.out");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("images")
+        .join(source);
     let out = std::process::Command::new("cc")
-        .args(["-static", "-Os", "-s", "-o"])
+        .args(["-static", "-Os", "-s", "-Wall", "-o"])
         .arg(&bin)
         .arg(&src)
         .output()?;
@@ -401,24 +450,7 @@ pub fn pause_image_tar(reference: &str) -> io::Result<Vec<u8>> {
             String::from_utf8_lossy(&out.stderr)
         )));
     }
-    let mut b = tar::Builder::new(Vec::new());
-    add_file(&mut b, "pause", 0o755, &std::fs::read(&bin)?)?;
-    let layer_tar = b.into_inner()?;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&layer_tar)?;
-    let layers = vec![gz.finish()?];
-    let (manifest, config) = manifest_with_run_config(
-        &layers,
-        &[sha256_digest(&layer_tar)],
-        serde_json::json!({ "Entrypoint": ["/pause"], "User": "65535:65535" }),
-    )?;
-    let img = ImageBlobs {
-        manifest,
-        config,
-        layers,
-        layer_tars: vec![layer_tar],
-    };
-    oci_layout_tar(&img, reference)
+    std::fs::read(&bin)
 }
 
 #[cfg(test)]
