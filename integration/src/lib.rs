@@ -37,6 +37,7 @@ pub mod cmd;
 pub mod containerd;
 pub mod corrald;
 pub mod cri;
+pub mod critest;
 pub mod ctr;
 pub mod docker;
 pub mod events;
