@@ -29,13 +29,29 @@ NEEDED_FILES := /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/loopbac
 NEEDED_PYTHON_MODULES := ensurepip
 # crictl and critest (cri-tools v1.36.0), shipped beside the checkout.
 CRI_TOOLS := $(CURDIR)/../shared/cri-tools
+# critest's busybox is built from Debian's busybox source package (`apt-get source`, then
+# `make`): Debian's busybox-static lacks applets critest runs. apt needs deb-src entries for it.
+PACKAGES += make bzip2 xz-utils dpkg-dev
+NEEDED_COMMANDS += make bzip2 xz dpkg-source
+DEB_SRC_LIST := /etc/apt/sources.list.d/debian-src.sources
+# Extra critest flags for `make critest`, e.g. CRITEST_FLAGS='-ginkgo.focus=Networking'.
+CRITEST_FLAGS ?=
 
-.PHONY: all build release test lint fmt install deps run image bench clean
+.PHONY: all build release test lint fmt install deps run image bench clean critest critest-containerd
 
 all: build
 
-## deps: install missing runtime packages with apt-get (needs root)
+## deps: install missing runtime packages with apt-get (needs root); add Debian's source
+## packages to apt (critest's busybox is built from one)
 deps:
+	@if ! grep -qsr '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then \
+		echo "adding Debian's source packages to apt ($(DEB_SRC_LIST))"; \
+		. /etc/os-release; \
+		printf '%s\n' 'Types: deb-src' 'URIs: http://deb.debian.org/debian' \
+			"Suites: $$VERSION_CODENAME $$VERSION_CODENAME-updates" 'Components: main' \
+			'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' > $(DEB_SRC_LIST); \
+		apt-get update; \
+	fi
 	@missing=""; for c in $(NEEDED_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
 	for f in $(NEEDED_FILES); do [ -e $$f ] || missing="$$missing $$f"; done; \
 	for m in $(NEEDED_PYTHON_MODULES); do /usr/bin/python3 -c "import $$m" 2>/dev/null || missing="$$missing python:$$m"; done; \
@@ -64,6 +80,18 @@ test: deps build
 	CORRAL_SHIM_BIN=$(DEBUG_SHIM) CORRALD_BIN=$(TARGET_DIR)/debug/corrald \
 		CORRAL_BIN=$(TARGET_DIR)/debug/corral CORRAL_CRI_BIN=$(TARGET_DIR)/debug/corral-cri \
 		$(CARGO) test --workspace --no-fail-fast
+
+## critest: cri-tools' CRI validation suite against corral-cri on a private corrald, offline
+## (look-alike images in a local registry, registry.k8s.io, gcr.io and k8s.gcr.io mirrored to
+## it); CRITEST_FLAGS adds critest flags, e.g. CRITEST_FLAGS='-ginkgo.focus=Networking'
+critest: deps build
+	CORRAL_SHIM_BIN=$(DEBUG_SHIM) CORRALD_BIN=$(TARGET_DIR)/debug/corrald \
+		CORRAL_CRI_BIN=$(TARGET_DIR)/debug/corral-cri \
+		$(TARGET_DIR)/debug/corral-critest $(CRITEST_FLAGS)
+
+## critest-containerd: the same against containerd 1.6's own CRI plugin, for comparison
+critest-containerd: deps build
+	$(TARGET_DIR)/debug/corral-critest --containerd $(CRITEST_FLAGS)
 
 ## lint: formatting and clippy with warnings as errors
 lint:
