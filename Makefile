@@ -46,10 +46,11 @@ all: build
 deps:
 	@if ! grep -qsr '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then \
 		echo "adding Debian's source packages to apt ($(DEB_SRC_LIST))"; \
-		. /etc/os-release; \
-		printf '%s\n' 'Types: deb-src' 'URIs: http://deb.debian.org/debian' \
-			"Suites: $$VERSION_CODENAME $$VERSION_CODENAME-updates" 'Components: main' \
-			'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' > $(DEB_SRC_LIST); \
+		if [ -f /etc/apt/sources.list.d/debian.sources ]; then \
+			sed -e 's/^Types: deb$$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources > $(DEB_SRC_LIST); \
+		else \
+			sed -n -e 's/^deb /deb-src /p' /etc/apt/sources.list > /etc/apt/sources.list.d/debian-src.list; \
+		fi; \
 		apt-get update; \
 	fi
 	@missing=""; for c in $(NEEDED_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
