@@ -59,9 +59,46 @@ pub fn node() -> Node {
         cgroup_v2,
         swap,
         hugetlb,
-        // What Status reports to kubelet; runc's `rro` needs Linux 5.12 and runc 1.1, and is
-        // not probed yet.
-        recursive_read_only: false,
+        recursive_read_only: rro_supported(),
+    }
+}
+
+/// Whether runc makes `rro` (recursive read-only) binds here: runc lists the option in `runc
+/// features` (1.1 and later) and the kernel has mount_setattr (5.12 and later). What Status
+/// reports to kubelet and what CreateContainer accepts.
+fn rro_supported() -> bool {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if !kernel_at_least(&kernel, (5, 12)) {
+        return false;
+    }
+    let out = match std::process::Command::new("runc")
+        .arg("features")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+    {
+        Ok(o) if o.status.success() => o.stdout,
+        _ => return false,
+    };
+    runc_lists_rro(&out)
+}
+
+fn runc_lists_rro(features_json: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(features_json)
+        .ok()
+        .and_then(|v| v["mountOptions"].as_array().cloned())
+        .is_some_and(|opts| opts.iter().any(|o| o == "rro"))
+}
+
+/// `6.1.0-18-amd64` ≥ (major, minor)?
+fn kernel_at_least(release: &str, want: (u32, u32)) -> bool {
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    match (parts.next(), parts.next()) {
+        (Some(major), Some(minor)) => (major, minor) >= want,
+        _ => false,
     }
 }
 
@@ -297,6 +334,17 @@ mod tests {
     use protocol::grpc::runtime::v1::{Device, Mount};
 
     use super::*;
+
+    #[test]
+    fn rro_needs_runc_and_kernel_support() {
+        assert!(kernel_at_least("6.1.0-18-amd64", (5, 12)));
+        assert!(kernel_at_least("5.12.0", (5, 12)));
+        assert!(!kernel_at_least("5.10.0-28-amd64", (5, 12)));
+        assert!(!kernel_at_least("garbage", (5, 12)));
+        assert!(runc_lists_rro(br#"{"mountOptions": ["ro", "rro", "rrw"]}"#));
+        assert!(!runc_lists_rro(br#"{"mountOptions": ["ro"]}"#));
+        assert!(!runc_lists_rro(b"not json"));
+    }
 
     const MOUNTINFO: &str = "\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw

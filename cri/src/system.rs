@@ -67,7 +67,7 @@ impl Cri {
             info.insert("config".to_string(), v.to_string());
         }
         let features = RuntimeHandlerFeatures {
-            recursive_read_only_mounts: false,
+            recursive_read_only_mounts: self.node.recursive_read_only,
             user_namespaces: false,
         };
         let mut runtime_handlers: Vec<RuntimeHandler> = self

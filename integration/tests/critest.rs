@@ -65,13 +65,6 @@ const SKIP: &[(&str, &str)] = &[
 /// What corral-cri fails today (issue 11), by cause as critest reports it. Fix one, and take it
 /// off this list: the test fails while a listed test passes.
 const KNOWN_FAILURES: &[&str] = &[
-    // Skipped by critest: corral-cri's runtime handler does not report recursive read-only
-    // mounts. They can be done here: runc 1.1.5 has the `rro` mount option (`runc features`
-    // lists it) and this kernel has mount_setattr(2).
-    "[k8s.io] Container Mount Readonly runtime should support readonly mounts should support recursive readonly mounts",
-    "[k8s.io] Container Mount Readonly runtime should support readonly mounts should reject a recursive readonly mount with PROPAGATION_HOST_TO_CONTAINER",
-    "[k8s.io] Container Mount Readonly runtime should support readonly mounts should reject a recursive readonly mount with PROPAGATION_BIDIRECTIONAL",
-    "[k8s.io] Container Mount Readonly runtime should support readonly mounts should reject a recursive readonly mount with ReadOnly: false",
     // Skipped by critest: no runtime handler reports user namespaces. runc 1.1.5 cannot make
     // idmapped mounts itself (`runc features` has no `idmap`), but the runtime can hand it an
     // idmapped rootfs (this kernel idmaps overlay mounts), so these can be done too.
