@@ -27,7 +27,8 @@ impl Cri {
         for c in self.store.containers_of(&s.id) {
             self.remove_container_by_id(&c.id).await?;
         }
-        self.release_sandbox(&s.id, Some(&s.record)).await?;
+        // Stopped just above: the task, network and /dev/shm are gone already.
+        self.forget_sandbox(&s.id).await?;
         self.emit_sandbox(&s.id, ContainerEventType::ContainerDeletedEvent);
         self.store.remove_sandbox(&s.id);
         Ok(RemovePodSandboxResponse {})
@@ -37,6 +38,11 @@ impl Cri {
     /// Idempotent; also the undo of a failed RunPodSandbox and start-up's cleanup.
     pub async fn release_sandbox(&self, id: &str, record: Option<&SandboxRecord>) -> Result<()> {
         self.stop_sandbox_parts(id, record).await?;
+        self.forget_sandbox(id).await
+    }
+
+    /// The files, corrald record and snapshot of a stopped pod sandbox.
+    async fn forget_sandbox(&self, id: &str) -> Result<()> {
         let dir = self.sandbox_dir(id);
         super::stop::blocking(move || super::files::remove(&dir)).await?;
         // The record goes before the snapshot: a record whose snapshot is gone cannot start,

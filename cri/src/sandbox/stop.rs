@@ -25,6 +25,11 @@ impl Cri {
             Err(e) if e.is_not_found() => return Ok(StopPodSandboxResponse {}),
             Err(e) => return Err(e),
         };
+        if s.stopped {
+            // Finished before (in this process's life: a restart forgets it, and the next
+            // stop redoes each step, which tolerates being done): no second CNI DEL.
+            return Ok(StopPodSandboxResponse {});
+        }
         for c in self.store.containers_of(&s.id) {
             self.stop_container_with_timeout(&c.id, 0)
                 .await
