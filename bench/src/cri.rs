@@ -30,6 +30,8 @@ use protocol::grpc::tonic::transport::Channel;
 
 use api::runtime_service_client::RuntimeServiceClient;
 
+use crate::crifloor::CniFloor;
+use crate::floor::RuncFloor;
 use crate::stats::{Row, Samples, Single, Unit};
 use crate::{Config, Report, mem_of, ms};
 
@@ -368,6 +370,10 @@ struct Rows {
     cri_rss: Samples,
     corrald_after: Samples,
     cri_after: Samples,
+    /// The floor: CNI ADDs, one runc create + start, and a pod's sum of them.
+    floor_cni: Samples,
+    floor_runc: Samples,
+    floor_pod: Samples,
 }
 
 impl Rows {
@@ -433,6 +439,9 @@ impl Rows {
             cri_rss: Samples::default(),
             corrald_after: Samples::default(),
             cri_after: Samples::default(),
+            floor_cni: Samples::default(),
+            floor_runc: Samples::default(),
+            floor_pod: Samples::default(),
         }
     }
 }
@@ -580,14 +589,25 @@ async fn run(cfg: &Config, nodes: &[Node; 2], report: &mut Report) -> Result<Row
     }
 
     println!(
-        "  pod start, one at a time ({} per runtime)",
+        "  pod start, one at a time ({} per runtime), and its floor",
         cfg.cri.starts
     );
+    let mut cni_floor = CniFloor::new();
+    let mut runc_floor = RuncFloor::new();
+    cni_floor.add()?;
+    runc_floor.create_start();
     report.quiet(cfg, "CRI: pod start");
     for i in 0..cfg.cri.starts {
         if i > 0 && i % 10 == 0 {
             report.quiet(cfg, "CRI: pod start (cont.)");
         }
+        let cni = cni_floor.add()?;
+        let pause = runc_floor.create_start();
+        let app = runc_floor.create_start();
+        rows.floor_cni.push(ms(cni));
+        rows.floor_runc.push(ms(pause));
+        rows.floor_runc.push(ms(app));
+        rows.floor_pod.push(ms(cni + pause + app));
         for (node, client) in nodes.iter().zip(&clients) {
             let p = client.start_pod(&next_name("one"), &node.log_dir()).await?;
             side(&mut rows.start, node).push(ms(p.total));
@@ -707,6 +727,9 @@ pub fn block(cfg: &Config, report: &mut Report) {
         cri_rss,
         corrald_after,
         cri_after,
+        floor_cni,
+        floor_runc,
+        floor_pod,
     } = rows;
     let all = vec![
         start,
@@ -738,6 +761,27 @@ pub fn block(cfg: &Config, report: &mut Report) {
         report.cri_parts.push(Single {
             figure,
             unit: Unit::MegaBytes,
+            samples,
+        });
+    }
+    for (figure, samples) in [
+        (
+            "netns ready → CNI ADD of `lo` and of the node's chain (bridge + host-local, portmap, \
+             loopback: 4 plugin execs)",
+            floor_cni,
+        ),
+        (
+            "`runc create` + `runc start` of `sleep` (prepared rootfs, no overlay mount)",
+            floor_runc,
+        ),
+        (
+            "a pod start's floor: the CNI ADDs + 2 × (`runc create` + `runc start`)",
+            floor_pod,
+        ),
+    ] {
+        report.cri_floor.push(Single {
+            figure: figure.to_string(),
+            unit: Unit::Millis,
             samples,
         });
     }

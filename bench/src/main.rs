@@ -33,6 +33,7 @@
 
 mod bigimage;
 mod cri;
+mod crifloor;
 mod critest;
 mod floor;
 mod host;
@@ -147,6 +148,8 @@ struct Report {
     cri_parts: Vec<Single>,
     /// `critest -benchmark` both ways.
     critest: Vec<Row>,
+    /// What any runtime pays for a pod start here (CNI plugins, runc).
+    cri_floor: Vec<Single>,
     notes: Vec<String>,
     quiet: Vec<Quiet>,
 }
@@ -792,6 +795,14 @@ fn markdown(cfg: &Config, host: &[(String, String)], report: &Report, took: Dura
             s.push_str(&stats::single_table(&report.cri_parts));
         }
     }
+    if !report.cri_floor.is_empty() {
+        s.push_str(
+            "\n### Floor under a pod start: CNI plugins and runc alone (no daemon, no shim, no \
+             client)\n\nMeasured between the pod starts above (see bench/src/crifloor.rs). Not \
+             counted: the network namespace, the overlay mounts, shim start-up, the pod's files.\n\n",
+        );
+        s.push_str(&stats::single_table(&report.cri_floor));
+    }
     if !report.critest.is_empty() {
         s.push_str(CRITEST_INTRO);
         s.push_str(&cri_table(&report.critest));
@@ -891,6 +902,7 @@ fn main() {
         cri: Vec::new(),
         cri_parts: Vec::new(),
         critest: Vec::new(),
+        cri_floor: Vec::new(),
         notes: Vec::new(),
         quiet: Vec::new(),
     };
