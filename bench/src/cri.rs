@@ -706,6 +706,7 @@ pub fn block(cfg: &Config, report: &mut Report) {
     let rows = rt
         .block_on(run(cfg, &nodes, report))
         .unwrap_or_else(|e| panic!("CRI block: {e}"));
+    report.close_block();
     let Rows {
         start,
         run_pod,
@@ -818,6 +819,7 @@ fn critest_block(
             }
         }
     }
+    report.close_block();
     let rows = crate::critest::rows(&figures[0], &figures[1]);
     println!("{}", crate::cri_table(&rows));
     report.critest.extend(rows);

@@ -156,8 +156,16 @@ struct Report {
 
 impl Report {
     fn quiet(&mut self, cfg: &Config, block: &str) {
+        self.close_block();
         let q = host::wait_quiet(block, cfg.min_idle, cfg.quiet_cap);
         self.quiet.push(q);
+    }
+
+    /// Ends the CPU-idle account of the block begun by the last [`Report::quiet`].
+    fn close_block(&mut self) {
+        if let Some(q) = self.quiet.last_mut() {
+            q.close();
+        }
     }
 }
 
@@ -844,12 +852,20 @@ fn markdown(cfg: &Config, host: &[(String, String)], report: &Report, took: Dura
         busy,
         report.quiet.len()
     ));
-    s.push_str("| block | CPU idle % | load (1 min) | waited |\n|---|---|---|---|\n");
+    s.push_str(
+        "`idle during` is the CPUs' idle share from the block's start to the next block's wait, \
+         the bench's own load included: a serial block keeps at most about one core busy by \
+         itself, so idle well below that share means other work ran beside it.\n\n",
+    );
+    s.push_str(
+        "| block | CPU idle % before | idle % during | load (1 min) | waited |\n|---|---|---|---|---|\n",
+    );
     for q in &report.quiet {
         s.push_str(&format!(
-            "| {} | {:.0} | {:.2} | {:.1} s |\n",
+            "| {} | {:.0} | {} | {:.2} | {:.1} s |\n",
             q.block,
             q.idle,
+            q.during.map(|d| format!("{d:.0}")).unwrap_or("—".into()),
             q.load1,
             q.waited.as_secs_f64()
         ));
@@ -924,6 +940,7 @@ fn main() {
     if cfg.wants("cri") {
         guarded(&mut report, "cri", |report| cri::block(&cfg, report));
     }
+    report.close_block();
     let md = markdown(&cfg, &host, &report, started.elapsed());
     println!("\n{md}");
     std::fs::create_dir_all(&cfg.out_dir).expect("cannot create the results dir");
