@@ -85,6 +85,32 @@ impl Node {
         }
     }
 
+    /// The daemons' log files.
+    fn logs(&self) -> Vec<PathBuf> {
+        match self {
+            Node::Containerd(n) => vec![n.containerd().log_path()],
+            Node::Corral(n) => vec![n.log_path(), n.corrald().log_path()],
+        }
+    }
+
+    /// Copies the daemons' logs to `$TMPDIR/corral-bench-logs/<label>-<pid>-<n>/` (the node's
+    /// own directory goes away with it) and returns that directory.
+    fn keep_logs(&self) -> Option<PathBuf> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dest = std::env::temp_dir().join("corral-bench-logs").join(format!(
+            "{}-{}-{}",
+            self.label(),
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dest).ok()?;
+        for log in self.logs() {
+            let name = log.file_name()?.to_owned();
+            std::fs::copy(&log, dest.join(name)).ok()?;
+        }
+        Some(dest)
+    }
+
     /// Serving shims of this node's daemon (not short-lived `start`/`delete` invocations).
     fn shims(&self) -> Vec<u32> {
         let address = match self {
@@ -331,14 +357,15 @@ impl Client {
             .count())
     }
 
-    async fn pods(&self) -> Result<usize, String> {
+    /// How many of `pods` ListPodSandbox still lists.
+    async fn listed(&self, pods: &[String]) -> Result<usize, String> {
         let mut c = self.0.clone();
         let list = c
             .list_pod_sandbox(request(api::ListPodSandboxRequest { filter: None }))
             .await
             .map_err(|s| status_err("ListPodSandbox", s))?
             .into_inner();
-        Ok(list.items.len())
+        Ok(list.items.iter().filter(|p| pods.contains(&p.id)).count())
     }
 }
 
@@ -481,6 +508,8 @@ async fn many_round(
 ) -> Result<(), String> {
     let n = cfg.cri.pods;
     let log_dir = node.log_dir();
+    // Shims of pods an earlier failed round could not remove; they stay out of the figures.
+    let shims_before = node.shims().len();
     report.quiet(cfg, &format!("CRI: {n} pods at once, {}", node.label()));
     let t = Instant::now();
     let tasks: Vec<_> = (0..n)
@@ -506,7 +535,7 @@ async fn many_round(
         return Err(format!("starting {n} pods at once: {e}"));
     }
     let up = client.running().await?;
-    if up != n {
+    if up < n {
         remove_all(client, &pods).await;
         return Err(format!("{up} of {n} containers RUNNING after all started"));
     }
@@ -515,6 +544,13 @@ async fn many_round(
     // Memory with the P pods running.
     let daemons = node.daemons();
     let shims = node.shims();
+    if shims_before > 0 {
+        report.notes.push(format!(
+            "{}: {shims_before} shims of pods an earlier round left are counted in the memory \
+             with {n} pods",
+            node.label()
+        ));
+    }
     let daemon_pids: Vec<u32> = daemons.iter().map(|d| d.1).collect();
     let (d_rss, d_pss) = rss_pss(&daemon_pids);
     let (s_rss, s_pss) = rss_pss(&shims);
@@ -538,9 +574,11 @@ async fn many_round(
     let outs = remove_all(client, &pods).await;
     let el = t.elapsed();
     if let Some(Err(e)) = outs.into_iter().find(Result::is_err) {
+        // Once more, for what failed (kubelet retries too); the round is lost either way.
+        remove_all(client, &pods).await;
         return Err(format!("teardown: {e}"));
     }
-    let left = client.pods().await?;
+    let left = client.listed(&pods).await?;
     if left != 0 {
         return Err(format!("{left} pods listed after teardown"));
     }
@@ -548,10 +586,11 @@ async fn many_round(
 
     // Memory after teardown, once the shims are gone.
     let t = Instant::now();
-    while !node.shims().is_empty() {
+    while node.shims().len() > shims_before {
         if t.elapsed() > STATE_TIMEOUT {
             return Err(format!(
-                "{} shims still running {STATE_TIMEOUT:?} after teardown",
+                "{} shims still running {STATE_TIMEOUT:?} after teardown ({shims_before} before \
+                 the round)",
                 node.shims().len()
             ));
         }
@@ -649,9 +688,13 @@ async fn run(cfg: &Config, nodes: &[Node; 2], report: &mut Report) -> Result<Row
     for r in 0..cfg.rounds {
         for (node, client) in nodes.iter().zip(&clients) {
             if let Err(e) = many_round(cfg, node, client, &mut rows, report).await {
-                eprintln!("  {}: round {} failed: {e}", node.label(), r + 1);
+                let logs = node
+                    .keep_logs()
+                    .map(|d| format!(" Logs: {}.", d.display()))
+                    .unwrap_or_default();
+                eprintln!("  {}: round {} failed: {e}{logs}", node.label(), r + 1);
                 report.notes.push(format!(
-                    "**CRI round {} on {} failed** (its remaining samples are missing): {}",
+                    "**CRI round {} on {} failed** (its remaining samples are missing): {}.{logs}",
                     r + 1,
                     node.label(),
                     e.lines().take(12).collect::<Vec<_>>().join(" / ")
@@ -691,7 +734,7 @@ pub fn block(cfg: &Config, report: &mut Report) {
         }
     };
     let options = CriOptions {
-        log_level: "info",
+        log_level: cfg.cri.log_level,
         registry_hosts: critest.as_ref().map(|c| c.hosts_dir()),
     };
     let nodes = [

@@ -27,7 +27,9 @@
 //! `BENCH_CONTAINERS` (50), `BENCH_LAYER_MB` (25 MB per layer, compressed), `BENCH_LAYERS=<dir>`
 //! (keep the generated layers for the next run), `BENCH_CRI_STARTS` (20 pod starts per runtime),
 //! `BENCH_CRI_EXECS` (50 ExecSyncs per runtime), `BENCH_CRI_PODS` (30), `BENCH_CRITEST_N`
-//! (20 samples per `critest -benchmark` benchmark, 0 skips critest), `BENCH_QUIET_IDLE` (%
+//! (20 samples per `critest -benchmark` benchmark, 0 skips critest), `BENCH_CRI_LOG_LEVEL`
+//! (`info`; a failed CRI round keeps the daemons' logs in `$TMPDIR/corral-bench-logs/`),
+//! `BENCH_QUIET_IDLE` (%
 //! idle wanted, default 80), `BENCH_QUIET_MAX_S` (cap of each wait, default 20),
 //! `BENCH_ONLY=run,fifty,pull,cri` (a subset of blocks), `BENCH_OUT=<dir>`.
 
@@ -88,6 +90,8 @@ struct CriKnobs {
     pods: usize,
     /// Samples per `critest -benchmark` benchmark; 0: critest is not run.
     critest_n: usize,
+    /// The daemons' log level (`info` as in production; `debug` to find where time goes).
+    log_level: &'static str,
 }
 
 struct Config {
@@ -121,6 +125,12 @@ impl Config {
                 execs: knob("BENCH_CRI_EXECS", 50).max(1) as usize,
                 pods: knob("BENCH_CRI_PODS", 30).max(1) as usize,
                 critest_n: knob("BENCH_CRITEST_N", 20) as usize,
+                log_level: match std::env::var("BENCH_CRI_LOG_LEVEL") {
+                    Ok(l) if !l.trim().is_empty() => {
+                        Box::leak(l.trim().to_string().into_boxed_str())
+                    }
+                    _ => "info",
+                },
             },
             only: std::env::var("BENCH_ONLY")
                 .ok()
@@ -757,7 +767,8 @@ fn markdown(cfg: &Config, host: &[(String, String)], report: &Report, took: Dura
     }
     s.push_str(&format!(
         "| settings | BENCH_ROUNDS={} BENCH_RUN_ITERS={} BENCH_CONTAINERS={} BENCH_LAYER_MB={} \
-         BENCH_CRI_STARTS={} BENCH_CRI_EXECS={} BENCH_CRI_PODS={} BENCH_CRITEST_N={}{} |\n",
+         BENCH_CRI_STARTS={} BENCH_CRI_EXECS={} BENCH_CRI_PODS={} BENCH_CRITEST_N={} \
+         BENCH_CRI_LOG_LEVEL={}{} |\n",
         cfg.rounds,
         cfg.run_iters,
         cfg.containers,
@@ -766,6 +777,7 @@ fn markdown(cfg: &Config, host: &[(String, String)], report: &Report, took: Dura
         cfg.cri.execs,
         cfg.cri.pods,
         cfg.cri.critest_n,
+        cfg.cri.log_level,
         cfg.only
             .as_ref()
             .map(|o| format!(" BENCH_ONLY={}", o.join(",")))

@@ -404,7 +404,8 @@ impl Containerd {
         );
     }
 
-    fn log_path(&self) -> PathBuf {
+    /// The daemon's log (stdout and stderr, shims' lines included).
+    pub fn log_path(&self) -> PathBuf {
         self.path.join("containerd.log")
     }
 

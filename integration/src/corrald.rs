@@ -130,7 +130,8 @@ impl Corrald {
         c
     }
 
-    fn log_path(&self) -> PathBuf {
+    /// The daemon's log (stdout and stderr).
+    pub fn log_path(&self) -> PathBuf {
         self.path.join("corrald.log")
     }
 
