@@ -156,13 +156,18 @@ image: deps
 	ctr -a $(CORRALD_SOCK) -n k8s.io images import $(IMAGE_TAR)
 
 ## bench: corral beside containerd 1.6 on this machine (run latency, 50 containers: start time,
-## shim and daemon memory, restart after kill -9, teardown; image pull), written to
+## shim and daemon memory, restart after kill -9, teardown; image pull; corral-cri beside
+## containerd's CRI plugin: pod start, ExecSync, 30 pods, memory), written to
 ## bench/results/<date>.md; then content ingest and layer apply. Benchmarks are never tests.
+## `make bench BENCH_ONLY=cri` (or run,fifty,pull) runs only those blocks, without the last two.
 bench: deps release
 	CORRALD_BIN=$(RELEASE_CORRALD) CORRAL_SHIM_BIN=$(RELEASE_SHIM) CORRAL_BIN=$(RELEASE_CORRAL) \
-		BENCH_LAYERS=$(TARGET_DIR)/bench-layers $(CARGO) run -q -p bench --bin corral-bench
-	$(CARGO) bench -p content --bench ingest
-	$(CARGO) bench -p snapshotter --bench apply
+		CORRAL_CRI_BIN=$(RELEASE_CRI) BENCH_LAYERS=$(TARGET_DIR)/bench-layers \
+		$(CARGO) run -q -p bench --bin corral-bench
+	@if [ -z "$(BENCH_ONLY)" ]; then \
+		$(CARGO) bench -p content --bench ingest && \
+		$(CARGO) bench -p snapshotter --bench apply; \
+	fi
 
 clean:
 	$(CARGO) clean

@@ -4,11 +4,12 @@
 //! shim does.
 //!
 //! Layout of the temp dir: `rootfs/` (the test image's layer, extracted), `plain/config.json`
-//! (root: `../rootfs`, read-only), `overlay/config.json` (root: `overlay/merged`, writable),
+//! (root: `../rootfs`, read-only), `detached/config.json` (the same root, `sleep 1000`: the CRI
+//! floor's create + start), `overlay/config.json` (root: `overlay/merged`, writable),
 //! `overlay/{upper,work}-<n>/`, `runc/` (runc's `--root`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration::{cmd, image};
@@ -38,9 +39,11 @@ impl RuncFloor {
             .expect("cannot extract the busybox layer");
         let plain = dir.path().join("plain");
         let overlay = dir.path().join("overlay");
-        for (bundle, root, readonly) in [
-            (&plain, rootfs.clone(), true),
-            (&overlay, overlay.join("merged"), false),
+        let detached = dir.path().join("detached");
+        for (bundle, root, readonly, args) in [
+            (&plain, rootfs.clone(), true, &["/bin/true"][..]),
+            (&overlay, overlay.join("merged"), false, &["/bin/true"][..]),
+            (&detached, rootfs.clone(), true, &["sleep", "1000"][..]),
         ] {
             std::fs::create_dir_all(bundle).expect("cannot create a bundle dir");
             let out = Command::new("runc")
@@ -59,7 +62,7 @@ impl RuncFloor {
                 serde_json::from_slice(&std::fs::read(&path).expect("read config.json"))
                     .expect("runc spec wrote bad JSON");
             spec["process"]["terminal"] = false.into();
-            spec["process"]["args"] = serde_json::json!(["/bin/true"]);
+            spec["process"]["args"] = serde_json::json!(args);
             spec["root"]["path"] = root.display().to_string().into();
             spec["root"]["readonly"] = readonly.into();
             std::fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap())
@@ -98,6 +101,43 @@ impl RuncFloor {
         let t = Instant::now();
         self.run(&bundle);
         t.elapsed()
+    }
+
+    /// `runc create` + `runc start` of `sleep 1000` on the prepared root filesystem, detached
+    /// (what a shim asks of runc for each container of a pod); returns the wall time of the two.
+    /// The container is killed and deleted afterwards, outside the timing.
+    pub fn create_start(&mut self) -> Duration {
+        self.next += 1;
+        let id = format!("corral-bench-{}-{}", std::process::id(), self.next);
+        let bundle = self.dir.path().join("detached");
+        let runc = |args: &[&str]| {
+            let mut c = Command::new("runc");
+            c.arg("--root").arg(self.runc_root()).args(args);
+            c
+        };
+        let t = Instant::now();
+        // The container's init keeps runc create's stdio: /dev/null, never a pipe we would
+        // wait on.
+        let created = runc(&["create", "--bundle", bundle.to_str().unwrap(), &id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("cannot run runc create");
+        let started = created.success()
+            && runc(&["start", &id])
+                .status()
+                .expect("cannot run runc start")
+                .success();
+        let el = t.elapsed();
+        let _ = runc(&["delete", "--force", &id])
+            .stderr(Stdio::null())
+            .status();
+        assert!(
+            created.success() && started,
+            "`runc create` + `runc start` of sleep failed ({created})"
+        );
+        el
     }
 
     /// Overlay mount (fresh upper and work dirs), `runc run`, unmount; returns the wall time of

@@ -110,7 +110,7 @@ pub fn today() -> String {
 }
 
 /// Busy and total jiffies of all CPUs, from the first line of /proc/stat.
-fn cpu_jiffies() -> (u64, u64) {
+pub fn cpu_jiffies() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let fields: Vec<u64> = text
         .lines()
@@ -128,8 +128,14 @@ fn cpu_jiffies() -> (u64, u64) {
 
 /// Share of CPU time (0–100) all CPUs were idle during `over`.
 pub fn idle_percent(over: Duration) -> f64 {
-    let (b0, t0) = cpu_jiffies();
+    let a = cpu_jiffies();
     std::thread::sleep(over);
+    idle_since(a)
+}
+
+/// Share of CPU time (0–100) all CPUs were idle since `cpu_jiffies()` returned `since`.
+pub fn idle_since(since: (u64, u64)) -> f64 {
+    let (b0, t0) = since;
     let (b1, t1) = cpu_jiffies();
     let total = t1.saturating_sub(t0);
     if total == 0 {
@@ -154,6 +160,19 @@ pub struct Quiet {
     pub idle: f64,
     pub load1: f64,
     pub waited: Duration,
+    /// CPU jiffies when the block started, and the idle % from then until the next block
+    /// (the bench's own load included), once known.
+    pub started: (u64, u64),
+    pub during: Option<f64>,
+}
+
+impl Quiet {
+    /// Records how idle the CPUs were since the block started (first call only).
+    pub fn close(&mut self) {
+        if self.during.is_none() {
+            self.during = Some(idle_since(self.started));
+        }
+    }
 }
 
 /// Waits until the CPUs were at least `min_idle` % idle over one second, at most `cap`
@@ -168,6 +187,8 @@ pub fn wait_quiet(block: &str, min_idle: f64, cap: Duration) -> Quiet {
                 idle,
                 load1: loadavg(),
                 waited: start.elapsed(),
+                started: cpu_jiffies(),
+                during: None,
             };
             if idle < min_idle {
                 eprintln!(

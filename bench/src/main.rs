@@ -12,19 +12,31 @@
 //! 4. Pull + unpack of a ~280 MB 4-layer gzip image from a local docker-registry into a fresh
 //!    daemon ([`PULLS`]): `ctr images pull --plain-http`, and `corral pull` into corrald once the
 //!    `corral` CLI and corrald's `corral.services.transfer.v1.Transfer/Pull` exist.
+//! 6. Kubernetes CRI (issue 11, [`cri`]): corral-cri + corrald beside containerd's own CRI
+//!    plugin, both driven through the CRI API: pod start, ExecSync, P (30) pods at once, memory
+//!    with P pods and after their teardown.
 //!
 //! Both daemons log at `info` (the test harness uses `debug`). Results: a Markdown report
-//! printed and written to `bench/results/<YYYY-MM-DD>.md`. Benchmarks are not tests: nothing
-//! here judges a timing; it only checks that the containers really ran.
+//! printed and written to `bench/results/<YYYY-MM-DD>.md` (`<YYYY-MM-DD>-<blocks>.md` when
+//! `BENCH_ONLY` picks blocks). Benchmarks are not tests: nothing here judges a timing; it only
+//! checks that the containers really ran.
 //!
-//! Needs root. Binaries: `CORRALD_BIN`, `CORRAL_SHIM_BIN` (release builds for real numbers),
-//! `CORRAL_BIN` (the `corral` CLI, optional). Knobs: `BENCH_ROUNDS` (default 3: rounds of blocks
-//! 2–5), `BENCH_RUN_ITERS` (default 10 × rounds), `BENCH_CONTAINERS` (50), `BENCH_LAYER_MB`
-//! (25 MB per layer, compressed), `BENCH_LAYERS=<dir>` (keep the generated layers for the next
-//! run), `BENCH_QUIET_IDLE` (% idle wanted, default 80), `BENCH_QUIET_MAX_S` (cap of each
-//! wait, default 20), `BENCH_ONLY=run,fifty,pull` (a subset of blocks), `BENCH_OUT=<dir>`.
+//! Needs root. Binaries: `CORRALD_BIN`, `CORRAL_SHIM_BIN`, `CORRAL_CRI_BIN` (release builds for
+//! real numbers), `CORRAL_BIN` (the `corral` CLI, optional). Knobs: `BENCH_ROUNDS` (default 3:
+//! rounds of blocks 2–5 and of the CRI block's P pods), `BENCH_RUN_ITERS` (default 10 × rounds),
+//! `BENCH_CONTAINERS` (50), `BENCH_LAYER_MB` (25 MB per layer, compressed), `BENCH_LAYERS=<dir>`
+//! (keep the generated layers for the next run), `BENCH_CRI_STARTS` (20 pod starts per runtime),
+//! `BENCH_CRI_EXECS` (50 ExecSyncs per runtime), `BENCH_CRI_PODS` (30), `BENCH_CRITEST_N`
+//! (20 samples per `critest -benchmark` benchmark, 0 skips critest), `BENCH_CRI_LOG_LEVEL`
+//! (`info`; a failed CRI round keeps the daemons' logs in `$TMPDIR/corral-bench-logs/`),
+//! `BENCH_QUIET_IDLE` (%
+//! idle wanted, default 80), `BENCH_QUIET_MAX_S` (cap of each wait, default 20),
+//! `BENCH_ONLY=run,fifty,pull,cri` (a subset of blocks), `BENCH_OUT=<dir>`.
 
 mod bigimage;
+mod cri;
+mod crifloor;
+mod critest;
 mod floor;
 mod host;
 mod stats;
@@ -54,6 +66,7 @@ const BENCH_OPTIONS: Options = Options {
     import_image: true,
     runc_v2_is_corral: false,
     runc_timeout: None,
+    cri_plugin: false,
 };
 /// Deadline of the restart block's wait for all tasks RUNNING.
 const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
@@ -67,6 +80,20 @@ fn knob(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Sizes of the CRI block.
+struct CriKnobs {
+    /// Pod starts, one at a time, per runtime.
+    starts: usize,
+    /// ExecSync calls per runtime.
+    execs: usize,
+    /// Pods started at once.
+    pods: usize,
+    /// Samples per `critest -benchmark` benchmark; 0: critest is not run.
+    critest_n: usize,
+    /// The daemons' log level (`info` as in production; `debug` to find where time goes).
+    log_level: &'static str,
+}
+
 struct Config {
     rounds: usize,
     run_iters: usize,
@@ -75,6 +102,7 @@ struct Config {
     layers_cache: Option<PathBuf>,
     min_idle: f64,
     quiet_cap: Duration,
+    cri: CriKnobs,
     only: Option<Vec<String>>,
     out_dir: PathBuf,
 }
@@ -92,6 +120,18 @@ impl Config {
             layers_cache: std::env::var_os("BENCH_LAYERS").map(PathBuf::from),
             min_idle: knob("BENCH_QUIET_IDLE", 80) as f64,
             quiet_cap: Duration::from_secs(knob("BENCH_QUIET_MAX_S", 20)),
+            cri: CriKnobs {
+                starts: knob("BENCH_CRI_STARTS", 20).max(1) as usize,
+                execs: knob("BENCH_CRI_EXECS", 50).max(1) as usize,
+                pods: knob("BENCH_CRI_PODS", 30).max(1) as usize,
+                critest_n: knob("BENCH_CRITEST_N", 20) as usize,
+                log_level: match std::env::var("BENCH_CRI_LOG_LEVEL") {
+                    Ok(l) if !l.trim().is_empty() => {
+                        Box::leak(l.trim().to_string().into_boxed_str())
+                    }
+                    _ => "info",
+                },
+            },
             only: std::env::var("BENCH_ONLY")
                 .ok()
                 .map(|v| v.split(',').map(|s| s.trim().to_string()).collect()),
@@ -112,14 +152,30 @@ impl Config {
 struct Report {
     rows: Vec<Row>,
     floor: Vec<Single>,
+    /// The CRI block's rows (their own table: other processes on each side).
+    cri: Vec<Row>,
+    /// corral's two CRI daemons apart.
+    cri_parts: Vec<Single>,
+    /// `critest -benchmark` both ways.
+    critest: Vec<Row>,
+    /// What any runtime pays for a pod start here (CNI plugins, runc).
+    cri_floor: Vec<Single>,
     notes: Vec<String>,
     quiet: Vec<Quiet>,
 }
 
 impl Report {
     fn quiet(&mut self, cfg: &Config, block: &str) {
+        self.close_block();
         let q = host::wait_quiet(block, cfg.min_idle, cfg.quiet_cap);
         self.quiet.push(q);
+    }
+
+    /// Ends the CPU-idle account of the block begun by the last [`Report::quiet`].
+    fn close_block(&mut self) {
+        if let Some(q) = self.quiet.last_mut() {
+            q.close();
+        }
     }
 }
 
@@ -214,6 +270,15 @@ fn run_rm_block(cfg: &Config, daemons: &[&Containerd; 2], report: &mut Report) {
         unit: Unit::Millis,
         samples: overlay,
     });
+}
+
+/// The CRI block's table: its columns hold other processes than the `ctr` blocks'.
+fn cri_table(rows: &[Row]) -> String {
+    stats::table_with(
+        rows,
+        "containerd 1.6 CRI plugin + runc-v2 shims",
+        "corral-cri + corrald + corral shims",
+    )
 }
 
 /// Memory of one process: (Pss kB, anonymous kB, threads, VmRSS kB).
@@ -560,6 +625,7 @@ fn pull_block(cfg: &Config, report: &mut Report) {
                     import_image: false,
                     runc_v2_is_corral: false,
                     runc_timeout: None,
+                    cri_plugin: false,
                 },
             );
             let mut c = match (m.command)(&d, &reference) {
@@ -661,6 +727,28 @@ fn pull_block(cfg: &Config, report: &mut Report) {
     report.rows.extend(rows);
 }
 
+const CRI_INTRO: &str = "\n## Kubernetes CRI: corral-cri + corrald beside containerd's CRI plugin\n\n\
+containerd 1.6 serving CRI from its in-process plugin (`io.containerd.grpc.v1.cri`, shims \
+`containerd-shim-runc-v2`, one per pod) against corral-cri as a client of corrald (shims \
+`containerd-shim-corral-v1`). Both driven by this process through the CRI API (one HTTP/2 \
+connection per runtime, as kubelet keeps), the same pod and container configs, the same CNI chain \
+(bridge + host-local, portmap, loopback) on a bridge of each runtime's own, our pause image as \
+`registry.k8s.io/pause:3.10`, the busybox test image; runs interleaved containerd/corral. Memory \
+counts the runtime's own processes (daemons and serving shims), not the pods' pause and `sleep` \
+processes, which are the same on both sides.\n\n";
+
+const CRITEST_INTRO: &str = "\n### `critest -benchmark` (cri-tools v1.36.0), both ways\n\n\
+Run offline against the same two nodes after the figures above: containers from the busybox \
+test image (with `top`, which critest's containers run), the pull benchmark's image from a local \
+docker-registry over plain HTTP through each node's registry hosts directory, one sample at a \
+time (`*NumberParallel: 1`). Per CRI call, from critest's `*_benchmark_data.json`; \
+`whole sequence` is each sample's start to end.\n\n";
+
+const CRI_NOTES: &str = "- CRI pod start: the four steps back to back, the pod removed (untimed) before the \
+next; the `of which` rows split its median into the calls. The P pods: P concurrent start \
+sequences on one connection, wall time until every one saw its container RUNNING. Memory with P \
+pods is sampled right after they all run; after teardown, once every shim has exited.\n";
+
 fn markdown(cfg: &Config, host: &[(String, String)], report: &Report, took: Duration) -> String {
     let mut s = String::new();
     s.push_str("# corral beside containerd: side-by-side benchmark\n\n");
@@ -668,19 +756,32 @@ fn markdown(cfg: &Config, host: &[(String, String)], report: &Report, took: Dura
         "Generated by `corral-bench` (`make bench`, see bench/src/main.rs). containerd 1.6 with its \
          Go shim (`io.containerd.runc.v2`) against corrald with the corral shim \
          (`io.containerd.corral.v1`), both on private paths, logging at `info`, driven by the same \
-         `ctr`, runs interleaved containerd/corrald. Cells: median (min–max, n). Ratio: corral / \
-         containerd of the medians; lower is better for every row.\n\n",
+         `ctr`, runs interleaved containerd/corrald; the Kubernetes CRI section drives \
+         corral-cri and containerd's CRI plugin through the CRI API instead. Cells: median \
+         (min–max, n). Ratio: corral / containerd of the medians; lower is better for every \
+         row.\n\n",
     );
     s.push_str("## Host and versions\n\n| | |\n|---|---|\n");
     for (k, v) in host {
         s.push_str(&format!("| {k} | {v} |\n"));
     }
     s.push_str(&format!(
-        "| settings | BENCH_ROUNDS={} BENCH_RUN_ITERS={} BENCH_CONTAINERS={} BENCH_LAYER_MB={} |\n",
+        "| settings | BENCH_ROUNDS={} BENCH_RUN_ITERS={} BENCH_CONTAINERS={} BENCH_LAYER_MB={} \
+         BENCH_CRI_STARTS={} BENCH_CRI_EXECS={} BENCH_CRI_PODS={} BENCH_CRITEST_N={} \
+         BENCH_CRI_LOG_LEVEL={}{} |\n",
         cfg.rounds,
         cfg.run_iters,
         cfg.containers,
-        cfg.layer_bytes / 1_000_000
+        cfg.layer_bytes / 1_000_000,
+        cfg.cri.starts,
+        cfg.cri.execs,
+        cfg.cri.pods,
+        cfg.cri.critest_n,
+        cfg.cri.log_level,
+        cfg.only
+            .as_ref()
+            .map(|o| format!(" BENCH_ONLY={}", o.join(",")))
+            .unwrap_or_default()
     ));
     s.push_str(&format!("| duration | {:.0} s |\n\n", took.as_secs_f64()));
     s.push_str("## Results\n\n");
@@ -699,14 +800,37 @@ fn markdown(cfg: &Config, host: &[(String, String)], report: &Report, took: Dura
         ));
     }
 
-    s.push_str(&stats::table(&report.rows));
+    if !report.rows.is_empty() {
+        s.push_str(&stats::table(&report.rows));
+    }
     if !report.floor.is_empty() {
         s.push_str("\n## Floor: runc alone (no daemon, no shim, no client)\n\n");
         s.push_str(&stats::single_table(&report.floor));
     }
+    if !report.cri.is_empty() {
+        s.push_str(CRI_INTRO);
+        s.push_str(&cri_table(&report.cri));
+        if !report.cri_parts.is_empty() {
+            s.push_str("\ncorral's two daemons apart:\n\n");
+            s.push_str(&stats::single_table(&report.cri_parts));
+        }
+    }
+    if !report.cri_floor.is_empty() {
+        s.push_str(
+            "\n### Floor under a pod start: CNI plugins and runc alone (no daemon, no shim, no \
+             client)\n\nMeasured between the pod starts above (see bench/src/crifloor.rs). Not \
+             counted: the network namespace, the overlay mounts, shim start-up, the pod's files.\n\n",
+        );
+        s.push_str(&stats::single_table(&report.cri_floor));
+    }
+    if !report.critest.is_empty() {
+        s.push_str(CRITEST_INTRO);
+        s.push_str(&cri_table(&report.critest));
+    }
     let missed: Vec<&Row> = report
         .rows
         .iter()
+        .chain(&report.cri)
         .filter(|r| matches!((r.target, r.ratio()), (Some(t), Some(x)) if x > t))
         .collect();
     s.push_str("\n## Notes\n\n");
@@ -721,11 +845,16 @@ fn markdown(cfg: &Config, host: &[(String, String)], report: &Report, took: Dura
     for n in &report.notes {
         s.push_str(&format!("- {n}\n"));
     }
-    s.push_str(
+    if !report.cri.is_empty() {
+        s.push_str(CRI_NOTES);
+    }
+    if cfg.wants("fifty") {
+        s.push_str(
         "- Restart is timed from starting the daemon (right after kill -9) until a `ctr tasks ls` \
          lists every task RUNNING; probes run back to back, so the resolution is one `ctr` round \
          trip (see the `ctr version` row).\n",
-    );
+        );
+    }
     s.push_str("\n## Machine load before each block\n\n");
     s.push_str(&format!(
         "Wanted ≥ {:.0}% CPU idle over 1 s before each block, waiting at most {} s; {} of {} \
@@ -735,12 +864,20 @@ fn markdown(cfg: &Config, host: &[(String, String)], report: &Report, took: Dura
         busy,
         report.quiet.len()
     ));
-    s.push_str("| block | CPU idle % | load (1 min) | waited |\n|---|---|---|---|\n");
+    s.push_str(
+        "`idle during` is the CPUs' idle share from the block's start to the next block's wait, \
+         the bench's own load included: a serial block keeps at most about one core busy by \
+         itself, so idle well below that share means other work ran beside it.\n\n",
+    );
+    s.push_str(
+        "| block | CPU idle % before | idle % during | load (1 min) | waited |\n|---|---|---|---|---|\n",
+    );
     for q in &report.quiet {
         s.push_str(&format!(
-            "| {} | {:.0} | {:.2} | {:.1} s |\n",
+            "| {} | {:.0} | {} | {:.2} | {:.1} s |\n",
             q.block,
             q.idle,
+            q.during.map(|d| format!("{d:.0}")).unwrap_or("—".into()),
             q.load1,
             q.waited.as_secs_f64()
         ));
@@ -790,6 +927,10 @@ fn main() {
     let mut report = Report {
         rows: Vec::new(),
         floor: Vec::new(),
+        cri: Vec::new(),
+        cri_parts: Vec::new(),
+        critest: Vec::new(),
+        cri_floor: Vec::new(),
         notes: Vec::new(),
         quiet: Vec::new(),
     };
@@ -808,10 +949,18 @@ fn main() {
     if cfg.wants("pull") {
         guarded(&mut report, "pull", |report| pull_block(&cfg, report));
     }
+    if cfg.wants("cri") {
+        guarded(&mut report, "cri", |report| cri::block(&cfg, report));
+    }
+    report.close_block();
     let md = markdown(&cfg, &host, &report, started.elapsed());
     println!("\n{md}");
     std::fs::create_dir_all(&cfg.out_dir).expect("cannot create the results dir");
-    let out = cfg.out_dir.join(format!("{}.md", host::today()));
+    let name = match &cfg.only {
+        Some(blocks) => format!("{}-{}.md", host::today(), blocks.join("-")),
+        None => format!("{}.md", host::today()),
+    };
+    let out = cfg.out_dir.join(name);
     std::fs::write(&out, &md).unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));
     println!("written to {}", out.display());
 }

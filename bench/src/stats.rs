@@ -125,9 +125,15 @@ pub struct Single {
 
 /// The Markdown table of `rows`.
 pub fn table(rows: &[Row]) -> String {
+    table_with(rows, "containerd + runc-v2 shim", "corrald + corral shim")
+}
+
+/// The Markdown table of `rows`, with `containerd` and `corral` as the two columns' headers.
+pub fn table_with(rows: &[Row], containerd: &str, corral: &str) -> String {
     let mut s = String::new();
-    s.push_str(
-        "| figure | containerd + runc-v2 shim | corrald + corral shim | corral/containerd | target |\n\
+    let _ = write!(
+        s,
+        "| figure | {containerd} | {corral} | corral/containerd | target |\n\
          |---|---|---|---|---|\n",
     );
     for r in rows {

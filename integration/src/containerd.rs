@@ -5,11 +5,14 @@
 //! Layout of the guard's temp dir (`/tmp/corral-it-XXXXXX/`):
 //!
 //! ```text
-//! config.toml       containerd: version 2, root/state below, CRI disabled, debug logging
+//! config.toml       containerd: version 2, root/state below, debug logging, CRI disabled
+//!                   (unless Options::cri_plugin: then it serves CRI, CNI configs from net.d/)
 //! corrald.toml      corrald: the same paths; io.containerd.corral.v1 → the shim under test
 //! c.sock            gRPC socket (c.sock.ttrpc: the ttrpc socket shims publish events to)
 //! root/ state/      containerd --root / --state
 //! bin/              prepended to containerd's PATH; holds containerd-shim-corral-v1 → our shim
+//! net.d/            CNI configs of the CRI plugin (empty unless a caller writes a network)
+//! certs.d           registry hosts of the CRI plugin's pulls (absent unless a caller makes it)
 //! fifo/             --fifo-dir for every `ctr run` / `ctr tasks exec` (ctr leaves -d FIFOs behind)
 //! containerd.log    the daemon's stdout+stderr, including the shims' log lines
 //! ```
@@ -54,6 +57,10 @@ pub struct Options {
     /// corrald only: `CORRAL_RUNC_TIMEOUT` in its environment, which our shims inherit: the
     /// bound of each runc call (e.g. `"2s"`), for tests of a runc that hangs.
     pub runc_timeout: Option<&'static str>,
+    /// containerd only: serve containerd's own CRI plugin (`io.containerd.grpc.v1.cri`) on the
+    /// daemon socket, as a Kubernetes node's containerd does; see [`crate::cri::ContainerdCri`],
+    /// which writes the network and imports the images. Pods live in namespace `k8s.io`.
+    pub cri_plugin: bool,
 }
 
 impl Default for Options {
@@ -63,8 +70,34 @@ impl Default for Options {
             import_image: true,
             runc_v2_is_corral: false,
             runc_timeout: None,
+            cri_plugin: false,
         }
     }
+}
+
+/// The `[plugins."io.containerd.grpc.v1.cri"]` section of a private containerd in `dir`: our
+/// pause image as sandbox image, CNI configs from `<dir>/net.d` and Debian's plugins, network
+/// namespaces under the private state dir (not /var/run/netns), registry hosts (containerd's
+/// `hosts.toml` layout) from `<dir>/certs.d` if a caller makes it, streaming on an ephemeral
+/// loopback port, and `restrict_oom_score_adj`: root on these machines cannot lower a score
+/// below its own, and containerd asks -998 for every pause process otherwise.
+fn cri_plugin_config(dir: &Path) -> String {
+    format!(
+        "\n[plugins.\"io.containerd.grpc.v1.cri\"]\n\
+         \x20 sandbox_image = \"{pause}\"\n\
+         \x20 restrict_oom_score_adj = true\n\
+         \x20 netns_mounts_under_state_dir = true\n\
+         \x20 stream_server_address = \"127.0.0.1\"\n\
+         \x20 stream_server_port = \"0\"\n\
+         \x20 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
+         \x20   conf_dir = \"{net}\"\n\
+         \x20   bin_dir = \"/usr/lib/cni\"\n\
+         \x20 [plugins.\"io.containerd.grpc.v1.cri\".registry]\n\
+         \x20   config_path = \"{hosts}\"\n",
+        pause = crate::cri::PAUSE_REF,
+        net = dir.join("net.d").display(),
+        hosts = dir.join("certs.d").display(),
+    )
 }
 
 /// A running private containerd; see the module docs.
@@ -111,7 +144,11 @@ impl Containerd {
             .tempdir()
             .expect("cannot create a temp dir for containerd");
         let path = dir.path().to_path_buf();
-        for sub in ["root", "state", "bin", "fifo"] {
+        assert!(
+            !options.cri_plugin || daemon == Daemon::Containerd,
+            "Options::cri_plugin is containerd's plugin; corrald serves CRI through corral-cri"
+        );
+        for sub in ["root", "state", "bin", "fifo", "net.d"] {
             fs::create_dir_all(path.join(sub)).expect("cannot create containerd dirs");
         }
         let shim = corral_shim_path();
@@ -119,11 +156,11 @@ impl Containerd {
             std::os::unix::fs::symlink(&shim, path.join("bin").join(Runtime::Corral.binary_name()))
                 .expect("cannot link the corral shim");
         }
-        let config = format!(
+        let mut config = format!(
             "version = 2\n\
              root = \"{root}\"\n\
              state = \"{state}\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             {disabled}\
              \n\
              [grpc]\n  address = \"{sock}\"\n\
              \n\
@@ -132,7 +169,15 @@ impl Containerd {
             root = path.join("root").display(),
             state = path.join("state").display(),
             sock = path.join("c.sock").display(),
+            disabled = if options.cri_plugin {
+                ""
+            } else {
+                "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"
+            },
         );
+        if options.cri_plugin {
+            config.push_str(&cri_plugin_config(&path));
+        }
         fs::write(path.join("config.toml"), config).expect("cannot write containerd config");
         let mut corrald_config = format!(
             "version = 1\n\
@@ -359,7 +404,8 @@ impl Containerd {
         );
     }
 
-    fn log_path(&self) -> PathBuf {
+    /// The daemon's log (stdout and stderr, shims' lines included).
+    pub fn log_path(&self) -> PathBuf {
         self.path.join("containerd.log")
     }
 

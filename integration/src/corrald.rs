@@ -32,6 +32,8 @@ pub struct Corrald {
     path: PathBuf,
     /// A config file of the test's (`--config`), if any.
     config: Option<PathBuf>,
+    /// `--log-level`: `debug` for tests, `info` for benchmarks (as in production).
+    log_level: &'static str,
     namespace: String,
     child: Option<Child>,
     ctr: Ctr,
@@ -40,16 +42,18 @@ pub struct Corrald {
 impl Corrald {
     /// Starts corrald on private paths and waits until `ctr version` answers.
     pub fn start() -> Corrald {
-        Corrald::launch(None)
+        Corrald::start_with(None, "debug")
     }
 
     /// Like [`Corrald::start`], with `config` (TOML, e.g. a `[registry]` section) as its config
     /// file; the command-line paths still win over the file's.
     pub fn start_with_config(config: &str) -> Corrald {
-        Corrald::launch(Some(config))
+        Corrald::start_with(Some(config), "debug")
     }
 
-    fn launch(config: Option<&str>) -> Corrald {
+    /// Like [`Corrald::start_with_config`] with an optional config, logging at `log_level`
+    /// (benchmarks use `info`: a debug log line per request would be part of what they time).
+    pub fn start_with(config: Option<&str>, log_level: &'static str) -> Corrald {
         let bin = corrald_path();
         assert!(
             bin.is_file(),
@@ -72,6 +76,7 @@ impl Corrald {
             dir: Some(dir),
             path,
             config,
+            log_level,
             namespace,
             child: None,
             ctr,
@@ -118,14 +123,15 @@ impl Corrald {
             .arg(self.state())
             .arg("--address")
             .arg(self.address())
-            .args(["--log-level", "debug"]);
+            .args(["--log-level", self.log_level]);
         if let Some(config) = &self.config {
             c.arg("--config").arg(config);
         }
         c
     }
 
-    fn log_path(&self) -> PathBuf {
+    /// The daemon's log (stdout and stderr).
+    pub fn log_path(&self) -> PathBuf {
         self.path.join("corrald.log")
     }
 

@@ -5,6 +5,9 @@
 //! corral-cri is `$CORRAL_CRI_BIN`, else `<workspace>/target/debug/corral-cri`. On drop every
 //! pod is removed through crictl, corral-cri stops, the bridge is deleted and corrald's own
 //! drop removes the rest; a failing test prints the end of corral-cri's log.
+//!
+//! [`ContainerdCri`] is the same node served by containerd 1.6's own CRI plugin instead (for
+//! the benchmark beside it): the same network chain on a bridge of its own, the same two images.
 
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -16,7 +19,7 @@ use protocol::grpc::runtime::v1::runtime_service_client::RuntimeServiceClient;
 use protocol::grpc::tonic;
 
 use crate::corrald::unmount_below;
-use crate::{Corrald, cmd, image, wait_until};
+use crate::{Containerd, Corrald, Ctr, Daemon, Target, cmd, image, wait_until};
 
 /// The sandbox image corral-cri is configured with (our pause, imported under this name).
 pub const PAUSE_REF: &str = "registry.k8s.io/pause:3.10";
@@ -37,10 +40,32 @@ pub fn corral_cri_path() -> PathBuf {
         .join("target/debug/corral-cri")
 }
 
+/// How [`CriNode::start_with`] and [`ContainerdCri::start_with`] set a node up.
+#[derive(Clone, Debug)]
+pub struct CriOptions {
+    /// Log level of the daemons (corrald and corral-cri, or containerd): `debug` for tests,
+    /// `info` for benchmarks, as in production.
+    pub log_level: &'static str,
+    /// A registry hosts directory (containerd's `hosts.toml` layout) for the node's pulls:
+    /// corrald's `[registry] config_path`, or containerd's CRI `registry.config_path`. None:
+    /// each daemon's default.
+    pub registry_hosts: Option<PathBuf>,
+}
+
+impl Default for CriOptions {
+    fn default() -> CriOptions {
+        CriOptions {
+            log_level: "debug",
+            registry_hosts: None,
+        }
+    }
+}
+
 pub struct CriNode {
     child: Option<Child>,
     dir: PathBuf,
     net: CniNetwork,
+    log_level: &'static str,
     // Dropped last: the daemon and its directory outlive corral-cri.
     corrald: Corrald,
     _tmp: tempfile::TempDir,
@@ -50,22 +75,34 @@ impl CriNode {
     /// Starts corrald and corral-cri, imports the images, and waits until `crictl version`
     /// answers.
     pub fn start() -> CriNode {
-        CriNode::start_inner(Corrald::start())
+        CriNode::start_with(CriOptions::default())
     }
 
-    /// Like [`CriNode::start`], corrald with `corrald_config` as its configuration file (TOML;
-    /// the node's own paths still come from the command line).
-    pub fn start_with_corrald_config(corrald_config: &str) -> CriNode {
-        CriNode::start_inner(Corrald::start_with_config(corrald_config))
-    }
-
-    fn start_inner(corrald: Corrald) -> CriNode {
+    /// Like [`CriNode::start`], set up as `options` say. corrald runs our shim
+    /// ([`crate::corral_shim_path`]) for `io.containerd.corral.v1`, corral-cri's default runtime.
+    pub fn start_with(options: CriOptions) -> CriNode {
         let bin = corral_cri_path();
         assert!(
             bin.is_file(),
             "corral-cri not found at {} (run `cargo build -p cri` or set CORRAL_CRI_BIN)",
             bin.display()
         );
+        let shim = crate::corral_shim_path();
+        let mut config = String::from("version = 1\n");
+        if shim.is_file() {
+            config.push_str(&format!(
+                "\n[runtime.runtimes.\"{}\"]\nbinary = \"{}\"\n",
+                crate::Runtime::Corral.name(),
+                shim.display()
+            ));
+        }
+        if let Some(hosts) = &options.registry_hosts {
+            config.push_str(&format!(
+                "\n[registry]\nconfig_path = \"{}\"\n",
+                hosts.display()
+            ));
+        }
+        let corrald = Corrald::start_with(Some(&config), options.log_level);
         let tmp = tempfile::Builder::new()
             .prefix("cri-it-")
             .tempdir()
@@ -76,11 +113,12 @@ impl CriNode {
             child: None,
             dir,
             net,
+            log_level: options.log_level,
             corrald,
             _tmp: tmp,
         };
         node.write_files();
-        node.import_images();
+        import_images(&node.corrald.ctr_in(K8S_NAMESPACE), &node.dir);
         let mut node = node;
         node.spawn();
         node
@@ -93,18 +131,6 @@ impl CriNode {
         );
         fs::write(self.dir.join("cri.toml"), config).unwrap();
         write_crictl_config(&self.dir.join("crictl.yaml"), &self.socket());
-    }
-
-    fn import_images(&self) {
-        let ctr = self.corrald.ctr_in(K8S_NAMESPACE);
-        let busybox = self.dir.join("busybox.tar");
-        fs::write(&busybox, image::test_image_tar()).unwrap();
-        ctr.ok(&["images", "import", busybox.to_str().unwrap()]);
-        let pause = self.dir.join("pause.tar");
-        fs::write(&pause, pause_tar()).unwrap();
-        ctr.ok(&["images", "import", pause.to_str().unwrap()]);
-        let _ = fs::remove_file(busybox);
-        let _ = fs::remove_file(pause);
     }
 
     pub fn corrald(&self) -> &Corrald {
@@ -168,7 +194,8 @@ impl CriNode {
         }
     }
 
-    fn log_path(&self) -> PathBuf {
+    /// corral-cri's log (stdout and stderr).
+    pub fn log_path(&self) -> PathBuf {
         self.dir.join("corral-cri.log")
     }
 
@@ -183,7 +210,7 @@ impl CriNode {
             .arg(self.root())
             .arg("--config")
             .arg(self.dir.join("cri.toml"))
-            .args(["--log-level", "debug"]);
+            .args(["--log-level", self.log_level]);
         c
     }
 
@@ -512,6 +539,139 @@ pub fn write_crictl_config(path: &Path, socket: &Path) {
         socket.display()
     );
     fs::write(path, crictl).unwrap();
+}
+
+/// Imports the busybox test image and our pause image through `ctr` (in `k8s.io`), with the
+/// tars written to `scratch` for the time of the import.
+fn import_images(ctr: &Ctr, scratch: &Path) {
+    let busybox = scratch.join("busybox.tar");
+    fs::write(&busybox, image::test_image_tar()).unwrap();
+    ctr.ok(&["images", "import", busybox.to_str().unwrap()]);
+    let pause = scratch.join("pause.tar");
+    fs::write(&pause, pause_tar()).unwrap();
+    ctr.ok(&["images", "import", pause.to_str().unwrap()]);
+    let _ = fs::remove_file(busybox);
+    let _ = fs::remove_file(pause);
+}
+
+/// A private node served by containerd 1.6's own CRI plugin (`io.containerd.grpc.v1.cri`, on
+/// the daemon socket), set up as [`CriNode`] is: the same [`CniNetwork`] chain on a bridge and
+/// /24 of its own, our pause image as `sandbox_image` and the busybox test image in `k8s.io`.
+/// The shims are containerd's `containerd-shim-runc-v2`, the CRI plugin's default runtime.
+///
+/// On drop every pod is removed through crictl (CNI DEL included), whatever is left in `k8s.io`
+/// through ctr, shims of this daemon still alive are killed, the bridge is deleted, and the
+/// [`Containerd`] guard removes the rest. Only objects of this daemon are touched: runc's state
+/// dir for `k8s.io` (`/run/containerd/runc/k8s.io`) is shared with any other containerd.
+pub struct ContainerdCri {
+    // Dropped after Drop::drop removed the pods: the bridge, then containerd and its directory.
+    net: CniNetwork,
+    containerd: Containerd,
+}
+
+impl ContainerdCri {
+    /// Starts containerd with its CRI plugin, writes the network, imports the images, and waits
+    /// until the plugin reports the runtime and the network ready and lists both images.
+    pub fn start_with(options: CriOptions) -> ContainerdCri {
+        let containerd = Containerd::start_with(
+            Target {
+                daemon: Daemon::Containerd,
+                runtime: crate::Runtime::Runc,
+            },
+            crate::containerd::Options {
+                log_level: options.log_level,
+                import_image: false,
+                runc_v2_is_corral: false,
+                runc_timeout: None,
+                cri_plugin: true,
+            },
+        );
+        let dir = containerd.dir().to_path_buf();
+        if let Some(hosts) = &options.registry_hosts {
+            // The plugin's `registry.config_path`, read at each pull.
+            std::os::unix::fs::symlink(hosts, dir.join("certs.d"))
+                .expect("cannot link the registry hosts directory");
+        }
+        // `<dir>/net.d`, the plugin's `conf_dir`, which it watches: CniNetwork writes atomically.
+        let net = CniNetwork::create(&dir);
+        let node = ContainerdCri { net, containerd };
+        write_crictl_config(&dir.join("crictl.yaml"), &node.socket());
+        import_images(&Ctr::new(&node.socket(), K8S_NAMESPACE), &dir);
+        let crictl = node.crictl();
+        wait_until(
+            "containerd's CRI plugin: runtime and network ready, images listed",
+            START_TIMEOUT,
+            || {
+                let info = crictl.run(&["info"]);
+                if !info.success() {
+                    return None;
+                }
+                let v: serde_json::Value = serde_json::from_str(&info.stdout).ok()?;
+                let conditions = v["status"]["conditions"].as_array()?.clone();
+                let ready = ["RuntimeReady", "NetworkReady"].iter().all(|c| {
+                    conditions
+                        .iter()
+                        .any(|x| x["type"] == *c && x["status"] == true)
+                });
+                let images = crictl.run(&["images"]);
+                (ready
+                    && images.success()
+                    && images.stdout.contains("registry.k8s.io/pause")
+                    && images.stdout.contains("docker.io/library/busybox"))
+                .then_some(())
+            },
+        );
+        node
+    }
+
+    /// The CRI socket: containerd's own.
+    pub fn socket(&self) -> PathBuf {
+        self.containerd.address()
+    }
+
+    pub fn containerd(&self) -> &Containerd {
+        &self.containerd
+    }
+
+    /// containerd's temp dir (also where callers put pod logs).
+    pub fn dir(&self) -> &Path {
+        self.containerd.dir()
+    }
+
+    /// The pod network's subnet (`10.x.y.0/24`).
+    pub fn subnet(&self) -> &str {
+        self.net.subnet()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.containerd.pid()
+    }
+
+    /// `crictl` against this node.
+    pub fn crictl(&self) -> Crictl {
+        Crictl::new(self.dir().join("crictl.yaml"))
+    }
+}
+
+impl Drop for ContainerdCri {
+    fn drop(&mut self) {
+        if self.containerd.pid().is_some() {
+            let _ = self.crictl().run(&["rmp", "-fa"]);
+            let ctr = Ctr::new(&self.socket(), K8S_NAMESPACE);
+            for t in ctr.tasks() {
+                let _ = ctr.run(&["tasks", "rm", "-f", &t.id]);
+            }
+            let out = ctr.run(&["containers", "ls", "-q"]);
+            for id in out.stdout_str().split_whitespace() {
+                let _ = ctr.run(&["containers", "rm", id]);
+            }
+        }
+        for p in crate::leaks::daemon_shim_processes(&self.socket(), K8S_NAMESPACE) {
+            // SAFETY: kill(2) of a shim this node's containerd started.
+            unsafe { libc::kill(p.pid as libc::pid_t, libc::SIGKILL) };
+        }
+        // The bridge goes with `self.net`.
+    }
 }
 
 fn node_number() -> u32 {

@@ -45,7 +45,7 @@ use images::{BUSYBOX, MIRRORED_HOSTS, NGINX, TestImage};
 pub use report::{Outcome, Report, Spec};
 
 use crate::registry::Registry;
-use crate::{CriNode, Ctr, cmd};
+use crate::{CriNode, CriOptions, Ctr, cmd};
 
 /// critest's tests that need AppArmor: this host has none, so they would skip themselves; they
 /// are left out instead (`-ginkgo.skip`).
@@ -124,11 +124,6 @@ impl Setup {
     /// A directory for this run's files (report, logs).
     pub fn dir(&self) -> &Path {
         self.dir.path()
-    }
-
-    /// What corrald needs in its configuration file to pull through the mirrors.
-    pub fn corrald_config(&self) -> String {
-        format!("[registry]\nconfig_path = {:?}\n", self.hosts_dir())
     }
 
     pub fn registry(&self) -> &Registry {
@@ -228,7 +223,10 @@ pub fn run(options: &Options) -> Run {
         .unwrap_or_else(|| setup.dir().join("report.json"));
     let (status, critest_time, daemon_log) = match options.target {
         Target::Corral => {
-            let node = CriNode::start_with_corrald_config(&setup.corrald_config());
+            let node = CriNode::start_with(CriOptions {
+                registry_hosts: Some(setup.hosts_dir()),
+                ..CriOptions::default()
+            });
             if options.preload {
                 setup.preload(&node.corrald().ctr_in(crate::cri::K8S_NAMESPACE));
             }

@@ -177,6 +177,7 @@ impl Docker {
                 import_image: false,
                 runc_v2_is_corral: shim == Runtime::Corral,
                 runc_timeout: None,
+                cri_plugin: false,
             },
         );
         let dir = tempfile::Builder::new()

@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 pub use api::Api;
 pub use containerd::Containerd;
 pub use corrald::Corrald;
-pub use cri::{CriNode, Crictl};
+pub use cri::{ContainerdCri, CriNode, CriOptions, Crictl};
 pub use ctr::{Ctr, CtrOutput, TaskRow};
 pub use docker::{Docker, DockerOutput};
 pub use events::{Event, EventStream};

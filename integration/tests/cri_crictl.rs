@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use integration::{CriNode, require_root, wait_until};
+use integration::{ContainerdCri, CriNode, CriOptions, require_root, wait_until};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
@@ -280,4 +280,79 @@ fn bad_requests_get_clear_errors() {
     );
     c.ok(&["stopp", &pod]);
     c.ok(&["rmp", &pod]);
+}
+
+/// The reference node the benchmark compares with (containerd 1.6's own CRI plugin, set up by
+/// the harness as `CriNode` is) really runs pods on its private network, with our pause image
+/// and the busybox test image, and its drop removes them.
+#[test]
+fn containerd_cri_reference_node_runs_a_pod() {
+    if !require_root() {
+        return;
+    }
+    let node = ContainerdCri::start_with(CriOptions::default());
+    let c = node.crictl();
+    let v = c.ok(&["version"]);
+    assert!(v.contains("RuntimeName:  containerd"), "{v}");
+    let dir = node.dir();
+    let pod_cfg = dir.join("pod.json");
+    std::fs::write(
+        &pod_cfg,
+        json!({
+            "metadata": { "name": "ref", "namespace": "default", "uid": "uid-ref", "attempt": 0 },
+            "log_directory": dir.join("logs").join("ref"),
+            "linux": {},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let ctr_cfg = dir.join("ctr.json");
+    std::fs::write(
+        &ctr_cfg,
+        json!({
+            "metadata": { "name": "app" },
+            "image": { "image": integration::IMAGE_REF },
+            "command": ["sleep", "1000"],
+            "log_path": "app.log",
+            "linux": {},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let pod = c.ok(&["runp", pod_cfg.to_str().unwrap()]);
+    let ip = c.json(&["inspectp", &pod])["status"]["network"]["ip"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let prefix = node.subnet().trim_end_matches("0/24");
+    assert!(
+        ip.starts_with(prefix),
+        "pod ip {ip:?} not in {}",
+        node.subnet()
+    );
+    let id = c.ok(&[
+        "create",
+        &pod,
+        ctr_cfg.to_str().unwrap(),
+        pod_cfg.to_str().unwrap(),
+    ]);
+    c.ok(&["start", &id]);
+    let status = wait_until("the container RUNNING", T, || {
+        let s = c.json(&["inspect", &id])["status"].clone();
+        (s["state"] == "CONTAINER_RUNNING").then_some(s)
+    });
+    assert!(
+        status["image"]["image"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("busybox"),
+        "{status}"
+    );
+    assert_eq!(c.ok(&["exec", "-s", &id, "echo", "hi"]), "hi");
+    let address = node.socket();
+    drop(node);
+    assert!(
+        integration::leaks::daemon_shim_processes(&address, "k8s.io").is_empty(),
+        "shims left after the node's drop"
+    );
 }
