@@ -52,7 +52,12 @@ impl ImageService for Images {
         &self,
         r: Request<PullImageRequest>,
     ) -> Result<Response<PullImageResponse>, Status> {
-        answer("pull_image", self.0.images.pull_image(r.into_inner()).await)
+        let deadline = super::client_deadline(r.metadata());
+        let pull = self.0.images.pull_image(r.into_inner());
+        answer(
+            "pull_image",
+            super::within_deadline(deadline, "PullImage", pull).await,
+        )
     }
 
     async fn remove_image(

@@ -146,3 +146,66 @@ pub fn init_logging(level: &str) {
         log::set_max_level(filter);
     }
 }
+
+/// The client's deadline for this call (its `grpc-timeout`: up to 8 digits and a unit).
+fn client_deadline(metadata: &protocol::grpc::tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Runs a long call (a pull) so that a client's deadline ends it with DeadlineExceeded, which
+/// clients test for: tonic's own timer, which otherwise fires first, answers Cancelled. Ours
+/// fires 20 ms before the client's deadline (it started a little later than tonic's); a pull
+/// that would finish in those 20 ms loses nothing worth having.
+async fn within_deadline<T>(
+    deadline: Option<Duration>,
+    what: &str,
+    call: impl std::future::Future<Output = crate::error::Result<T>>,
+) -> crate::error::Result<T> {
+    let Some(d) = deadline else {
+        return call.await;
+    };
+    match tokio::time::timeout(d.saturating_sub(Duration::from_millis(20)), call).await {
+        Ok(r) => r,
+        Err(_) => Err(crate::error::Error::new(
+            protocol::Code::DeadlineExceeded,
+            format!("{what}: the client's deadline of {d:?} passed"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let mut m = protocol::grpc::tonic::metadata::MetadataMap::new();
+        assert_eq!(client_deadline(&m), None);
+        for (v, want) in [
+            ("1m", Some(Duration::from_millis(1))),
+            ("30S", Some(Duration::from_secs(30))),
+            ("2H", Some(Duration::from_secs(7200))),
+            ("500u", Some(Duration::from_micros(500))),
+            ("123456789m", None),
+            ("m", None),
+            ("5x", None),
+        ] {
+            m.insert("grpc-timeout", v.parse().unwrap());
+            assert_eq!(client_deadline(&m), want, "{v}");
+        }
+    }
+}
