@@ -200,6 +200,16 @@ impl Store {
         self.lock().containers.values().cloned().collect()
     }
 
+    /// The containers a CRI list filter selects by id and pod id (each a prefix, empty: any).
+    pub fn containers_matching(&self, id: &str, sandbox_id: &str) -> Vec<Container> {
+        self.lock()
+            .containers
+            .values()
+            .filter(|c| c.id.starts_with(id) && c.sandbox_id().starts_with(sandbox_id))
+            .cloned()
+            .collect()
+    }
+
     /// The containers of one sandbox.
     pub fn containers_of(&self, sandbox_id: &str) -> Vec<Container> {
         self.lock()
@@ -210,7 +220,6 @@ impl Store {
             .collect()
     }
 
-    /// Changes a sandbox in place; false if it is gone.
     /// Changes a pod in place and returns the result; None if it is gone.
     pub fn update_sandbox<T>(&self, id: &str, f: impl FnOnce(&mut Sandbox) -> T) -> Option<T> {
         self.lock().sandboxes.get_mut(id).map(f)

@@ -129,12 +129,8 @@ impl Cri {
         let f = r.filter.unwrap_or_default();
         let containers = self
             .store
-            .containers()
+            .containers_matching(&f.id, &f.pod_sandbox_id)
             .into_iter()
-            .filter(|c| f.id.is_empty() || c.id.starts_with(&f.id))
-            .filter(|c| {
-                f.pod_sandbox_id.is_empty() || c.sandbox_id().starts_with(&f.pod_sandbox_id)
-            })
             .filter(|c| {
                 f.state
                     .as_ref()
