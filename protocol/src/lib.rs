@@ -26,6 +26,7 @@ pub mod filters;
 pub mod grpc;
 #[cfg(feature = "image")]
 pub mod image;
+pub mod oci;
 #[cfg(feature = "ttrpc")]
 pub mod ttrpc_gen;
 

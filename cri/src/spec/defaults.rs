@@ -9,27 +9,7 @@ pub const OCI_VERSION: &str = "1.0.2-dev";
 /// The bundle-relative root containerd's CRI plugin uses.
 pub const ROOTFS: &str = "rootfs";
 
-/// What a container's PATH is when its image sets none (containerd's `defaultUnixEnv`).
-pub const DEFAULT_PATH_ENV: &str =
-    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// The capabilities of an unprivileged container (containerd's `defaultUnixCaps`, Docker's set).
-pub const DEFAULT_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+pub use protocol::oci::{DEFAULT_CAPS, DEFAULT_PATH_ENV, MASKED_PATHS, READONLY_PATHS};
 
 /// Every capability Linux knows (through 5.9's CAP_CHECKPOINT_RESTORE, still the last), in
 /// bit order: the names a security context may use.
@@ -75,30 +55,6 @@ pub const ALL_CAPS: &[&str] = &[
     "CAP_PERFMON",
     "CAP_BPF",
     "CAP_CHECKPOINT_RESTORE",
-];
-
-/// /proc and /sys entries hidden from unprivileged processes (they leak host state or let a
-/// process poke the kernel).
-pub const MASKED_PATHS: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/sys/firmware",
-    "/proc/scsi",
-];
-
-/// /proc entries that stay visible but read-only.
-pub const READONLY_PATHS: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
 ];
 
 /// containerd's default spec. `/run` is a private tmpfs, open files are limited to 1024, and
