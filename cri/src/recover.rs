@@ -48,8 +48,11 @@ impl Cri {
             match record {
                 Record::Sandbox(r) => {
                     let t = task(&c.id);
-                    let ready =
-                        t.is_some_and(|t| t.status == TASK_RUNNING || t.status == TASK_PAUSED);
+                    // A namespace without CNI's result: RunPodSandbox ended between starting
+                    // the pause task and recording the network, so the pod never had one.
+                    let network_up = r.netns_path.is_empty() || !r.cni_result.is_empty();
+                    let ready = network_up
+                        && t.is_some_and(|t| t.status == TASK_RUNNING || t.status == TASK_PAUSED);
                     let name = r
                         .config
                         .as_ref()

@@ -2,11 +2,13 @@
 //!
 //! ```text
 //!  reserve name ─▶ sandbox image (pull if missing)
-//!    ─▶ netns <root>/netns/<id>  + CNI ADD (unless host network)     ─┐ on disk, found by id
+//!    ─▶ netns <root>/netns/<id> (unless host network)                ─┐ on disk, found by id
 //!    ─▶ files <root>/sandboxes/<id>: hostname, hosts, resolv.conf, shm ─┘ at start-up
-//!    ─▶ corrald container <id> (pause spec, SandboxRecord with the IPs) ─┐ in corrald
-//!    ─▶ snapshot <id> on the image's top layer                          │
-//!    ─▶ task create + start                                           ─┘
+//!    ─▶ at once: CNI ADD into the netns
+//!              │ corrald container <id> (pause spec, SandboxRecord) ─┐ in corrald
+//!              │ snapshot <id> on the image's top layer              │
+//!              │ task create + start                                ─┘
+//!    ─▶ CNI's result (IPs) into the SandboxRecord
 //!    ─▶ in the view as READY
 //! ```
 //!
@@ -14,7 +16,8 @@
 //! [`Cri::release_sandbox`], which is idempotent and also what StopPodSandbox/RemovePodSandbox
 //! and start-up use. A failure undoes everything done so far; a crash leaves either a record
 //! (the pod shows NOTREADY and kubelet removes it) or, before the record exists, a network
-//! namespace and a directory that start-up finds without a record and removes.
+//! namespace and a directory that start-up finds without a record and removes. A record with
+//! a namespace but no CNI result is a pod whose network never came up: NOTREADY too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -125,6 +128,10 @@ impl Cri {
             None => None,
         };
 
+        // The namespace first: the pause spec names it, CNI configures it. Its path goes into
+        // the record before corrald has the record, so a crash from here on leaves a record
+        // that accounts for it (and start-up reports the pod NOTREADY until CNI's result is in
+        // the record; see `recover`).
         let netns = if spec::host_network(&config) {
             None
         } else {
@@ -133,26 +140,7 @@ impl Cri {
                 .await
                 .map_err(|e| Error::internal(e.to_string()))?
                 .context("create the pod's network namespace")?;
-            let pod = pod_network(id, ns.path(), &config);
-            let up = match self.cni.setup(&pod).await {
-                Ok(up) => up,
-                Err(e) => {
-                    // A failed setup has already DELeted whatever it added (IPs, veths,
-                    // rules). The namespace goes too, now: the undo must not run DEL again,
-                    // which fails the same way when a plugin is missing or the config broken
-                    // and would then keep the namespace for ever.
-                    let path = ns.path().to_path_buf();
-                    if let Err(undo) = super::stop::blocking(move || NetNs::remove(&path)).await {
-                        log::warn!("pod {id}: remove the network namespace: {undo}");
-                    }
-                    return Err(Error::new(e.code(), format!("set up the pod network: {e}")));
-                }
-            };
             record.netns_path = ns.path().to_string_lossy().into_owned();
-            record.ip = up.ip.to_string();
-            record.additional_ips = up.additional_ips.iter().map(|i| i.to_string()).collect();
-            record.cni_result = up.raw;
-            record.cni_config_name = up.network;
             Some(ns.path().to_path_buf())
         };
 
@@ -174,10 +162,76 @@ impl Cri {
             node: &self.node,
             seccomp_profile: seccomp_profile.as_deref(),
         })?;
+        // CNI ADD and the pause container are independent (CNI needs only the namespace, the
+        // pause process only its path), so they run at once: a pod is ready after the slower
+        // of the two instead of after both. Both are awaited before anything is undone, so an
+        // undo never races a step still running.
+        let network = async {
+            let Some(path) = &netns else {
+                return Ok(None);
+            };
+            let pod = pod_network(id, path, &config);
+            self.cni.setup(&pod).await.map(Some)
+        };
+        let pause = self.start_pause(id, &record, spec, &image, runtime_type);
+        let (network, pause) = tokio::join!(network, pause);
+        let up = match network {
+            Ok(up) => up,
+            Err(e) => {
+                // A failed setup has already DELeted whatever it added (IPs, veths, rules).
+                // The namespace goes too, now: the undo must not run DEL again, which fails
+                // the same way when a plugin is missing or the config broken and would then
+                // keep the namespace for ever.
+                if let Some(path) = netns
+                    && let Err(undo) = super::stop::blocking(move || NetNs::remove(&path)).await
+                {
+                    log::warn!("pod {id}: remove the network namespace: {undo}");
+                }
+                return Err(Error::new(e.code(), format!("set up the pod network: {e}")));
+            }
+        };
+        let pid = pause?;
+        if let Some(up) = up {
+            record.ip = up.ip.to_string();
+            record.additional_ips = up.additional_ips.iter().map(|i| i.to_string()).collect();
+            record.cni_result = up.raw;
+            record.cni_config_name = up.network;
+            self.corrald
+                .set_extension(id, records::SANDBOX_EXT, records::pack_sandbox(&record))
+                .await
+                .map_err(|e| e.context("record the pod's network"))?;
+        }
+        let name = config
+            .metadata
+            .as_ref()
+            .map(crate::ids::sandbox_name)
+            .unwrap_or_default();
+        Ok(Sandbox {
+            id: id.to_string(),
+            name,
+            record: Arc::new(record),
+            ready: true,
+            pid,
+            stopped: false,
+        })
+    }
+}
+
+impl Cri {
+    /// The pod's corrald container (with `record` as it stands and the pause `spec`), its
+    /// snapshot on the sandbox image and the started pause task; the pause process's pid.
+    async fn start_pause(
+        &self,
+        id: &str,
+        record: &SandboxRecord,
+        spec: serde_json::Value,
+        image: &crate::image::Image,
+        runtime_type: &str,
+    ) -> Result<u32> {
         let mut labels = HashMap::new();
         labels.insert(records::KIND_LABEL.into(), records::KIND_SANDBOX.into());
         let mut extensions = HashMap::new();
-        extensions.insert(records::SANDBOX_EXT.into(), records::pack_sandbox(&record));
+        extensions.insert(records::SANDBOX_EXT.into(), records::pack_sandbox(record));
         self.corrald
             .create_container(Container {
                 id: id.to_string(),
@@ -201,20 +255,7 @@ impl Cri {
                 ..Default::default()
             })
             .await?;
-        let pid = self.corrald.start(id, "").await?;
-        let name = config
-            .metadata
-            .as_ref()
-            .map(crate::ids::sandbox_name)
-            .unwrap_or_default();
-        Ok(Sandbox {
-            id: id.to_string(),
-            name,
-            record: Arc::new(record),
-            ready: true,
-            pid,
-            stopped: false,
-        })
+        self.corrald.start(id, "").await
     }
 }
 
