@@ -317,9 +317,11 @@ struct FiftyRows {
     anon: Row,
     threads: Row,
     pss_total: Row,
+    daemon_rss_idle: Row,
     daemon_rss: Row,
     restart: Row,
     teardown: Row,
+    daemon_rss_after: Row,
 }
 
 /// Concurrent `ctr tasks rm -f` + `ctr containers rm` of `ids`; the outputs of all calls.
@@ -356,6 +358,8 @@ fn fifty_round(
         runtime: d.runtime(),
     };
     let n = ids.len();
+    let daemon_pid = d.pid().ok_or("the daemon is not running")?;
+    side(&mut rows.daemon_rss_idle, target).push(settled_rss(daemon_pid) / 1024.0);
 
     // 2. N concurrent `ctr run -d`.
     report.quiet(cfg, &format!("{n} × run -d, {}", label(target)));
@@ -403,7 +407,6 @@ fn fifty_round(
             shims.len()
         ));
     }
-    let daemon_pid = d.pid().ok_or("the daemon is not running")?;
     side(&mut rows.daemon_rss, target).push(mem_of(daemon_pid).3 / 1024.0);
 
     // 3. kill -9 and restart.
@@ -438,7 +441,25 @@ fn fifty_round(
         return Err(format!("containers left after teardown:\n{left}"));
     }
     side(&mut rows.teardown, target).push(el.as_secs_f64());
+    let daemon_pid = d.pid().ok_or("the daemon is not running")?;
+    side(&mut rows.daemon_rss_after, target).push(settled_rss(daemon_pid) / 1024.0);
     Ok(())
+}
+
+/// A daemon's VmRSS (kB) once it has stopped changing: sampled every 250 ms until two samples
+/// in a row agree within 1%, at most 5 s (memory a daemon gives back after a burst, it gives
+/// back within moments; what it keeps is what this row is about).
+fn settled_rss(pid: u32) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = mem_of(pid).3;
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = mem_of(pid).3;
+        if (now - last).abs() <= last * 0.01 || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
 }
 
 /// Blocks 2, 3, 5: `rounds` rounds, containerd then corrald in each.
@@ -455,10 +476,11 @@ fn fifty_blocks(cfg: &Config, daemons: [&mut Containerd; 2], report: &mut Report
         anon: Row::new("shim anonymous memory (median)", Unit::MegaBytes, None),
         threads: Row::new("shim threads (median)", Unit::Count, None),
         pss_total: Row::new(format!("Pss of all {n} shims"), Unit::MegaBytes, None),
+        daemon_rss_idle: Row::new("daemon RSS idle, before the tasks", Unit::MegaBytes, None),
         daemon_rss: Row::new(
             format!("daemon RSS with {n} tasks"),
             Unit::MegaBytes,
-            Some(0.3),
+            Some(0.25),
         ),
         restart: Row::new(
             format!("restart after kill -9 until {n} RUNNING"),
@@ -468,6 +490,11 @@ fn fifty_blocks(cfg: &Config, daemons: [&mut Containerd; 2], report: &mut Report
         teardown: Row::new(
             format!("teardown of {n} (`tasks rm -f`, `containers rm`, concurrent)"),
             Unit::Seconds,
+            None,
+        ),
+        daemon_rss_after: Row::new(
+            format!("daemon RSS after the {n} are removed"),
+            Unit::MegaBytes,
             None,
         ),
     };
@@ -497,12 +524,23 @@ fn fifty_blocks(cfg: &Config, daemons: [&mut Containerd; 2], report: &mut Report
         anon,
         threads,
         pss_total,
+        daemon_rss_idle,
         daemon_rss,
         restart,
         teardown,
+        daemon_rss_after,
     } = rows;
     let all = [
-        start, pss, anon, threads, pss_total, daemon_rss, restart, teardown,
+        start,
+        pss,
+        anon,
+        threads,
+        pss_total,
+        daemon_rss_idle,
+        daemon_rss,
+        restart,
+        teardown,
+        daemon_rss_after,
     ];
     println!("{}", stats::table(&all));
     report.rows.extend(all);
