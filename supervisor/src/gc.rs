@@ -321,6 +321,8 @@ pub fn trigger(d: Shared) {
         if let Err(e) = collect(&d, SystemTime::now()) {
             log::error!("{e}");
         }
+        // A deletion ended some work: what it used can go back to the system.
+        crate::trim::soon();
     });
 }
 

@@ -24,31 +24,25 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let _lock = crate::daemon::lock_root(&cfg.root)?;
     std::fs::create_dir_all(&cfg.state)
         .map_err(|e| format!("create state {}: {e}", cfg.state.display()))?;
-    // The four stores open side by side: each open syncs its redb file a few times (more after
-    // a crash, when redb repairs it), which in a row made up most of a restart.
+    // The stores open side by side: each open syncs its redb file a few times (more after a
+    // crash, when redb repairs it), which in a row made up most of a restart. The native
+    // snapshotter opens when first used (see `lazy_snapshotter`).
     let overlay_root = cfg.root.join("io.containerd.snapshotter.v1.overlayfs");
-    let (db, content, overlay, native) = std::thread::scope(|s| {
+    let (db, content, overlay) = std::thread::scope(|s| {
         let content = s.spawn(|| {
             content::LocalStore::open(cfg.root.join("io.containerd.content.v1.content"))
                 .map_err(|e| format!("content store: {e}"))
         });
         let overlay = s.spawn(|| snapshotter::OverlaySnapshotter::open(&overlay_root));
-        let native = s.spawn(|| {
-            snapshotter::NativeSnapshotter::open(
-                cfg.root.join("io.containerd.snapshotter.v1.native"),
-            )
-            .map_err(|e| format!("native snapshotter: {e}"))
-        });
         let db = Db::open(&cfg.root.join("meta.redb")).map_err(|e| e.to_string());
         let joined = |what: &str| format!("opening the {what} panicked");
         (
             db,
             content.join().map_err(|_| joined("content store")),
             overlay.join().map_err(|_| joined("overlayfs snapshotter")),
-            native.join().map_err(|_| joined("native snapshotter")),
         )
     });
-    let (db, content, native) = (db?, content??, native??);
+    let (db, content) = (db?, content??);
     let mut snapshotters: BTreeMap<String, Arc<dyn snapshotter::Snapshotter>> = BTreeMap::new();
     match overlay? {
         Ok(s) => {
@@ -57,7 +51,14 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         // A host without overlay still gets the native snapshotter.
         Err(e) => log::warn!("overlayfs snapshotter unavailable: {e}"),
     }
-    snapshotters.insert("native".into(), Arc::new(native));
+    snapshotters.insert(
+        "native".into(),
+        Arc::new(crate::lazy_snapshotter::LazySnapshotter::new(
+            cfg.root.join("io.containerd.snapshotter.v1.native"),
+            "metadata.redb",
+            |root| Ok(Box::new(snapshotter::NativeSnapshotter::open(root)?)),
+        )),
+    );
     let daemon = Arc::new(Daemon {
         db,
         events: Exchange::default(),
@@ -78,6 +79,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         cfg.runtime.clone(),
         daemon.events.clone(),
     ));
+    tokio::spawn(crate::trim::run());
     crate::gc::spawn_timer(
         daemon.clone(),
         std::time::Duration::from_secs(cfg.gc.interval_secs),
@@ -112,6 +114,9 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         // A fresh start: no client was subscribed to a task of ours, nothing to hold.
         daemon.events.stop_holding();
     }
+    // Opening the databases and finding the tasks again peaks at several MB that are free by
+    // now; an idle daemon should not keep them.
+    crate::trim::soon();
 
     // SERVING from here until shutdown begins: dockerd and containerd's Go client poll it
     // before they subscribe to events again after a daemon restart.

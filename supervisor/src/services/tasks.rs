@@ -229,6 +229,7 @@ impl Tasks for TasksService {
         let ns = namespace(&request)?;
         let id = request.into_inner().container_id;
         let exit = self.runtime.delete(&ns, &id).await?;
+        crate::trim::soon();
         Ok(Response::new(DeleteResponse {
             id,
             pid: exit.pid,
