@@ -3,7 +3,9 @@
 //!
 //! Blocks (see issue 7), each preceded by a wait for a quiet machine ([`host::wait_quiet`]):
 //! 1. `ctr run --rm <busybox> <id> /bin/true` latency, and its floor: `runc run` of the same
-//!    root filesystem alone, without and with an overlay mount ([`floor`]).
+//!    root filesystem alone, without and with an overlay mount ([`floor`]); then the same run
+//!    split into its phases (client, daemon, shim start, each runc call, teardown) on daemons
+//!    whose runc and shims are wrapped ([`phases`]).
 //! 2. N (50) containers started by N concurrent `ctr run -d … sleep 1000`: wall time; each shim's
 //!    Pss, anonymous memory and threads; the daemon's RSS with N tasks.
 //! 3. Restart with the N running: kill -9 the daemon, start it, time until `ctr tasks ls` lists
@@ -40,6 +42,7 @@ mod crifloor;
 mod critest;
 mod floor;
 mod host;
+mod phases;
 mod pull;
 mod stats;
 
@@ -152,6 +155,8 @@ impl Config {
 struct Report {
     rows: Vec<Row>,
     floor: Vec<Single>,
+    /// One `ctr run --rm` split into its phases ([`phases`]).
+    phases: Vec<Row>,
     /// The CRI block's rows (their own table: other processes on each side).
     cri: Vec<Row>,
     /// corral's two CRI daemons apart.
@@ -508,6 +513,13 @@ fn fifty_blocks(cfg: &Config, daemons: [&mut Containerd; 2], report: &mut Report
     report.rows.extend(all);
 }
 
+const PHASES_INTRO: &str = "\n## Phases of one `ctr run --rm` busybox `/bin/true`\n\n\
+Separate daemons whose `runc` and shim binaries are wrapped by a small C program that logs each \
+call's start and end on the monotonic clock (see bench/src/phases.rs); the client's start and end \
+are read on the same clock. Each phase runs from the end of the previous mark to the start of the \
+next. The wrapper adds a fork and a wait to each wrapped call on both sides. The last row is \
+corral's time above the runc floor beside containerd's (issue 16: at most 0.3x).\n\n";
+
 const CRI_INTRO: &str = "\n## Kubernetes CRI: corral-cri + corrald beside containerd's CRI plugin\n\n\
 containerd 1.6 serving CRI from its in-process plugin (`io.containerd.grpc.v1.cri`, shims \
 `containerd-shim-runc-v2`, one per pod) against corral-cri as a client of corrald (shims \
@@ -588,6 +600,10 @@ fn markdown(cfg: &Config, host: &[(String, String)], report: &Report, took: Dura
         s.push_str("\n## Floor: runc alone (no daemon, no shim, no client)\n\n");
         s.push_str(&stats::single_table(&report.floor));
     }
+    if !report.phases.is_empty() {
+        s.push_str(PHASES_INTRO);
+        s.push_str(&stats::table(&report.phases));
+    }
     if !report.cri.is_empty() {
         s.push_str(CRI_INTRO);
         s.push_str(&cri_table(&report.cri));
@@ -611,6 +627,7 @@ fn markdown(cfg: &Config, host: &[(String, String)], report: &Report, took: Dura
     let missed: Vec<&Row> = report
         .rows
         .iter()
+        .chain(&report.phases)
         .chain(&report.cri)
         .filter(|r| matches!((r.target, r.ratio()), (Some(t), Some(x)) if x > t))
         .collect();
@@ -708,6 +725,7 @@ fn main() {
     let mut report = Report {
         rows: Vec::new(),
         floor: Vec::new(),
+        phases: Vec::new(),
         cri: Vec::new(),
         cri_parts: Vec::new(),
         critest: Vec::new(),
@@ -726,6 +744,9 @@ fn main() {
                 fifty_blocks(&cfg, [&mut a, &mut b], report);
             }
         });
+    }
+    if cfg.wants("run") {
+        guarded(&mut report, "phases", |report| phases::block(&cfg, report));
     }
     if cfg.wants("pull") {
         guarded(&mut report, "pull", |report| pull::block(&cfg, report));
