@@ -155,8 +155,9 @@ image: deps
 	ctr -a $(CORRALD_SOCK) -n k8s.io images import $(PAUSE_TAR)
 	ctr -a $(CORRALD_SOCK) -n k8s.io images import $(IMAGE_TAR)
 
-## bench: corral beside containerd 1.6 on this machine (run latency, 50 containers: start time,
-## shim and daemon memory, restart after kill -9, teardown; image pull; corral-cri beside
+## bench: corral beside containerd 1.6 on this machine (run latency and its phases, 50
+## containers: start time, shim and daemon memory, restart after kill -9, teardown; image pull
+## and import, root on disk and on tmpfs; corral-cri beside
 ## containerd's CRI plugin: pod start, ExecSync, 30 pods, memory), written to
 ## bench/results/<date>.md; then content ingest and layer apply. Benchmarks are never tests.
 ## `make bench BENCH_ONLY=cri` (or run,fifty,pull) runs only those blocks, without the last two.

@@ -3,15 +3,18 @@
 //!
 //! Blocks (see issue 7), each preceded by a wait for a quiet machine ([`host::wait_quiet`]):
 //! 1. `ctr run --rm <busybox> <id> /bin/true` latency, and its floor: `runc run` of the same
-//!    root filesystem alone, without and with an overlay mount ([`floor`]).
+//!    root filesystem alone, without and with an overlay mount ([`floor`]); then the same run
+//!    split into its phases (client, daemon, shim start, each runc call, teardown) on daemons
+//!    whose runc and shims are wrapped ([`phases`]).
 //! 2. N (50) containers started by N concurrent `ctr run -d … sleep 1000`: wall time; each shim's
 //!    Pss, anonymous memory and threads; the daemon's RSS with N tasks.
 //! 3. Restart with the N running: kill -9 the daemon, start it, time until `ctr tasks ls` lists
 //!    all N RUNNING.
 //! 5. Teardown of the N: concurrent `ctr tasks rm -f` + `ctr containers rm`: wall time.
 //! 4. Pull + unpack of a ~280 MB 4-layer gzip image from a local docker-registry into a fresh
-//!    daemon ([`PULLS`]): `ctr images pull --plain-http`, and `corral pull` into corrald once the
-//!    `corral` CLI and corrald's `corral.services.transfer.v1.Transfer/Pull` exist.
+//!    daemon, and import + unpack of the same image exported ([`pull`]), with the daemon's
+//!    root on the disk and on a tmpfs: `ctr images pull --plain-http` and `ctr images import`
+//!    into each daemon, `corral pull` and `corral images import` into corrald.
 //! 6. Kubernetes CRI (issue 11, [`cri`]): corral-cri + corrald beside containerd's own CRI
 //!    plugin, both driven through the CRI API: pod start, ExecSync, P (30) pods at once, memory
 //!    with P pods and after their teardown.
@@ -39,16 +42,16 @@ mod crifloor;
 mod critest;
 mod floor;
 mod host;
+mod phases;
+mod pull;
 mod stats;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use integration::containerd::Options;
 use integration::ctr::{CtrOutput, parse_tasks_ls};
-use integration::registry::Registry;
-use integration::{Containerd, Daemon, Runtime, Target, cmd, leaks};
+use integration::{Containerd, Daemon, Runtime, Target, leaks};
 
 use host::Quiet;
 use stats::{Row, Samples, Single, Unit};
@@ -152,6 +155,8 @@ impl Config {
 struct Report {
     rows: Vec<Row>,
     floor: Vec<Single>,
+    /// One `ctr run --rm` split into its phases ([`phases`]).
+    phases: Vec<Row>,
     /// The CRI block's rows (their own table: other processes on each side).
     cri: Vec<Row>,
     /// corral's two CRI daemons apart.
@@ -546,224 +551,12 @@ fn fifty_blocks(cfg: &Config, daemons: [&mut Containerd; 2], report: &mut Report
     report.rows.extend(all);
 }
 
-/// One way of pulling the benchmark image into a fresh daemon: a row of block 4.
-struct PullMethod {
-    /// Row label and the column it fills.
-    figure: &'static str,
-    target: Target,
-    /// The program to run, or why this method is not available.
-    command: fn(&Containerd, &str) -> Result<Command, String>,
-    /// Highest corral/containerd ratio wanted, against `ctr images pull` into containerd.
-    target_ratio: Option<f64>,
-}
-
-/// The pulls of block 4. Row 1 (`ctr images pull` into each daemon) is filled by the first two
-/// entries; every further entry is a row of its own, compared with `ctr images pull` into
-/// containerd. A new way of pulling is one more entry here.
-const PULLS: &[PullMethod] = &[
-    PullMethod {
-        figure: "pull + unpack: `ctr images pull --plain-http`",
-        target: CONTAINERD,
-        command: ctr_pull,
-        target_ratio: None,
-    },
-    PullMethod {
-        figure: "pull + unpack: `ctr images pull --plain-http`",
-        target: CORRALD,
-        command: ctr_pull,
-        target_ratio: None,
-    },
-    PullMethod {
-        figure: "pull + unpack: `corral pull --plain-http` (server side) vs ctr into containerd",
-        target: CORRALD,
-        command: corral_pull,
-        target_ratio: Some(0.5),
-    },
-];
-
-fn ctr_pull(d: &Containerd, reference: &str) -> Result<Command, String> {
-    Ok(d.ctr()
-        .command(&["images", "pull", "--plain-http", reference]))
-}
-
-/// The `corral` CLI: `$CORRAL_BIN`, else `corral` next to corrald.
-fn corral_cli() -> PathBuf {
-    std::env::var_os("CORRAL_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| integration::corrald::corrald_path().with_file_name("corral"))
-}
-
-/// `corral --address <sock> --namespace <ns> pull --plain-http <ref>` (issue 6's CLI), when
-/// the binary exists.
-fn corral_pull(d: &Containerd, reference: &str) -> Result<Command, String> {
-    let bin = corral_cli();
-    if !bin.is_file() {
-        return Err(format!(
-            "no corral CLI at {} (set CORRAL_BIN; needs corral.services.transfer.v1.Transfer/Pull \
-             in corrald, issue 6)",
-            bin.display()
-        ));
-    }
-    let mut c = Command::new(bin);
-    c.arg("--address")
-        .arg(d.address())
-        .arg("--namespace")
-        .arg(d.namespace())
-        .args(["pull", "--plain-http", reference]);
-    cmd::die_with_parent(&mut c);
-    Ok(c)
-}
-
-/// Block 4.
-fn pull_block(cfg: &Config, report: &mut Report) {
-    println!(
-        "== block 4: pull of a 4-layer image of ~{} MB ({} rounds)",
-        4 * cfg.layer_bytes / 1_000_000,
-        cfg.rounds
-    );
-    let registry = Registry::start();
-    let t = Instant::now();
-    let img = bigimage::push(
-        &registry,
-        "bench/big",
-        "v1",
-        cfg.layer_bytes,
-        4,
-        cfg.layers_cache.as_deref(),
-    )
-    .expect("cannot build and push the pull image");
-    println!(
-        "  image: {} layers, {:.1} MB compressed, {:.1} MB uncompressed (ready in {:.1}s)",
-        img.layers,
-        img.compressed as f64 / 1e6,
-        img.uncompressed as f64 / 1e6,
-        t.elapsed().as_secs_f64()
-    );
-    report.notes.push(format!(
-        "Pull image: {} gzip layers from /usr/share and /usr/lib, {:.1} MB compressed, {:.1} MB \
-         uncompressed, served by a local docker-registry over plain HTTP; each pull goes into a \
-         fresh daemon.",
-        img.layers,
-        img.compressed as f64 / 1e6,
-        img.uncompressed as f64 / 1e6
-    ));
-    let reference = format!("{}/bench/big:v1", registry.host());
-    let mut rows: Vec<Row> = Vec::new();
-    let mut unavailable: Vec<Option<String>> = vec![None; PULLS.len()];
-    for r in 0..cfg.rounds {
-        println!("  round {}/{}", r + 1, cfg.rounds);
-        for (i, m) in PULLS.iter().enumerate() {
-            if unavailable[i].is_some() {
-                continue;
-            }
-            let d = Containerd::start_with(
-                m.target,
-                Options {
-                    log_level: "info",
-                    import_image: false,
-                    runc_v2_is_corral: false,
-                    runc_timeout: None,
-                    cri_plugin: false,
-                },
-            );
-            let mut c = match (m.command)(&d, &reference) {
-                Ok(c) => c,
-                Err(why) => {
-                    unavailable[i] = Some(why);
-                    continue;
-                }
-            };
-            // Each pull writes ~3x its size to disk; start every one with the previous pull's
-            // dirty pages written back, or it pays for them (seen: 13 s then 51 s for the same
-            // pull on this VM's disk).
-            host::flush_dirty_pages();
-            report.quiet(cfg, &format!("pull into {}: {}", label(m.target), m.figure));
-            let t = Instant::now();
-            let out = cmd::output_with_timeout(&mut c, PULL_TIMEOUT);
-            let el = t.elapsed();
-            let ok = match &out {
-                Ok(o) if o.status.success() && !o.timed_out => Ok(()),
-                Ok(o) => Err(format!(
-                    "exited {}{}: {}",
-                    o.status,
-                    if o.timed_out { " (timed out)" } else { "" },
-                    String::from_utf8_lossy(&o.stderr).trim()
-                )),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(why) = ok {
-                if m.target_ratio.is_some() || i >= 2 {
-                    // An optional way of pulling that does not work yet: note and skip it.
-                    unavailable[i] = Some(why);
-                    continue;
-                }
-                panic!("{}: {} failed: {why}", label(m.target), m.figure);
-            }
-            // Sanity: the image is there, complete and unpacked.
-            let check = d.ctr().ok(&["images", "check"]);
-            let line = check
-                .lines()
-                .find(|l| l.starts_with(&reference))
-                .unwrap_or_else(|| {
-                    panic!(
-                        "{}: no image {reference} after pull:\n{check}",
-                        label(m.target)
-                    )
-                });
-            assert!(
-                line.contains("complete") && line.contains("true"),
-                "{}: image not complete and unpacked after {}: {line}",
-                label(m.target),
-                m.figure
-            );
-            let ls = d.ctr().ok(&["images", "ls"]);
-            assert!(
-                ls.contains(&img.manifest_digest),
-                "{}: wrong manifest:\n{ls}",
-                label(m.target)
-            );
-            let row = match rows.iter_mut().find(|row| row.figure == m.figure) {
-                Some(row) => row,
-                None => {
-                    rows.push(Row::new(m.figure, Unit::Seconds, m.target_ratio));
-                    rows.last_mut().unwrap()
-                }
-            };
-            side(row, m.target).push(el.as_secs_f64());
-            println!(
-                "    {} → {}: {:.2}s",
-                m.figure,
-                label(m.target),
-                el.as_secs_f64()
-            );
-        }
-    }
-    // Rows beyond the first compare with ctr into containerd.
-    let baseline = rows
-        .iter()
-        .find(|r| r.figure == PULLS[0].figure)
-        .map(|r| r.containerd.clone())
-        .unwrap_or_default();
-    for row in rows.iter_mut().filter(|r| r.figure != PULLS[0].figure) {
-        if row.containerd.is_empty() {
-            row.containerd = baseline.clone();
-        }
-    }
-    for (m, why) in PULLS.iter().zip(&unavailable) {
-        if let Some(why) = why {
-            report.notes.push(format!(
-                "Not measured: \"{}\" on {}: {why}",
-                m.figure,
-                label(m.target)
-            ));
-            if !rows.iter().any(|r| r.figure == m.figure) {
-                rows.push(Row::new(m.figure, Unit::Seconds, m.target_ratio));
-            }
-        }
-    }
-    println!("{}", stats::table(&rows));
-    report.rows.extend(rows);
-}
+const PHASES_INTRO: &str = "\n## Phases of one `ctr run --rm` busybox `/bin/true`\n\n\
+Separate daemons whose `runc` and shim binaries are wrapped by a small C program that logs each \
+call's start and end on the monotonic clock (see bench/src/phases.rs); the client's start and end \
+are read on the same clock. Each phase runs from the end of the previous mark to the start of the \
+next. The wrapper adds a fork and a wait to each wrapped call on both sides. The last row is \
+corral's time above the runc floor beside containerd's (issue 16: at most 0.3x).\n\n";
 
 const CRI_INTRO: &str = "\n## Kubernetes CRI: corral-cri + corrald beside containerd's CRI plugin\n\n\
 containerd 1.6 serving CRI from its in-process plugin (`io.containerd.grpc.v1.cri`, shims \
@@ -845,6 +638,10 @@ fn markdown(cfg: &Config, host: &[(String, String)], report: &Report, took: Dura
         s.push_str("\n## Floor: runc alone (no daemon, no shim, no client)\n\n");
         s.push_str(&stats::single_table(&report.floor));
     }
+    if !report.phases.is_empty() {
+        s.push_str(PHASES_INTRO);
+        s.push_str(&stats::table(&report.phases));
+    }
     if !report.cri.is_empty() {
         s.push_str(CRI_INTRO);
         s.push_str(&cri_table(&report.cri));
@@ -868,6 +665,7 @@ fn markdown(cfg: &Config, host: &[(String, String)], report: &Report, took: Dura
     let missed: Vec<&Row> = report
         .rows
         .iter()
+        .chain(&report.phases)
         .chain(&report.cri)
         .filter(|r| matches!((r.target, r.ratio()), (Some(t), Some(x)) if x > t))
         .collect();
@@ -965,6 +763,7 @@ fn main() {
     let mut report = Report {
         rows: Vec::new(),
         floor: Vec::new(),
+        phases: Vec::new(),
         cri: Vec::new(),
         cri_parts: Vec::new(),
         critest: Vec::new(),
@@ -984,8 +783,11 @@ fn main() {
             }
         });
     }
+    if cfg.wants("run") {
+        guarded(&mut report, "phases", |report| phases::block(&cfg, report));
+    }
     if cfg.wants("pull") {
-        guarded(&mut report, "pull", |report| pull_block(&cfg, report));
+        guarded(&mut report, "pull", |report| pull::block(&cfg, report));
     }
     if cfg.wants("cri") {
         guarded(&mut report, "cri", |report| cri::block(&cfg, report));

@@ -9,7 +9,8 @@
 //! 4. one image record per named entry (`io.containerd.image.name`, else the OCI ref name;
 //!    docker: `RepoTags`), created or updated;
 //! 5. each image is unpacked into the snapshotter (chain IDs, `containerd.io/uncompressed`,
-//!    `gc.ref.snapshot.overlayfs` on the config), and the lease is dropped.
+//!    `gc.ref.snapshot.overlayfs` on the config) by corrald (Transfer/Unpack, layers extracted
+//!    concurrently), and the lease is dropped.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -280,7 +281,7 @@ async fn import_leased(client: &Client, path: &Path) -> Result<Vec<String>> {
         label_tree(client, &target).await?;
         put_image(client, &name, &target).await?;
         let resolved = image::resolve_target(client, &name, target).await?;
-        store::unpack(client, &resolved)
+        store::unpack_image(client, &resolved)
             .await
             .with_context(|| format!("cannot unpack {name}"))?;
         names.push(name);

@@ -9,6 +9,7 @@ use protocol::grpc::containerd::services::content::v1::{
 };
 use protocol::grpc::containerd::services::diff::v1 as diff;
 use protocol::grpc::containerd::services::snapshots::v1 as snapshots;
+use protocol::grpc::corral::services::transfer::v1 as transfer;
 use protocol::grpc::prost::bytes::Bytes;
 use protocol::grpc::prost_types::FieldMask;
 use protocol::grpc::tonic::Code;
@@ -212,6 +213,28 @@ async fn snapshot_exists(client: &Client, key: &str) -> Result<bool> {
         Ok(_) => Ok(true),
         Err(s) if s.code() == Code::NotFound => Ok(false),
         Err(s) => Err(rpc_err(s)).with_context(|| format!("cannot stat snapshot {key}")),
+    }
+}
+
+/// Unpacks the image into committed snapshots named by its layers' chain IDs and labels the
+/// config with the top one; returns the top chain ID. corrald does it itself (Transfer/Unpack,
+/// its layers extracted concurrently); a daemon without that service (containerd) gets the
+/// client-side [`unpack`] over the snapshot and diff services, as ctr does it. Call it with a
+/// client inside a lease, or with an image record naming `img`, so that what is made is held.
+pub async fn unpack_image(client: &Client, img: &Resolved) -> Result<String> {
+    let answer = client
+        .transfer()
+        .unpack(client.req(transfer::UnpackRequest {
+            manifest: Some(img.manifest_desc.to_proto()),
+            snapshotter: SNAPSHOTTER.into(),
+        }))
+        .await;
+    match answer {
+        Ok(r) => Ok(r.into_inner().chain_id),
+        // No such service (containerd). A layer format corrald cannot apply is Unimplemented
+        // too; the client-side unpack then reports it from Diff.Apply, as it would have.
+        Err(s) if s.code() == Code::Unimplemented => unpack(client, img).await,
+        Err(s) => Err(rpc_err(s)),
     }
 }
 

@@ -126,23 +126,42 @@ impl Containerd {
 
     /// Like [`Containerd::start`], set up as `options` say.
     pub fn start_with(target: impl Into<Target>, options: Options) -> Containerd {
-        Containerd::start_inner(target.into(), options, unique_namespace())
+        Containerd::start_inner(target.into(), options, unique_namespace(), None)
+    }
+
+    /// Like [`Containerd::start_with`], with the daemon's directory (root, state, socket) made
+    /// under `parent` instead of `$TMPDIR`: e.g. on a tmpfs, to measure without the disk.
+    pub fn start_in(target: impl Into<Target>, options: Options, parent: &Path) -> Containerd {
+        Containerd::start_inner(target.into(), options, unique_namespace(), Some(parent))
     }
 
     /// Like [`Containerd::start`], with `namespace` instead of a fresh one: for two daemons
     /// that must use the same namespace and container ids (corral beside containerd on one
     /// host). The caller makes the name unique ([`unique_namespace`]).
     pub fn start_in_namespace(target: impl Into<Target>, namespace: &str) -> Containerd {
-        Containerd::start_inner(target.into(), Options::default(), namespace.to_string())
+        Containerd::start_inner(
+            target.into(),
+            Options::default(),
+            namespace.to_string(),
+            None,
+        )
     }
 
-    fn start_inner(target: Target, options: Options, namespace: String) -> Containerd {
+    fn start_inner(
+        target: Target,
+        options: Options,
+        namespace: String,
+        parent: Option<&Path>,
+    ) -> Containerd {
         let Target { daemon, runtime } = target;
         runtime.ensure_available();
-        let dir = tempfile::Builder::new()
-            .prefix("corral-it-")
-            .tempdir()
-            .expect("cannot create a temp dir for containerd");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("corral-it-");
+        let dir = match parent {
+            Some(p) => builder.tempdir_in(p),
+            None => builder.tempdir(),
+        }
+        .expect("cannot create a temp dir for containerd");
         let path = dir.path().to_path_buf();
         assert!(
             !options.cri_plugin || daemon == Daemon::Containerd,

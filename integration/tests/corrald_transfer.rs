@@ -2,7 +2,9 @@
 //! `docker-registry`, checked with the real ctr 1.6: the image it leaves is complete and
 //! unpacked with the chain IDs ctr's own unpack gives; an index yields the platform's manifest;
 //! bad references, an unreachable registry, a wrong digest served and a 401 are clear errors
-//! that leave no image; and a pull interrupted by kill -9 resumes its partial download.
+//! that leave no image; a pull interrupted by kill -9 resumes its partial download; layers
+//! that do not unpack leave nothing staged or active, nor does a kill -9 while layers are
+//! staged; concurrent pulls of one image all succeed.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -10,7 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use integration::image::{ImageBlobs, busybox_path, image_blobs, image_from_layer_tars};
+use integration::image::{
+    ImageBlobs, busybox_path, image_blobs, image_from_layer_tars, manifest_for_gzip_layers,
+};
 use integration::registry::Registry;
 use integration::{Corrald, Ctr, require_root};
 use protocol::grpc::corral::services::transfer::v1::transfer_client::TransferClient;
@@ -741,4 +745,185 @@ fn pull_publishes_image_and_snapshot_events() {
             .any(|e| e.topic == "/images/update" && e.payload["name"] == reference.as_str())
             .then_some(())
     });
+}
+
+/// The overlayfs snapshotter's staging area under `d`'s root: layers extracted ahead of their
+/// parents.
+fn staged(d: &Corrald) -> Vec<String> {
+    let dir = d
+        .root()
+        .join("io.containerd.snapshotter.v1.overlayfs/staging");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Snapshots ctr lists as Active (an unpack's extract snapshots while it works).
+fn active_snapshots(ctr: &Ctr) -> Vec<String> {
+    ctr.ok(&["snapshots", "ls"])
+        .lines()
+        .filter(|l| l.contains("Active"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The image `img` with layer `index` replaced by `layer` (already compressed) and the diff
+/// IDs `diff_ids`: a manifest whose digests all match what the registry serves.
+fn reassembled(img: &ImageBlobs, index: usize, layer: Vec<u8>, diff_ids: &[String]) -> ImageBlobs {
+    let mut layers = img.layers.clone();
+    layers[index] = layer;
+    let (manifest, config) = manifest_for_gzip_layers(&layers, diff_ids).unwrap();
+    ImageBlobs {
+        manifest,
+        config,
+        layers,
+        layer_tars: img.layer_tars.clone(),
+    }
+}
+
+#[test]
+fn layers_that_do_not_unpack_leave_nothing_staged_active_or_imaged() {
+    if !require_root() {
+        return;
+    }
+    let reg = Registry::start();
+    let img = multi_layer_image();
+    let diff_ids: Vec<String> = img.layer_tars.iter().map(|t| sha256(t)).collect();
+    // Layer 1 is corrupt gzip that the registry serves under its own (right) digest.
+    let mut corrupt = img.layers[1].clone();
+    let n = corrupt.len();
+    corrupt.truncate(n / 2);
+    corrupt.extend_from_slice(&[0x55; 64]);
+    let corrupt_digest = sha256(&corrupt);
+    push(
+        &reg,
+        "test/bad",
+        "gzip",
+        &reassembled(&img, 1, corrupt, &diff_ids),
+    );
+    // The config says layer 2 unpacks to something else.
+    let mut wrong = diff_ids.clone();
+    wrong[2] = sha256(b"not this layer");
+    push(
+        &reg,
+        "test/bad",
+        "diffid",
+        &reassembled(&img, 2, img.layers[2].clone(), &wrong),
+    );
+    let d = Corrald::start();
+    let ctr = d.ctr();
+
+    let e = pull(&d, request(&format!("{}/test/bad:gzip", reg.host()))).err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
+    assert!(
+        e.message().contains(&corrupt_digest) && e.message().contains("gzip"),
+        "{}",
+        e.message()
+    );
+    assert!(staged(&d).is_empty(), "{:?}", staged(&d));
+    assert!(
+        active_snapshots(ctr).is_empty(),
+        "{:?}",
+        active_snapshots(ctr)
+    );
+    assert_no_images(ctr);
+
+    let e = pull(&d, request(&format!("{}/test/bad:diffid", reg.host()))).err();
+    assert_eq!(e.code(), tonic::Code::DataLoss, "{}", e.message());
+    assert!(
+        e.message().contains(&diff_ids[2]) && e.message().contains(&wrong[2]),
+        "{}",
+        e.message()
+    );
+    assert!(staged(&d).is_empty(), "{:?}", staged(&d));
+    assert!(
+        active_snapshots(ctr).is_empty(),
+        "{:?}",
+        active_snapshots(ctr)
+    );
+    assert_no_images(ctr);
+    let leases = ctr.ok(&["leases", "ls"]);
+    assert!(!leases.contains("corral-pull"), "{leases}");
+}
+
+#[test]
+fn kill_9_while_layers_are_staged_leaves_nothing_after_restart() {
+    if !require_root() {
+        return;
+    }
+    let reg = Registry::start();
+    // A slow 8 MB bottom layer: the small layers above it are staged long before it is in.
+    let mut b = tar::Builder::new(Vec::new());
+    let big = noise(8 << 20, 0x2545_f491_4f6c_dd1d);
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_size(big.len() as u64);
+    h.set_mtime(1_700_000_000);
+    b.append_data(&mut h, "big.bin", big.as_slice()).unwrap();
+    let mut tars = vec![b.into_inner().unwrap()];
+    tars.extend(multi_layer_image().layer_tars.into_iter().skip(1));
+    let img = image_from_layer_tars(tars).unwrap();
+    push(&reg, "test/slow", "v1", &img);
+    // 1 MB/s through the proxy: about eight seconds for the bottom layer.
+    let proxy = SlowProxy::start(reg.host(), 1 << 20);
+    let reference = format!("{}/test/slow:v1", proxy.host());
+    let mut d = Corrald::start();
+
+    // The bottom layer's progress comes every 100 ms: look at the staging area each time.
+    let root = d.root();
+    let seen = pull_with(&d, request(&reference), |_| {
+        std::fs::read_dir(root.join("io.containerd.snapshotter.v1.overlayfs/staging"))
+            .map(|mut r| r.next().is_none())
+            .unwrap_or(true)
+    });
+    assert!(
+        seen.result.is_err() && !staged(&d).is_empty(),
+        "the pull ended before a layer was staged: {:?}",
+        seen.result
+    );
+    d.kill_9();
+    d.restart();
+    assert!(staged(&d).is_empty(), "{:?}", staged(&d));
+    let ctr = d.ctr();
+    assert_no_images(ctr);
+    drop(proxy);
+    let (_, res) = pull(&d, request(&format!("{}/test/slow:v1", reg.host()))).ok();
+    assert_eq!(res.chain_id, *img.chain_ids().last().unwrap());
+    ctr.assert_snapshot_chain(&img.chain_ids());
+    assert!(staged(&d).is_empty(), "{:?}", staged(&d));
+}
+
+#[test]
+fn concurrent_pulls_of_one_image_all_succeed() {
+    if !require_root() {
+        return;
+    }
+    let reg = Registry::start();
+    let img = multi_layer_image();
+    push(&reg, "test/busybox", "same", &img);
+    let d = Corrald::start();
+    let reference = format!("{}/test/busybox:same", reg.host());
+    let results: Vec<PullResult> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| pull(&d, request(&reference)).ok().1))
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let chain = img.chain_ids();
+    for r in &results {
+        assert_eq!(r.chain_id, *chain.last().unwrap());
+    }
+    let ctr = d.ctr();
+    assert_complete_and_unpacked(ctr, &reference);
+    ctr.assert_snapshot_chain(&chain);
+    assert!(staged(&d).is_empty(), "{:?}", staged(&d));
+    assert!(
+        active_snapshots(ctr).is_empty(),
+        "{:?}",
+        active_snapshots(ctr)
+    );
 }

@@ -90,6 +90,18 @@ pub enum Error {
     /// The host or this backend cannot do what was asked.
     #[error("unsupported: {what}")]
     Unsupported { what: String },
+
+    /// [`crate::staging::Staging::adopt`] onto a snapshot that cannot take the staged layer.
+    #[error("cannot adopt a staged layer as snapshot {key:?}: {reason}")]
+    CannotAdopt { key: String, reason: &'static str },
+
+    /// Giving a staged layer's implicit directories their parents' attributes failed.
+    #[error("staged layer of snapshot {key:?}: {source}")]
+    Layer {
+        key: String,
+        #[source]
+        source: crate::apply::ApplyError,
+    },
 }
 
 impl Error {
@@ -105,7 +117,9 @@ impl Error {
             Error::ParentNotCommitted { .. }
             | Error::NotActive { .. }
             | Error::NotMountable { .. }
-            | Error::HasChildren { .. } => Code::FailedPrecondition,
+            | Error::HasChildren { .. }
+            | Error::CannotAdopt { .. } => Code::FailedPrecondition,
+            Error::Layer { source, .. } => source.code(),
             Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => Code::NotFound,
             // A full disk or quota: the caller can free space and retry (containerd's clients
             // get ENOSPC as an unclassified error; the wire has a class for it).

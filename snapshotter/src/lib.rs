@@ -15,6 +15,9 @@
 //! prepare("ctr", L2)  ─▶ active "ctr": mounts = overlay upper=ctr lower=L2:L1
 //! view("v", L2)       ─▶ view "v":     mounts = overlay lower=L2:L1 (read-only)
 //! ```
+//!
+//! Overlay layers are independent directories, so an image's layers can also be extracted
+//! concurrently ahead of their parents and adopted in chain order ([`staging`]).
 pub mod apply;
 pub mod diff;
 pub mod error;
@@ -23,6 +26,7 @@ pub mod mount;
 pub mod native;
 pub mod overlay;
 mod snapshotter;
+pub mod staging;
 #[doc(hidden)]
 pub mod testsuite;
 
@@ -34,3 +38,4 @@ pub use mount::{Mount, MountError, MountGuard};
 pub use native::NativeSnapshotter;
 pub use overlay::OverlaySnapshotter;
 pub use snapshotter::{Filter, Info, Kind, Labels, MAX_LABEL_SIZE, Snapshotter, Usage};
+pub use staging::{StageDir, StagedLayer, Staging};

@@ -15,6 +15,9 @@
 //!                          contents are the driver's (overlay: fs/ work/, native: the tree)
 //!     new-<id>/            being created (prepare in progress, or interrupted by a crash)
 //!     removed-<id>/        removed from metadata, waiting to be deleted
+//!   staging/
+//!     <n>/                 a layer extracted ahead of its parent (crate::staging), until it
+//!                          is adopted (renamed into a snapshot) or dropped; emptied at open
 //! ```
 //!
 //! # DB schema (version 1)
@@ -41,8 +44,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -51,6 +55,7 @@ use redb::{Database, Durability, ReadableTable, TableDefinition};
 use crate::Mount;
 use crate::error::{Error, Result};
 use crate::snapshotter::{Info, Kind, Labels, Usage, check_key, check_labels};
+use crate::staging::{StageDir, StagedLayer};
 
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 const CHILDREN: TableDefinition<(&str, &str), ()> = TableDefinition::new("children");
@@ -58,6 +63,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 const SCHEMA_VERSION: u64 = 1;
 const DB_FILE: &str = "metadata.redb";
+const STAGING_DIR: &str = "staging";
 const NEW_PREFIX: &str = "new-";
 const REMOVED_PREFIX: &str = "removed-";
 
@@ -203,6 +209,9 @@ pub(crate) trait Driver: Send + Sync + 'static {
 /// The shared snapshot store; the backends wrap it with their [`Driver`].
 pub(crate) struct Engine<D> {
     snapshots: PathBuf,
+    /// `<root>/staging`: layers extracted ahead of their parents.
+    staging: PathBuf,
+    next_stage: AtomicU64,
     db: Database,
     pub(crate) driver: D,
     /// Ids of prepares between id allocation and record insertion: cleanup must not take
@@ -222,6 +231,15 @@ impl<D: Driver> Engine<D> {
             .mode(0o700)
             .create(&snapshots)
             .map_err(Error::io("create", &snapshots))?;
+        let staging = root.join(STAGING_DIR);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging)
+            .or_else(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(Error::io("create", &staging))?;
         let db_path = root.join(DB_FILE);
         let db = Database::create(&db_path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked {
@@ -229,8 +247,20 @@ impl<D: Driver> Engine<D> {
             },
             e => Error::db(format!("open {}", db_path.display()))(e),
         })?;
+        // We hold the DB lock now, so no other instance stages here: what is left was left
+        // by a crash.
+        for e in fs::read_dir(&staging).map_err(Error::io("list", &staging))? {
+            let e = e.map_err(Error::io("list", &staging))?;
+            log::info!(
+                "snapshotter: removing staged layer {} left by a crash",
+                e.path().display()
+            );
+            remove_tree(&e.path())?;
+        }
         let engine = Engine {
             snapshots,
+            staging,
+            next_stage: AtomicU64::new(1),
             db,
             driver,
             inflight: Mutex::new(HashSet::new()),
@@ -826,6 +856,118 @@ impl<D: Driver> Engine<D> {
     pub(crate) fn cleanup(&self) -> Result<()> {
         self.cleanup_dirs()
     }
+
+    /// A new empty directory under `<root>/staging` (see [`crate::staging`]).
+    pub(crate) fn stage_dir(&self) -> Result<StageDir> {
+        loop {
+            let n = self.next_stage.fetch_add(1, Ordering::Relaxed);
+            let path = self.staging.join(n.to_string());
+            // The same mode a snapshot's layer dir is created with; adopt copies the real
+            // one over anyway.
+            match fs::DirBuilder::new().mode(0o755).create(&path) {
+                Ok(()) => return Ok(StageDir::new(path)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io("create", &path)(e)),
+            }
+        }
+    }
+
+    /// Swaps the staged layer in for the empty layer dir of the freshly prepared active
+    /// snapshot `key` (see [`crate::staging::Staging::adopt`]).
+    pub(crate) fn adopt(&self, key: &str, layer: StagedLayer) -> Result<()> {
+        check_key(key)?;
+        let (rec, parents) = {
+            let txn = self.db.begin_read().map_err(Error::db("begin"))?;
+            let table = txn.open_table(SNAPSHOTS).map_err(Error::db("open"))?;
+            let rec = must_get(&table, key)?;
+            let parents = parent_ids(&table, &rec)?;
+            (rec, parents)
+        };
+        let refuse = |reason| {
+            Err(Error::CannotAdopt {
+                key: key.to_string(),
+                reason,
+            })
+        };
+        if rec.kind != Kind::Active {
+            return Err(Error::NotActive {
+                key: key.to_string(),
+                kind: rec.kind,
+            });
+        }
+        if layer.on_parent != rec.parent.is_some() {
+            return refuse(if layer.on_parent {
+                "the layer was staged for a snapshot with a parent (overlay whiteouts), this one has none"
+            } else {
+                "the layer was staged for a snapshot without a parent (whiteouts deleted), this one has one"
+            });
+        }
+        let dir = self.dir(rec.id);
+        let layer_dir = self.driver.layer_dir(&dir);
+        // Whatever is in the layer dir would be thrown away by the swap.
+        if fs::read_dir(&layer_dir)
+            .map_err(Error::io("list", &layer_dir))?
+            .next()
+            .is_some()
+        {
+            return refuse("its layer is not empty");
+        }
+        let md = fs::symlink_metadata(&layer_dir).map_err(Error::io("stat", &layer_dir))?;
+        let staged = layer.dir.path();
+        std::os::unix::fs::lchown(staged, Some(md.uid()), Some(md.gid()))
+            .map_err(Error::io("chown", staged))?;
+        fs::set_permissions(staged, fs::Permissions::from_mode(md.mode() & 0o7777))
+            .map_err(Error::io("chmod", staged))?;
+        let lowers: Vec<PathBuf> = parents
+            .iter()
+            .map(|id| self.driver.layer_dir(&self.dir(*id)))
+            .collect();
+        crate::apply::inherit(staged, &lowers, &layer.implicit_dirs).map_err(|source| {
+            Error::Layer {
+                key: key.to_string(),
+                source,
+            }
+        })?;
+        // Fixed up before the swap: the snapshot never shows a half-adopted layer. After it
+        // the staging path holds the empty dir, removed when `layer` drops.
+        exchange(staged, &layer_dir)?;
+        fsync_dir(&dir)
+    }
+}
+
+/// Atomically swaps two directories on one filesystem (`renameat2(RENAME_EXCHANGE)`); where
+/// the filesystem cannot, the empty `to` is removed and `from` renamed onto it.
+fn exchange(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+            Error::io("rename", p)(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "path contains NUL",
+            ))
+        })
+    };
+    let (cf, ct) = (c(from)?, c(to)?);
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cf.as_ptr(),
+            libc::AT_FDCWD,
+            ct.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) {
+        return Err(Error::io("swap in staged layer", from)(e));
+    }
+    fs::remove_dir(to).map_err(Error::io("remove", to))?;
+    fs::rename(from, to).map_err(Error::io("rename", from))?;
+    // Leave an empty dir behind for the StageDir to remove, as the exchange does.
+    fs::create_dir(from).map_err(Error::io("create", from))
 }
 
 /// Recursively deletes `path`; a missing path is fine.
@@ -872,9 +1014,23 @@ pub(crate) fn disk_usage(path: &Path) -> Result<Usage> {
     Ok(usage)
 }
 
-/// Implements [`crate::Snapshotter`] for a backend struct holding `engine: Engine<_>`.
+/// Implements [`crate::Snapshotter`] for a backend struct holding `engine: Engine<_>`; with
+/// `staging`, also [`crate::Staging`] (for backends whose layer dirs hold one layer each).
 macro_rules! delegate_snapshotter {
-    ($ty:ty) => {
+    ($ty:ty, staging) => {
+        $crate::metadata::delegate_snapshotter!($ty, fn staging(&self) -> Option<&dyn $crate::Staging> {
+            Some(self)
+        });
+        impl $crate::Staging for $ty {
+            fn stage_dir(&self) -> $crate::Result<$crate::StageDir> {
+                self.engine.stage_dir()
+            }
+            fn adopt(&self, key: &str, layer: $crate::StagedLayer) -> $crate::Result<()> {
+                self.engine.adopt(key, layer)
+            }
+        }
+    };
+    ($ty:ty $(, $extra:item)?) => {
         impl $crate::Snapshotter for $ty {
             fn stat(&self, key: &str) -> $crate::Result<$crate::Info> {
                 self.engine.stat(key)
@@ -925,6 +1081,7 @@ macro_rules! delegate_snapshotter {
             fn cleanup(&self) -> $crate::Result<()> {
                 self.engine.cleanup()
             }
+            $($extra)?
         }
     };
 }

@@ -113,7 +113,8 @@ impl OverlaySnapshotter {
     }
 }
 
-delegate_snapshotter!(OverlaySnapshotter);
+// Each snapshot's `fs/` holds its own layer only: layers can be staged (crate::staging).
+delegate_snapshotter!(OverlaySnapshotter, staging);
 
 fn fs_dir(dir: &Path) -> PathBuf {
     dir.join("fs")

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use crate::Mount;
 use crate::error::{Error, Result};
+use crate::staging::Staging;
 
 /// Snapshot labels: free-form key/value pairs kept with the snapshot.
 pub type Labels = BTreeMap<String, String>;
@@ -181,6 +182,13 @@ pub trait Snapshotter: Send + Sync {
 
     /// Reclaims disk space left by removed snapshots and interrupted operations.
     fn cleanup(&self) -> Result<()>;
+
+    /// The staging side of a backend that can take layers extracted before their parents
+    /// exist ([`crate::staging`]); `None` (the default) for one that cannot, whose layers are
+    /// then applied one after the other on prepared snapshots.
+    fn staging(&self) -> Option<&dyn Staging> {
+        None
+    }
 }
 
 /// Checks a snapshot key or name.

@@ -379,6 +379,38 @@ impl Namespaced<'_> {
         }
     }
 
+    /// Whether the backend can take layers extracted ahead of their parents
+    /// ([`snapshotter::staging`]).
+    pub fn can_stage(&self) -> bool {
+        self.backend.staging().is_some()
+    }
+
+    fn staging(&self) -> Result<&dyn snapshotter::Staging> {
+        self.backend.staging().ok_or_else(|| Error::Backend {
+            code: Code::Unimplemented,
+            message: format!("snapshotter {} cannot stage layers", self.name),
+        })
+    }
+
+    /// An empty staging directory for [`snapshotter::apply::stage_layer`].
+    pub fn stage_dir(&self) -> Result<snapshotter::StageDir> {
+        self.staging()?
+            .stage_dir()
+            .map_err(|e| Error::backend(e, &[]))
+    }
+
+    /// Makes the staged `layer` the layer of the freshly prepared active snapshot `key`
+    /// ([`snapshotter::Staging::adopt`]); commit it afterwards as usual.
+    pub fn adopt(&self, key: &str, layer: snapshotter::StagedLayer) -> Result<()> {
+        let staging = self.staging()?;
+        let rk = self.record_key(key);
+        let _claim = self.busy.claim(&[(key, rk)])?;
+        let rec = self.record(key)?;
+        staging
+            .adopt(&rec.backend_key, layer)
+            .map_err(|e| Error::backend(e, &[(&rec.backend_key, key)]))
+    }
+
     /// Commits the active snapshot `key` as `name` (with `labels`) and removes `key`.
     pub fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
         check_key("name", name)?;

@@ -97,7 +97,7 @@ async fn ensure_image(client: &Client, reference: &str) -> Result<image::Resolve
     };
     if !crate::store::is_unpacked(client, &img).await? {
         let leased = client.with_lease(Duration::from_secs(3600)).await?;
-        let r = crate::store::unpack(&leased, &img).await;
+        let r = crate::store::unpack_image(&leased, &img).await;
         let _ = leased.end_lease().await;
         r.with_context(|| format!("cannot unpack {}", img.name))?;
     }

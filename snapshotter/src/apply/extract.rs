@@ -13,14 +13,13 @@ use std::collections::HashSet;
 use std::ffi::CStr;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::rc::Rc;
 
 use super::WhiteoutMode;
 use super::error::{ApplyError, Result};
 use super::fsutil::{self, AsFdRef, cstr};
+use super::inherit;
 
 pub(crate) const WHITEOUT_PREFIX: &[u8] = b".wh.";
 pub(crate) const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
@@ -170,6 +169,9 @@ pub(crate) struct Extractor {
     unpacked: HashSet<Vec<u8>>,
     /// Directory mtimes, set after all entries (creating children changes a dir's mtime).
     dir_times: Vec<(Vec<u8>, (i64, u32))>,
+    /// Directories made for entries whose layer does not list them, in creation order (see
+    /// `inherit.rs`); one the layer lists later is taken off again.
+    implicit: Vec<Vec<u8>>,
     /// The last directory resolved: tar streams list siblings together, so this saves most
     /// path walks. Cleared whenever anything is removed.
     cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
@@ -187,13 +189,15 @@ impl Extractor {
             is_root: unsafe { libc::geteuid() } == 0,
             unpacked: HashSet::new(),
             dir_times: Vec::new(),
+            implicit: Vec::new(),
             cache: None,
             buf: vec![0u8; COPY_BUF],
         })
     }
 
-    /// Applies every entry of the archive, then the deferred directory times.
-    pub(crate) fn run<R: Read>(mut self, reader: R) -> Result<()> {
+    /// Applies every entry of the archive, then the deferred directory times. Returns the
+    /// directories the layer needed but did not list (see `inherit.rs`).
+    pub(crate) fn run<R: Read>(mut self, reader: R) -> Result<Vec<Vec<u8>>> {
         let mut ar = tar::Archive::new(reader);
         let entries = ar.entries().map_err(|e| ApplyError::Corrupt {
             context: "reading tar".into(),
@@ -369,24 +373,17 @@ impl Extractor {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => return Ok(()),
             Err(e) => return Err(ApplyError::io("mkdir", rel, e)),
         }
+        self.implicit.push(rel.to_vec());
         let WhiteoutMode::Overlay { lowerdirs } = &self.mode else {
             return Ok(());
         };
-        let rel_path = Path::new(std::ffi::OsStr::from_bytes(rel));
-        let template = lowerdirs
-            .iter()
-            .filter_map(|l| std::fs::symlink_metadata(l.join(rel_path)).ok())
-            .find(|m| m.is_dir());
-        let Some(m) = template else {
+        let Some(t) = inherit::template(lowerdirs, rel) else {
             return Ok(());
         };
         let fd = fsutil::open_dir_at(dir.as_fd_ref(), name)
             .map_err(|e| ApplyError::io("open directory", rel, e))?;
-        self.chown(fsutil::fchown(fd.as_fd(), m.uid(), m.gid()), rel)?;
-        fsutil::fchmod(fd.as_fd(), m.mode() & 0o7777)
-            .map_err(|e| ApplyError::io("chmod", rel, e))?;
-        self.dir_times
-            .push((rel.to_vec(), (m.mtime(), m.mtime_nsec() as u32)));
+        inherit::apply_owner_mode(&fd, rel, &t)?;
+        self.dir_times.push((rel.to_vec(), t.mtime));
         Ok(())
     }
 
@@ -491,6 +488,11 @@ impl Extractor {
                     self.remove(dir, name, rel)?;
                     fsutil::mkdir_at(dir.as_fd_ref(), name, 0o700)
                         .map_err(|e| ApplyError::io("mkdir", rel, e))?;
+                } else if let Some(i) = self.implicit.iter().position(|p| p == rel) {
+                    // Made earlier for a child: the layer's own entry decides its attributes,
+                    // mtime included, not a lower layer.
+                    self.implicit.remove(i);
+                    self.dir_times.retain(|(p, _)| p != rel);
                 }
             }
             Err(e) => return Err(ApplyError::io("mkdir", rel, e)),
@@ -648,7 +650,7 @@ impl Extractor {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<()> {
+    fn finish(mut self) -> Result<Vec<Vec<u8>>> {
         let times = std::mem::take(&mut self.dir_times);
         for (rel, t) in times.iter().rev() {
             let (parent, name) = split(rel);
@@ -664,7 +666,7 @@ impl Extractor {
             fsutil::lutimes_at(dir.as_fd_ref(), &cname, *t, *t)
                 .map_err(|e| ApplyError::io("set times", rel, e))?;
         }
-        Ok(())
+        Ok(std::mem::take(&mut self.implicit))
     }
 }
 

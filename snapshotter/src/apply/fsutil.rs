@@ -87,6 +87,41 @@ pub(crate) fn open_dir_beneath(dir: BorrowedFd<'_>, rel: &CStr) -> io::Result<Op
     }
 }
 
+/// Opens directory `rel` (a normalised relative path, empty for `dir` itself) beneath `dir`
+/// without following any symlink: openat2 when the kernel has it, else one `O_NOFOLLOW`
+/// component at a time. `Ok(None)` when it does not exist, or is reached only through a
+/// symlink or a non-directory.
+pub(crate) fn open_dir_rel(dir: BorrowedFd<'_>, rel: &[u8]) -> io::Result<Option<OwnedFd>> {
+    let absent = |e: &io::Error| {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP) | Some(libc::EXDEV)
+        )
+    };
+    let c = cstr(if rel.is_empty() { b"." } else { rel })?;
+    match open_dir_beneath(dir, &c) {
+        Ok(Some(fd)) => return Ok(Some(fd)),
+        Ok(None) => {}
+        Err(e) if absent(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut cur = open_dir_at(dir, c".")?;
+    for comp in rel.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
+        match open_dir_at(cur.as_fd_ref(), &cstr(comp)?) {
+            Ok(fd) => cur = fd,
+            Err(e) if absent(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(cur))
+}
+
+pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(st)
+}
+
 /// Creates (exclusively) and opens a regular file for writing, never following a symlink.
 pub(crate) fn create_file_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<std::fs::File> {
     let fd = retry(|| {

@@ -24,12 +24,17 @@
 //!
 //! Durability: apply does not fsync; the snapshotter syncs the filesystem before it commits.
 //!
+//! Staged: [`stage_layer`] extracts a layer into a staging directory before its parent snapshot
+//! exists, so the layers of an image can be extracted concurrently; the snapshotter adopts the
+//! directory later, in chain order (see [`crate::staging`]).
+//!
 //! Speed: decompression and hashing run on one thread, tar extraction on another, joined by a
 //! bounded channel of 256 KiB chunks: no temporary copy of the layer is made.
 
 mod error;
 mod extract;
 mod fsutil;
+mod inherit;
 mod mounts;
 mod stream;
 
@@ -43,6 +48,7 @@ pub use stream::{Compression, detect};
 
 pub(crate) use extract::{OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX};
 pub(crate) use fsutil::lxattrs;
+pub(crate) use inherit::inherit;
 pub(crate) use mounts::{MountedDir, is_bind};
 pub(crate) use stream::sha256_string;
 
@@ -83,9 +89,45 @@ pub fn apply_layer(
     mode: WhiteoutMode,
 ) -> Result<Applied> {
     let extractor = extract::Extractor::new(root, mode)?;
-    let ((), digest) = stream::run(reader, media_type, |r| extractor.run(r))?;
+    let (_implicit, digest) = stream::run(reader, media_type, |r| extractor.run(r))?;
     Ok(Applied {
         diff_id: digest.diff_id,
         size: digest.size,
+    })
+}
+
+/// Extracts one layer into the empty staging directory `dir`, without looking at any other
+/// layer, for [`crate::staging::Staging::adopt`] to make it a snapshot's layer later.
+///
+/// `on_parent` says whether the snapshot it will become has a parent: then whiteouts become
+/// overlay whiteouts and opaque directories, as [`apply_to_mounts`] does on an overlay mount;
+/// without one they delete, as it does on a bind mount (so the result is the same as the
+/// sequential apply's, byte for byte). The directories the layer needs but does not list are
+/// recorded: they get the attributes of the lower layers' directories on adoption.
+///
+/// Errors as [`apply_layer`]. On error the staging directory is removed (dropped).
+pub fn stage_layer(
+    reader: impl Read + Send,
+    media_type: Option<&str>,
+    dir: crate::staging::StageDir,
+    on_parent: bool,
+) -> Result<crate::staging::StagedLayer> {
+    let mode = if on_parent {
+        WhiteoutMode::Overlay {
+            lowerdirs: Vec::new(),
+        }
+    } else {
+        WhiteoutMode::Delete
+    };
+    let extractor = extract::Extractor::new(dir.path(), mode)?;
+    let (implicit, digest) = stream::run(reader, media_type, |r| extractor.run(r))?;
+    Ok(crate::staging::StagedLayer {
+        dir,
+        implicit_dirs: implicit,
+        on_parent,
+        applied: Applied {
+            diff_id: digest.diff_id,
+            size: digest.size,
+        },
     })
 }

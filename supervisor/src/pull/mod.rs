@@ -11,10 +11,13 @@
 //!   ├─ config ─┐ ingests `config-…`/`layer-…`, at most 4 at once, resumed from the ingest's
 //!   ├─ layers ─┘ offset with a Range request; every blob labelled
 //!   │            containerd.io/distribution.source.<host> = <repository>
-//!   ├─ unpack    layer n as soon as layers 0..=n are in: prepare `extract-… <chainID>` on
-//!   │            chainID(n-1), apply, check the diffID against the config, commit as chainID(n)
-//!   │            (skipped when that snapshot exists); layer labelled containerd.io/uncompressed,
-//!   │            config labelled containerd.io/gc.ref.snapshot.<snapshotter> = top chainID
+//!   ├─ unpack    overlayfs: each layer extracted as soon as it is in, several at once, into
+//!   │            a staging dir; then in chain order prepare `extract-… <chainID>` on
+//!   │            chainID(n-1), adopt the staged dir, commit as chainID(n) (see `unpack`).
+//!   │            Others: layer n applied once layers 0..=n are in, one after the other.
+//!   │            DiffIDs checked against the config, existing snapshots skipped; layer
+//!   │            labelled containerd.io/uncompressed, config labelled
+//!   │            containerd.io/gc.ref.snapshot.<snapshotter> = top chainID
 //!   └─ image record created (or its target updated), /images/create|update published
 //! lease deleted
 //! ```
@@ -28,6 +31,9 @@ pub mod authorizer;
 pub mod hosts;
 pub mod reference;
 pub mod registry;
+mod unpack;
+
+pub use unpack::{parallelism, unpack_manifest};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,10 +41,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use content::{BlobReader, ContentStore, Digest, WriterOpts};
+use content::{ContentStore, Digest, WriterOpts};
 use protocol::Code;
-use protocol::grpc::any::{IMAGE_CREATE, IMAGE_UPDATE, SNAPSHOT_COMMIT, SNAPSHOT_PREPARE, pack};
-use protocol::grpc::containerd::events::{SnapshotCommit, SnapshotPrepare};
+use protocol::grpc::any::{IMAGE_CREATE, IMAGE_UPDATE, pack};
 use protocol::grpc::containerd::services::images::v1::{ImageCreate, ImageUpdate};
 use serde::Deserialize;
 use tokio::sync::{Semaphore, mpsc};
@@ -51,7 +56,7 @@ use registry::{Endpoint, Registry};
 use crate::metadata::{self, Descriptor, IMAGES, Image, LEASES, Labels, Lease, Time, key};
 use crate::services::Shared;
 use crate::services::content::BLOB_LOCK;
-use crate::snapshots::{self, Busy, Namespaced};
+use crate::snapshots::{self, Busy};
 
 /// Blobs downloaded at once per pull.
 pub const CONCURRENT_DOWNLOADS: usize = 4;
@@ -158,6 +163,8 @@ pub enum Error {
     },
     #[error("pull worker failed: {0}")]
     Worker(String),
+    #[error("cancelled")]
+    Cancelled,
 }
 
 fn describe_failures(failures: &[(String, Error)]) -> String {
@@ -194,6 +201,7 @@ impl Error {
             Error::Snapshot(e) => e.code(),
             Error::Apply { source, .. } => source.code(),
             Error::Worker(_) => Code::Internal,
+            Error::Cancelled => Code::Canceled,
         }
     }
 }
@@ -363,11 +371,7 @@ impl Ctx {
     }
 
     fn bad_image(&self, what: impl Into<String>, reason: impl Into<String>) -> Error {
-        Error::BadImage {
-            name: self.image.name.clone(),
-            what: what.into(),
-            reason: reason.into(),
-        }
+        bad_image(&self.image.name, what, reason)
     }
 
     fn source_labels(&self) -> Labels {
@@ -461,17 +465,7 @@ pub async fn pull(
     .await;
     // Whatever happened, the lease goes: on success the image record holds everything, on
     // failure what was stored becomes garbage.
-    let (d2, ns2) = (d.clone(), ns.to_string());
-    if let Err(e) = blocking(move || {
-        let tx = d2.db.write()?;
-        tx.delete_lease(&ns2, &lease)?;
-        tx.commit()?;
-        Ok(())
-    })
-    .await
-    {
-        log::warn!("pull: deleting lease: {e} (it expires in a day)");
-    }
+    delete_lease(&d, ns, lease).await;
     match &result {
         Ok(p) => log::info!("pulled {} ({})", p.name, p.target.digest),
         Err(e) => {
@@ -547,6 +541,21 @@ async fn create_lease(d: &Shared, ns: &str) -> Result<String, Error> {
     Ok(id)
 }
 
+/// Deletes a lease made by [`create_lease`]; a failure is logged (it expires on its own).
+async fn delete_lease(d: &Shared, ns: &str, lease: String) {
+    let (d, ns2) = (d.clone(), ns.to_string());
+    if let Err(e) = blocking(move || {
+        let tx = d.db.write()?;
+        tx.delete_lease(&ns2, &lease)?;
+        tx.commit()?;
+        Ok(())
+    })
+    .await
+    {
+        log::warn!("pull: deleting lease in {ns}: {e} (it expires in a day)");
+    }
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ` (UTC).
 pub fn rfc3339(t: SystemTime) -> String {
     let secs = t
@@ -572,11 +581,21 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
-fn parse_doc(ctx: &Ctx, what: &str, bytes: &[u8]) -> Result<Doc, Error> {
+fn bad_image(name: &str, what: impl Into<String>, reason: impl Into<String>) -> Error {
+    Error::BadImage {
+        name: name.to_string(),
+        what: what.into(),
+        reason: reason.into(),
+    }
+}
+
+/// An index or manifest of image `name`.
+fn parse_doc(name: &str, what: &str, bytes: &[u8]) -> Result<Doc, Error> {
     let doc: Doc = serde_json::from_slice(bytes)
-        .map_err(|e| ctx.bad_image(what, format!("not valid JSON: {e}")))?;
+        .map_err(|e| bad_image(name, what, format!("not valid JSON: {e}")))?;
     if doc.schema_version != Some(2) {
-        return Err(ctx.bad_image(
+        return Err(bad_image(
+            name,
             what,
             format!(
                 "schema version {:?} is not supported (only 2)",
@@ -587,6 +606,62 @@ fn parse_doc(ctx: &Ctx, what: &str, bytes: &[u8]) -> Result<Doc, Error> {
     Ok(doc)
 }
 
+/// The config and layer descriptors of manifest `what` of image `name`, checked: a config no
+/// bigger than we read, valid digests, no negative size.
+fn manifest_parts(name: &str, what: &str, manifest: &Doc) -> Result<(Desc, Vec<Desc>), Error> {
+    let config = manifest
+        .config
+        .clone()
+        .ok_or_else(|| bad_image(name, what, "no config descriptor"))?;
+    let layers = manifest.layers.clone().unwrap_or_default();
+    if config.size > MAX_CONFIG_SIZE {
+        return Err(bad_image(
+            name,
+            what,
+            format!(
+                "config {} is {} bytes, more than the {MAX_CONFIG_SIZE} accepted",
+                config.digest, config.size
+            ),
+        ));
+    }
+    for d in std::iter::once(&config).chain(&layers) {
+        Digest::parse(&d.digest)
+            .map_err(|e| bad_image(name, what, format!("descriptor {:?}: {e}", d.digest)))?;
+        if d.size < 0 {
+            return Err(bad_image(
+                name,
+                what,
+                format!("descriptor {} has a negative size", d.digest),
+            ));
+        }
+    }
+    Ok((config, layers))
+}
+
+/// The diff IDs of image config `config` (its bytes), one per layer of the manifest.
+fn diff_ids_of(
+    name: &str,
+    config: &Desc,
+    bytes: &[u8],
+    layers: usize,
+) -> Result<Vec<String>, Error> {
+    let what = format!("config {}", config.digest);
+    let parsed: ImageConfig =
+        serde_json::from_slice(bytes).map_err(|e| bad_image(name, &what, e.to_string()))?;
+    let diff_ids = parsed.rootfs.diff_ids;
+    if diff_ids.len() != layers {
+        return Err(bad_image(
+            name,
+            &what,
+            format!(
+                "{} diff IDs for {layers} layers in the manifest",
+                diff_ids.len()
+            ),
+        ));
+    }
+    Ok(diff_ids)
+}
+
 async fn pull_in_lease(
     ctx: &Arc<Ctx>,
     top_bytes: bytes::Bytes,
@@ -595,7 +670,7 @@ async fn pull_in_lease(
     snapshotter: Option<String>,
 ) -> Result<Pulled, Error> {
     let name = ctx.image.name.clone();
-    let top = parse_doc(ctx, "manifest", &top_bytes)?;
+    let top = parse_doc(&name, "manifest", &top_bytes)?;
     let is_index = top.manifests.is_some()
         || matches!(
             top.media_type.as_deref(),
@@ -645,7 +720,7 @@ async fn pull_in_lease(
                 size: bytes.len() as u64,
             });
         }
-        let doc = parse_doc(ctx, &format!("manifest {}", chosen.digest), &bytes)?;
+        let doc = parse_doc(&name, &format!("manifest {}", chosen.digest), &bytes)?;
         let mut labels = ctx.source_labels();
         labels.insert(
             "containerd.io/gc.ref.content.m.0".into(),
@@ -678,30 +753,7 @@ async fn pull_in_lease(
         (top_desc.clone(), top_bytes, top)
     };
     let what = format!("manifest {}", manifest_desc.digest);
-    let config = manifest
-        .config
-        .clone()
-        .ok_or_else(|| ctx.bad_image(&what, "no config descriptor"))?;
-    let layers = manifest.layers.clone().unwrap_or_default();
-    if config.size > MAX_CONFIG_SIZE {
-        return Err(ctx.bad_image(
-            &what,
-            format!(
-                "config {} is {} bytes, more than the {MAX_CONFIG_SIZE} accepted",
-                config.digest, config.size
-            ),
-        ));
-    }
-    for d in std::iter::once(&config).chain(&layers) {
-        Digest::parse(&d.digest)
-            .map_err(|e| ctx.bad_image(&what, format!("descriptor {:?}: {e}", d.digest)))?;
-        if d.size < 0 {
-            return Err(ctx.bad_image(
-                &what,
-                format!("descriptor {} has a negative size", d.digest),
-            ));
-        }
-    }
+    let (config, layers) = manifest_parts(&name, &what, &manifest)?;
 
     // The manifest, labelled with its children.
     let mut labels = ctx.source_labels();
@@ -755,73 +807,78 @@ async fn pull_in_lease(
             t.abort();
         }
     };
-    let joined = |r: Result<Result<(), Error>, tokio::task::JoinError>| {
-        r.map_err(|e| Error::Worker(e.to_string()))?
-    };
     if let Err(e) = joined(config_task.await) {
         abort_all(&layer_tasks);
         return Err(e);
     }
-    let parsed = match read_blob(ctx, &config).await {
-        Ok(bytes) => serde_json::from_slice::<ImageConfig>(&bytes)
-            .map_err(|e| ctx.bad_image(format!("config {}", config.digest), e.to_string())),
+    let diff_ids = match read_blob(ctx, &config).await {
+        Ok(bytes) => diff_ids_of(&name, &config, &bytes, layers.len()),
         Err(e) => Err(e),
     };
-    let image_config = match parsed {
-        Ok(c) => c,
+    let diff_ids = match diff_ids {
+        Ok(d) => d,
         Err(e) => {
             abort_all(&layer_tasks);
             return Err(e);
         }
     };
-    let diff_ids = image_config.rootfs.diff_ids;
-    if diff_ids.len() != layers.len() {
-        abort_all(&layer_tasks);
-        return Err(ctx.bad_image(
-            format!("config {}", config.digest),
-            format!(
-                "{} diff IDs for {} layers in the manifest",
-                diff_ids.len(),
-                layers.len()
-            ),
-        ));
-    }
     let chain = reference::chain_ids(&diff_ids);
 
-    for i in 0..layers.len() {
-        let task = std::mem::replace(&mut layer_tasks[i], tokio::spawn(async { Ok(()) }));
-        if let Err(e) = joined(task.await) {
-            abort_all(&layer_tasks[i + 1..]);
-            return Err(e);
-        }
-        if let Some(sn) = &snapshotter {
-            let parent = if i == 0 {
-                None
-            } else {
-                Some(chain[i - 1].clone())
-            };
-            if let Err(e) =
-                unpack_layer(ctx, sn, i, &layers[i], parent, &chain[i], &diff_ids[i]).await
-            {
-                abort_all(&layer_tasks[i + 1..]);
+    match &snapshotter {
+        Some(sn) => {
+            let aborts: Vec<_> = layer_tasks.iter().map(|t| t.abort_handle()).collect();
+            let arrivals: Vec<unpack::Arrival> = layer_tasks
+                .into_iter()
+                .map(|t| Box::pin(async move { joined(t.await) }) as unpack::Arrival)
+                .collect();
+            let unpacker = Arc::new(unpack::Unpacker {
+                d: ctx.d.clone(),
+                ns: ctx.ns.clone(),
+                lease: ctx.lease.clone(),
+                image: name.clone(),
+                snapshotter: sn.clone(),
+                progress: ctx.progress.clone(),
+            });
+            let to_unpack: Vec<unpack::Layer> = layers
+                .iter()
+                .zip(&diff_ids)
+                .zip(&chain)
+                .map(|((l, diff_id), chain_id)| unpack::Layer {
+                    desc: l.clone(),
+                    diff_id: diff_id.clone(),
+                    chain_id: chain_id.clone(),
+                })
+                .collect();
+            if let Err(e) = unpack::unpack(&unpacker, &to_unpack, arrivals).await {
+                for a in aborts {
+                    a.abort();
+                }
                 return Err(e);
             }
-        } else {
-            ctx.emit(progress(
-                &layers[i],
-                Kind::Layer,
-                i,
-                layers[i].size as u64,
-                State::Done,
-            ))
-            .await;
+        }
+        None => {
+            for i in 0..layers.len() {
+                let task = std::mem::replace(&mut layer_tasks[i], tokio::spawn(async { Ok(()) }));
+                if let Err(e) = joined(task.await) {
+                    abort_all(&layer_tasks[i + 1..]);
+                    return Err(e);
+                }
+                ctx.emit(progress(
+                    &layers[i],
+                    Kind::Layer,
+                    i,
+                    layers[i].size as u64,
+                    State::Done,
+                ))
+                .await;
+            }
         }
     }
 
     let chain_id = match (&snapshotter, chain.last()) {
         (Some(sn), Some(top)) => {
             let labels = Labels::from([(format!("{LABEL_REF_SNAPSHOT_PREFIX}{sn}"), top.clone())]);
-            label_blob(ctx, &config.digest, labels).await?;
+            label_blob(&ctx.d, &ctx.ns, &config.digest, labels).await?;
             top.clone()
         }
         _ => String::new(),
@@ -908,16 +965,16 @@ fn record_if_present(
     }
 }
 
-/// Merges `labels` into the namespace's record of `digest`.
-async fn label_blob(ctx: &Arc<Ctx>, digest: &str, labels: Labels) -> Result<(), Error> {
-    let (c, digest) = (ctx.clone(), digest.to_string());
+/// Merges `labels` into namespace `ns`'s record of `digest`.
+async fn label_blob(d: &Shared, ns: &str, digest: &str, labels: Labels) -> Result<(), Error> {
+    let (d, ns, digest) = (d.clone(), ns.to_string(), digest.to_string());
     blocking(move || {
-        let tx = c.d.db.write()?;
+        let tx = d.db.write()?;
         let size = tx
-            .get::<metadata::Blob>(metadata::CONTENT, &key(&c.ns, &[&digest]))?
+            .get::<metadata::Blob>(metadata::CONTENT, &key(&ns, &[&digest]))?
             .map(|b| b.size as u64)
             .ok_or_else(|| metadata::Error::NotFound(format!("content {digest}")))?;
-        tx.record_blob(&c.ns, &digest, size, labels, true)?;
+        tx.record_blob(&ns, &digest, size, labels, true)?;
         tx.commit()?;
         Ok(())
     })
@@ -986,6 +1043,11 @@ async fn read_blob(ctx: &Arc<Ctx>, desc: &Desc) -> Result<Vec<u8>, Error> {
         Ok(buf)
     })
     .await
+}
+
+/// The outcome of a download task.
+fn joined(r: Result<Result<(), Error>, tokio::task::JoinError>) -> Result<(), Error> {
+    r.map_err(|e| Error::Worker(e.to_string()))?
 }
 
 /// Downloads one blob (config or layer) into the content store, resuming its ingest.
@@ -1155,158 +1217,6 @@ async fn fetch(ctx: Arc<Ctx>, desc: Desc, kind: Kind, index: usize) -> Result<()
     );
     ctx.emit(progress(&desc, kind, index, size, State::Downloaded))
         .await;
-    Ok(())
-}
-
-/// Unpacks layer `index` onto `parent` as the committed snapshot `chain` (skipped if it exists)
-/// and labels the layer blob with its diff ID.
-async fn unpack_layer(
-    ctx: &Arc<Ctx>,
-    sn: &str,
-    index: usize,
-    layer: &Desc,
-    parent: Option<String>,
-    chain: &str,
-    diff_id: &str,
-) -> Result<(), Error> {
-    let backend = ctx
-        .d
-        .snapshotters
-        .get(sn)
-        .cloned()
-        .ok_or_else(|| Error::NoSnapshotter(sn.to_string()))?;
-    ctx.emit(progress(
-        layer,
-        Kind::Layer,
-        index,
-        layer.size as u64,
-        State::Unpacking,
-    ))
-    .await;
-    let started = Instant::now();
-    let (c, sn2, l, chain2, diff2) = (
-        ctx.clone(),
-        sn.to_string(),
-        layer.clone(),
-        chain.to_string(),
-        diff_id.to_string(),
-    );
-    let made = blocking(move || {
-        let view = Namespaced {
-            db: &c.d.db,
-            busy: &BUSY,
-            ns: &c.ns,
-            name: &sn2,
-            backend: backend.as_ref(),
-            lease: Some(&c.lease),
-        };
-        // Hold the chain ID in the lease before looking: a snapshot that exists now cannot be
-        // collected before the config's label points at it.
-        let tx = c.d.db.write()?;
-        tx.add_lease_resource(
-            &c.ns,
-            &c.lease,
-            &snapshots::lease_resource_type(&sn2),
-            &chain2,
-        )?;
-        tx.commit()?;
-        match view.stat(&chain2) {
-            Ok(_) => return Ok(None),
-            Err(snapshots::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let t = Time::now();
-        let key = format!("extract-{}{:09}-{index} {chain2}", t.seconds, t.nanos);
-        let parent = parent.unwrap_or_default();
-        let mounts = view.prepare(&key, &parent, Labels::new(), false)?;
-        let applied = (|| {
-            let digest = Digest::parse(&l.digest)?;
-            let reader = BlobReader::new(c.d.content.reader_at(&digest)?, 0)?;
-            let media = Some(l.media_type.as_str()).filter(|m| !m.is_empty());
-            snapshotter::apply::apply_to_mounts(&mounts, reader, media).map_err(|source| {
-                Error::Apply {
-                    digest: l.digest.clone(),
-                    source,
-                }
-            })
-        })();
-        let fail = |e: Error| {
-            if let Err(r) = view.remove(&key) {
-                log::warn!("pull: removing {key} after a failed unpack: {r}");
-            }
-            Err(e)
-        };
-        let applied = match applied {
-            Ok(a) => a,
-            Err(e) => return fail(e),
-        };
-        if applied.diff_id != diff2 {
-            return fail(Error::DiffIdMismatch {
-                name: c.image.name.clone(),
-                index,
-                digest: l.digest.clone(),
-                expected: diff2,
-                actual: applied.diff_id,
-            });
-        }
-        match view.commit(&chain2, &key, Labels::new()) {
-            Ok(()) => Ok(Some((key, parent))),
-            // Another pull of the same image got there first.
-            Err(snapshots::Error::AlreadyExists { .. }) => {
-                let _ = view.remove(&key);
-                Ok(None)
-            }
-            Err(e) => fail(e.into()),
-        }
-    })
-    .await?;
-    log::debug!(
-        "pull: layer {index} {} unpacked in {:?}",
-        layer.digest,
-        started.elapsed()
-    );
-    let state = match made {
-        Some((key, parent)) => {
-            ctx.d.events.publish(
-                &ctx.ns,
-                "/snapshot/prepare",
-                pack(
-                    SNAPSHOT_PREPARE,
-                    &SnapshotPrepare {
-                        key: key.clone(),
-                        parent,
-                    },
-                ),
-            );
-            ctx.d.events.publish(
-                &ctx.ns,
-                "/snapshot/commit",
-                pack(
-                    SNAPSHOT_COMMIT,
-                    &SnapshotCommit {
-                        key,
-                        name: chain.to_string(),
-                    },
-                ),
-            );
-            State::Unpacked
-        }
-        None => State::Exists,
-    };
-    label_blob(
-        ctx,
-        &layer.digest,
-        Labels::from([(LABEL_UNCOMPRESSED.to_string(), diff_id.to_string())]),
-    )
-    .await?;
-    ctx.emit(progress(
-        layer,
-        Kind::Layer,
-        index,
-        layer.size as u64,
-        state,
-    ))
-    .await;
     Ok(())
 }
 

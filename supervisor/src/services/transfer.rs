@@ -1,9 +1,10 @@
-//! corral.services.transfer.v1.Transfer: image pull in the daemon (`crate::pull`) on the wire.
+//! corral.services.transfer.v1.Transfer: image pull and unpack in the daemon (`crate::pull`)
+//! on the wire.
 //!
 //! Pull streams one `PullProgress{blob}` per progress event and ends with
-//! `PullProgress{result}`; a failure ends the stream with the error's status instead. The pull
-//! runs in its own task: a client that disconnects does not leave a half-done pull behind (it
-//! completes, or fails and cleans up, on its own).
+//! `PullProgress{result}`; a failure ends the stream with the error's status instead. Unpack
+//! answers once. Both run in a task of their own: a client that disconnects does not leave a
+//! half-done pull or unpack behind (it completes, or fails and cleans up, on its own).
 
 use protocol::Code;
 use protocol::grpc::corral::services::transfer::v1::transfer_server::{Transfer, TransferServer};
@@ -13,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
-use super::images::descriptor_to_wire;
+use super::images::{descriptor_from_wire, descriptor_to_wire};
 use super::{Shared, namespace};
 use crate::pull::{self, Credentials as PullCredentials, Kind, Progress, Settings, State};
 
@@ -127,6 +128,34 @@ impl Transfer for TransferService {
             let _ = out.send(last).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn unpack(
+        &self,
+        req: Request<UnpackRequest>,
+    ) -> Result<Response<UnpackResponse>, Status> {
+        let ns = namespace(&req)?;
+        let r = req.into_inner();
+        let manifest = r
+            .manifest
+            .ok_or_else(|| Code::InvalidArgument.grpc_status("unpack: no manifest descriptor"))?;
+        let snapshotter = if r.snapshotter.is_empty() {
+            "overlayfs".to_string()
+        } else {
+            r.snapshotter
+        };
+        let (d, sn) = (self.daemon.clone(), snapshotter.clone());
+        let task = tokio::spawn(async move {
+            pull::unpack_manifest(d, &ns, descriptor_from_wire(manifest), &sn).await
+        });
+        let chain_id = task
+            .await
+            .map_err(|e| Code::Internal.grpc_status(format!("unpack task: {e}")))?
+            .map_err(|e| e.code().grpc_status(e.to_string()))?;
+        Ok(Response::new(UnpackResponse {
+            chain_id,
+            snapshotter,
+        }))
     }
 }
 
