@@ -2,6 +2,12 @@
 //! and carry the streams of one exec, attach or port-forward. It knows nothing of containers:
 //! a [`Backend`] redeems the token in the URL and gets the streams.
 
+mod negotiate;
+mod resize;
+mod spdy;
+mod status;
+mod websocket;
+
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
