@@ -21,11 +21,13 @@
 //! remote command finishes, the port-forward backend returns, the client goes away, or the
 //! client breaks the protocol (GOAWAY / close frame with the reason, that connection only).
 
+mod http;
 mod mux;
 mod negotiate;
 mod resize;
 mod spdy;
 mod status;
+mod tls;
 mod websocket;
 
 use std::future::Future;
@@ -200,23 +202,18 @@ pub trait Backend: Send + Sync + 'static {
 
 /// Serves HTTP/1.1 (TLS when `tls` is Some) on `listener` until `shutdown` fires; each
 /// connection on its own task. Upgrades: SPDY/3.1 and WebSocket (see the issue for subprotocols).
+///
+/// Shutdown stops accepting; sessions already running end with their connections.
 pub async fn serve<B: Backend>(
-    _listener: tokio::net::TcpListener,
-    _tls: Option<Arc<rustls::ServerConfig>>,
-    _backend: Arc<B>,
-    _shutdown: tokio::sync::watch::Receiver<bool>,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    backend: Arc<B>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    Err(building())
+    http::serve(listener, tls, backend, shutdown).await
 }
 
 /// Loads a TLS config from PEM cert and key files, with errors naming the file.
-pub fn load_tls(_cert: &Path, _key: &Path) -> std::io::Result<Arc<rustls::ServerConfig>> {
-    Err(building())
-}
-
-/// Placeholder while the HTTP front is being built.
-fn building() -> std::io::Error {
-    std::io::Error::other(
-        "the streaming transport's HTTP front is still being built on branch stream-transport",
-    )
+pub fn load_tls(cert: &Path, key: &Path) -> std::io::Result<Arc<rustls::ServerConfig>> {
+    tls::load(cert, key)
 }
