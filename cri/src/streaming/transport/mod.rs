@@ -30,6 +30,9 @@ mod status;
 mod tls;
 mod websocket;
 
+#[cfg(test)]
+mod tests;
+
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
