@@ -2,6 +2,7 @@
 
 mod backpressure;
 mod client;
+mod crictl;
 mod hostile;
 mod portforward;
 mod remotecommand;
