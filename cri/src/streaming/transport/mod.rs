@@ -130,6 +130,12 @@ impl StatusWriter {
             mux.finish_outbound(*id);
         }
         mux.wait_drained(&self.outputs).await;
+        if !mux.is_open() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the client connection is gone; the outcome was not delivered",
+            ));
+        }
         let bytes = status::encode(&outcome, self.version);
         let written = if bytes.is_empty() {
             Ok(())
