@@ -3,6 +3,7 @@
 mod backpressure;
 mod client;
 mod crictl;
+mod deadlines;
 mod hostile;
 mod portforward;
 mod remotecommand;
