@@ -100,9 +100,9 @@ pub enum Outcome {
     Error(String),
 }
 
-/// The error channel of a remote command. Dropping it without [`StatusWriter::finish`] ends
-/// the session without a status (the client reports an empty one as success on v1-v3 and as a
-/// protocol error on v4+), so backends should always finish.
+/// The error channel of a remote command. Dropping it without [`StatusWriter::finish`] (a
+/// backend that panicked or forgot) reports an error outcome and ends the session: an empty
+/// error stream would read as success to every client version.
 pub struct StatusWriter {
     mux: Option<Arc<Mux>>,
     error: u32,
@@ -151,6 +151,9 @@ impl StatusWriter {
 impl Drop for StatusWriter {
     fn drop(&mut self) {
         if let Some(mux) = self.mux.take() {
+            let outcome = Outcome::Error("the streaming backend ended without an outcome".into());
+            let _ = mux.write_now(self.error, &status::encode(&outcome, self.version));
+            mux.finish_outbound(self.error);
             mux.close_ok();
         }
     }
