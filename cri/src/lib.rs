@@ -43,4 +43,5 @@ pub mod server;
 pub mod spec;
 pub mod stats;
 pub mod store;
+pub mod streaming;
 pub mod system;

@@ -1,0 +1,3 @@
+//! The streaming server behind CRI Exec, Attach and PortForward.
+
+pub mod transport;
