@@ -160,6 +160,54 @@ fn a_pod_with_a_user_namespace_owns_its_rootfs() {
     let net = c.ok(&["exec", "-s", &id, "ls", "/sys/class/net"]);
     assert!(net.split_whitespace().any(|n| n == "eth0"), "{net}");
 
+    // A read-only container with a read-only volume as kubelet sends it (idmapped, from a
+    // nosuid,nodev,noexec mount): the volume's root-owned file is root's inside, and the
+    // read-only remounts work although the user namespace locks those flags.
+    let vol = node.dir().join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &vol,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        Some("mode=755"),
+    )
+    .unwrap();
+    std::fs::write(vol.join("data"), "volume\n").unwrap();
+    let map = json!([{ "container_id": 0, "host_id": HOST_ID, "length": LENGTH }]);
+    let mut ro = with_userns("POD");
+    ro["linux"]["security_context"]["readonly_rootfs"] = json!(true);
+    ro["mounts"] = json!([{ "container_path": "/vol", "host_path": vol, "readonly": true,
+                            "uidMappings": map, "gidMappings": map }]);
+    let ro_cfg = node.container_config("ro", &["sleep", "1000"], ro);
+    let ro_id = c.ok(&[
+        "create",
+        &pod,
+        ro_cfg.to_str().unwrap(),
+        pod_cfg.to_str().unwrap(),
+    ]);
+    c.ok(&["start", &ro_id]);
+    wait_until("the read-only container to run", T, || {
+        (c.json(&["inspect", &ro_id])["status"]["state"] == "CONTAINER_RUNNING").then_some(())
+    });
+    let st = c.ok(&["exec", "-s", &ro_id, "stat", "-c", "%u %g", "/vol/data"]);
+    assert_eq!(st, "0 0");
+    for target in ["/vol/data", "/etc/hosts", "/etc/new"] {
+        let w = c.run(&[
+            "exec",
+            "-s",
+            &ro_id,
+            "sh",
+            "-c",
+            &format!("echo x >> {target}"),
+        ]);
+        assert!(!w.success(), "{target} is writable: {}", w.describe());
+    }
+    c.ok(&["stop", "-t", "1", &ro_id]);
+    c.ok(&["rm", &ro_id]);
+
     // Outside: the container's processes run as HOST_ID, and what root wrote is uid 0 on
     // disk, in the container's own layer.
     let pid = c.json(&["inspect", &id])["info"]["pid"]
