@@ -67,6 +67,18 @@ impl Mappings {
         Some((host(&self.uids)?, host(&self.gids)?))
     }
 
+    /// Whether a file owned by `uid`:`gid` already belongs to the ids these maps give the
+    /// container (a snapshot chowned into the range, as `ctr run --uidmap` makes one): then
+    /// idmapping it would shift it a second time.
+    pub fn owns(&self, uid: u32, gid: u32) -> bool {
+        let inside = |list: &[IdMapping], id: u32| {
+            list.iter().any(|m| {
+                id >= m.host_id && u64::from(id) < u64::from(m.host_id) + u64::from(m.size)
+            })
+        };
+        inside(&self.uids, uid) && inside(&self.gids, gid)
+    }
+
     /// The `/proc/<pid>/uid_map` format: one `inside outside length` line per mapping.
     fn map_file(list: &[IdMapping]) -> String {
         list.iter()
@@ -805,6 +817,8 @@ mod tests {
             }],
         };
         assert_eq!(both.host_root(), Some((1000, 2000)));
+        assert!(both.owns(1000, 2000) && both.owns(66535, 2009) && both.owns(5, 2000));
+        assert!(!both.owns(0, 2000) && !both.owns(1000, 2010) && !both.owns(999, 2000));
         let no_root = Mappings {
             uids: vec![m[1]],
             gids: m,

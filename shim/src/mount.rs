@@ -144,6 +144,27 @@ pub fn mount_all(mounts: &[Mount], target: &Path, idmap: Option<&Idmap>) -> io::
     Ok(())
 }
 
+/// The directory whose owner the root of `mounts` shows: the last mount's upperdir (overlay's
+/// root takes the upper layer's attributes), else its top lowerdir, else a bind's source.
+pub fn top_layer(mounts: &[Mount]) -> Option<PathBuf> {
+    let m = mounts.last()?;
+    if m.type_ == "overlay" {
+        let (_, _, data) = parse_options(&m.options);
+        let mut lower = None;
+        for item in data.split(',') {
+            if let Some(d) = item.strip_prefix("upperdir=") {
+                return Some(PathBuf::from(d));
+            }
+            if let Some(l) = item.strip_prefix("lowerdir=") {
+                lower = l.split(':').next().map(PathBuf::from);
+            }
+        }
+        lower
+    } else {
+        Some(PathBuf::from(&m.source))
+    }
+}
+
 /// Mounts one mount onto `target` with its layers idmapped (overlay) or idmapped itself
 /// (bind). The helper mounts are detached and dropped on every path out.
 fn mount_idmapped(m: &Mount, target: &Path, idmap: &Idmap) -> io::Result<()> {
@@ -370,5 +391,26 @@ mod tests {
         ]));
         assert!(!f.contains(MsFlags::MS_RDONLY));
         assert_eq!(d, "index=off,workdir=/w,upperdir=/u,lowerdir=/a:/b");
+    }
+
+    #[test]
+    fn the_top_layer_decides_the_roots_owner() {
+        let m = |type_: &str, source: &str, options: &[&str]| Mount {
+            type_: type_.into(),
+            source: source.into(),
+            options: s(options),
+            ..Default::default()
+        };
+        let rw = m(
+            "overlay",
+            "overlay",
+            &["workdir=/w", "upperdir=/u", "lowerdir=/a:/b"],
+        );
+        assert_eq!(top_layer(&[rw]), Some(PathBuf::from("/u")));
+        let view = m("overlay", "overlay", &["lowerdir=/a:/b"]);
+        assert_eq!(top_layer(&[view]), Some(PathBuf::from("/a")));
+        let bind = m("bind", "/snap/1/fs", &["rbind", "ro"]);
+        assert_eq!(top_layer(&[bind]), Some(PathBuf::from("/snap/1/fs")));
+        assert_eq!(top_layer(&[]), None);
     }
 }

@@ -117,15 +117,25 @@ impl Service {
         if !req.rootfs.is_empty() {
             std::fs::create_dir_all(&rootfs)
                 .map_err(|e| Error::new(Code::Internal, format!("create rootfs dir: {e}")))?;
+            // A root filesystem already chowned into the container's range (ctr run --uidmap
+            // makes such a snapshot) is mounted as it is; idmapping would shift it twice.
+            let shifted = userns.as_ref().is_some_and(|(mappings, _)| {
+                mount::top_layer(&req.rootfs)
+                    .and_then(|top| std::fs::metadata(top).ok())
+                    .is_some_and(|m| {
+                        use std::os::unix::fs::MetadataExt;
+                        mappings.owns(m.uid(), m.gid())
+                    })
+            });
             let mounted = match &userns {
-                Some((mappings, root)) => {
+                Some((mappings, root)) if !shifted => {
                     let idmap = mount::Idmap {
                         userns: namespaces.get(mappings).map_err(mount_error)?,
                         root: *root,
                     };
                     mount::mount_all(&req.rootfs, &rootfs, Some(&idmap))
                 }
-                None => mount::mount_all(&req.rootfs, &rootfs, None),
+                _ => mount::mount_all(&req.rootfs, &rootfs, None),
             };
             mounted.map_err(mount_error)?;
             rootfs_mounted = true;
