@@ -83,7 +83,7 @@ fn a_pod_with_a_user_namespace_owns_its_rootfs() {
     if !require_root() {
         return;
     }
-    let node = CriNode::start();
+    let mut node = CriNode::start();
     let c = node.crictl();
 
     // Our shim's handlers report the feature; containerd's runc shim's does not.
@@ -207,6 +207,31 @@ fn a_pod_with_a_user_namespace_owns_its_rootfs() {
     }
     c.ok(&["stop", "-t", "1", &ro_id]);
     c.ok(&["rm", &ro_id]);
+
+    // After corral-cri is killed and restarted, a new container still joins the pod's user
+    // namespace (found again through the pause's pid).
+    node.kill_9();
+    node.restart();
+    let again_cfg =
+        node.container_config("again", &["cat", "/proc/self/uid_map"], with_userns("POD"));
+    let again = c.ok(&[
+        "create",
+        &pod,
+        again_cfg.to_str().unwrap(),
+        pod_cfg.to_str().unwrap(),
+    ]);
+    c.ok(&["start", &again]);
+    let out = wait_until("the container's uid_map in its log", T, || {
+        let out = c.run(&["logs", &again]);
+        out.stdout
+            .contains(&HOST_ID.to_string())
+            .then_some(out.stdout)
+    });
+    assert_eq!(
+        uid_map_line(&out),
+        ["0", &HOST_ID.to_string(), &LENGTH.to_string()]
+    );
+    c.ok(&["rm", "-f", &again]);
 
     // Outside: the container's processes run as HOST_ID, and what root wrote is uid 0 on
     // disk, in the container's own layer.
