@@ -87,13 +87,17 @@ pub struct Debug {
     pub level: String,
 }
 
+/// Our shim's runtime type: the one runtime that idmaps root filesystems and binds, so the
+/// one that can run pods with user namespaces (`crate::system`).
+pub const CORRAL_RUNTIME_TYPE: &str = "io.containerd.corral.v1";
+
 impl Default for Config {
     fn default() -> Config {
         let mut runtimes = BTreeMap::new();
         runtimes.insert(
             "corral".to_string(),
             Runtime {
-                runtime_type: "io.containerd.corral.v1".into(),
+                runtime_type: CORRAL_RUNTIME_TYPE.into(),
                 shim_writes_logs: true,
             },
         );

@@ -60,7 +60,38 @@ pub fn node() -> Node {
         swap,
         hugetlb,
         recursive_read_only: rro_supported(),
+        user_namespaces: userns_supported(),
     }
+}
+
+/// The kernel version whose overlayfs takes detached (`open_tree`) mounts as layers, which is
+/// how our shim hands overlayfs idmapped layers without attaching them anywhere (the
+/// detached-mount case of `clone_private_mount`, Linux 6.15). Idmapped mounts (5.12) and
+/// idmapped overlay layers (5.19) are older.
+const IDMAPPED_LAYERS_KERNEL: (u32, u32) = (6, 15);
+
+/// Whether pods can have user namespaces here: the kernel has them (and allows some) and our
+/// shim can idmap the root filesystem's layers on it. Whether a runtime handler can is
+/// `crate::system`'s question.
+fn userns_supported() -> bool {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let ok = kernel_at_least(&kernel, IDMAPPED_LAYERS_KERNEL)
+        && Path::new("/proc/self/ns/user").exists()
+        && max > 0;
+    if !ok {
+        log::info!(
+            "pods cannot have user namespaces here: kernel {} (needs {}.{}), \
+             user.max_user_namespaces {max}",
+            kernel.trim(),
+            IDMAPPED_LAYERS_KERNEL.0,
+            IDMAPPED_LAYERS_KERNEL.1
+        );
+    }
+    ok
 }
 
 /// Whether runc makes `rro` (recursive read-only) binds here: runc lists the option in `runc
@@ -127,10 +158,15 @@ fn unified_cgroup(proc_cgroup: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// What the spec of a container with `config` needs from the host.
-pub fn container_facts(config: &ContainerConfig) -> Result<HostFacts> {
+/// What the spec of a container with `config` needs from the host. `userns_pod_dir`: the
+/// directory of the pod's files, for a container in a user namespace (whose read-only binds
+/// must keep their source mount's locked flags).
+pub fn container_facts(
+    config: &ContainerConfig,
+    userns_pod_dir: Option<&Path>,
+) -> Result<HostFacts> {
     let mut facts = HostFacts::default();
-    let mountinfo = if config.mounts.is_empty() {
+    let mountinfo = if config.mounts.is_empty() && userns_pod_dir.is_none() {
         String::new()
     } else {
         std::fs::read_to_string("/proc/self/mountinfo").context("read /proc/self/mountinfo")?
@@ -143,6 +179,9 @@ pub fn container_facts(config: &ContainerConfig) -> Result<HostFacts> {
         let hp = host_path(Path::new(&m.host_path), &mountinfo)
             .with_context(|| format!("mount source {}", m.host_path))?;
         facts.mounts.insert(m.host_path.clone(), hp);
+    }
+    if let Some(dir) = userns_pod_dir {
+        facts.pod_files_locked = locked_options(dir, &mountinfo);
     }
     for d in &config.devices {
         if d.host_path.is_empty() || facts.devices.contains_key(&d.host_path) {
@@ -198,43 +237,72 @@ fn host_path(path: &Path, mountinfo: &str) -> Result<HostPath> {
             resolved.display()
         ))
     })?;
+    let locked = locked_options(&resolved, mountinfo);
     Ok(HostPath {
         resolved,
         mount_point,
         propagation,
+        locked,
     })
 }
 
 /// The mount `path` lies on (the deepest mount point above it; the last of mounts stacked on
 /// one point) and how it propagates.
 fn mount_of(path: &Path, mountinfo: &str) -> Option<(PathBuf, Propagation)> {
-    let mut best: Option<(PathBuf, Propagation)> = None;
+    let fields = mount_line(path, mountinfo)?;
+    let optional = fields.iter().skip(6).take_while(|f| **f != "-");
+    let mut propagation = Propagation::Private;
+    for f in optional {
+        if f.starts_with("shared:") {
+            propagation = Propagation::Shared;
+        } else if f.starts_with("master:") && propagation == Propagation::Private {
+            propagation = Propagation::Slave;
+        }
+    }
+    Some((PathBuf::from(unescape(fields[4])), propagation))
+}
+
+/// The fields of the mountinfo line of the mount `path` lies on (see [`mount_of`]).
+fn mount_line<'a>(path: &Path, mountinfo: &'a str) -> Option<Vec<&'a str>> {
+    let mut best: Option<(usize, Vec<&str>)> = None;
     for line in mountinfo.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
         let Some(point) = fields.get(4).map(|p| PathBuf::from(unescape(p))) else {
             continue;
         };
-        if !path.starts_with(&point) {
+        if fields.len() < 6 || !path.starts_with(&point) {
             continue;
         }
-        if best
-            .as_ref()
-            .is_some_and(|(b, _)| b.components().count() > point.components().count())
-        {
+        let depth = point.components().count();
+        if best.as_ref().is_some_and(|(d, _)| *d > depth) {
             continue;
         }
-        let optional = fields.iter().skip(6).take_while(|f| **f != "-");
-        let mut propagation = Propagation::Private;
-        for f in optional {
-            if f.starts_with("shared:") {
-                propagation = Propagation::Shared;
-            } else if f.starts_with("master:") && propagation == Propagation::Private {
-                propagation = Propagation::Slave;
-            }
-        }
-        best = Some((point, propagation));
+        best = Some((depth, fields));
     }
-    best
+    best.map(|(_, f)| f)
+}
+
+/// The flags of the mount `path` lies on that a bind of it keeps in a user namespace, as
+/// runc options: the kernel locks nosuid, nodev, noexec and the atime mode of every mount a
+/// less privileged user namespace inherits, and refuses a remount (runc remounts read-only
+/// binds) that would drop one. runc 1.1.5 remounts with the spec's options only, so they
+/// must be there. Empty when `path` is on no mount.
+pub fn locked_options(path: &Path, mountinfo: &str) -> Vec<String> {
+    let Some(fields) = mount_line(path, mountinfo) else {
+        return Vec::new();
+    };
+    let opts: Vec<&str> = fields[5].split(',').collect();
+    let mut out: Vec<String> = ["nosuid", "nodev", "noexec", "noatime", "nodiratime"]
+        .into_iter()
+        .filter(|o| opts.contains(o))
+        .map(str::to_string)
+        .collect();
+    // relatime is what a remount without an atime option asks for; neither relatime nor
+    // noatime shown means strictatime.
+    if !opts.contains(&"relatime") && !opts.contains(&"noatime") {
+        out.push("strictatime".into());
+    }
+    out
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
@@ -375,6 +443,23 @@ mod tests {
     }
 
     #[test]
+    fn locked_flags_of_the_mount_below_a_path() {
+        let info = "1 0 0:1 / / rw,relatime shared:1 - ext4 a rw\n\
+                    2 1 0:2 / /run rw,nosuid,nodev,noexec,relatime - tmpfs b rw\n\
+                    3 1 0:3 / /data ro,noatime,nodiratime - xfs c rw\n\
+                    4 1 0:4 / /strict rw,nosuid - tmpfs d rw\n";
+        let l = |p: &str| locked_options(Path::new(p), info);
+        assert!(
+            l("/var/lib/x").is_empty(),
+            "relatime is the remount default"
+        );
+        assert_eq!(l("/run/pods/p1"), ["nosuid", "nodev", "noexec"]);
+        assert_eq!(l("/data/v"), ["noatime", "nodiratime"]);
+        assert_eq!(l("/strict"), ["nosuid", "strictatime"]);
+        assert!(locked_options(Path::new("/x"), "").is_empty());
+    }
+
+    #[test]
     fn the_top_of_stacked_mounts_counts() {
         let info = "1 0 0:1 / / rw shared:1 - ext4 a rw\n2 1 0:2 / /m rw shared:2 - tmpfs b rw\n\
                     3 1 0:3 / /m rw - tmpfs c rw\n";
@@ -431,7 +516,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let f = container_facts(&config).unwrap();
+        let f = container_facts(&config, None).unwrap();
         let real = std::fs::canonicalize(&target).unwrap();
         assert_eq!(f.mounts[link.to_str().unwrap()].resolved, real);
         assert!(missing.is_dir());
@@ -465,7 +550,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let e = container_facts(&config).unwrap_err();
+        let e = container_facts(&config, None).unwrap_err();
         assert_eq!(e.code, protocol::Code::NotFound);
         assert!(e.message.contains("nope"), "{e}");
     }

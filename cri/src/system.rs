@@ -10,6 +10,7 @@ use protocol::grpc::runtime::v1::{
 };
 use serde_json::json;
 
+use crate::config::CORRAL_RUNTIME_TYPE;
 use crate::core::Cri;
 use crate::error::{Error, Result};
 
@@ -60,32 +61,42 @@ impl Cri {
                 "cniConfDir": self.cfg.cni.conf_dir,
                 "cniBinDirs": self.cfg.cni.bin_dirs,
                 "root": self.cfg.root,
+                // critest checks that the file system holding this directory's parent can be
+                // idmapped (containerd's CRI state directory holds the rootfs mount points).
+                // Ours holds the pods' files; the layers are in corrald's root, by default
+                // its sibling (/var/lib/corral beside /var/lib/corral-cri).
+                "stateDir": self.cfg.root,
                 "runtimes": self.cfg.runtimes.iter()
                     .map(|(k, v)| (k.clone(), v.runtime_type.clone()))
                     .collect::<HashMap<_, _>>(),
             });
             info.insert("config".to_string(), v.to_string());
         }
-        let features = RuntimeHandlerFeatures {
+        let features = |runtime_type: &str| RuntimeHandlerFeatures {
             recursive_read_only_mounts: self.node.recursive_read_only,
-            user_namespaces: false,
+            user_namespaces: self.userns_capable(runtime_type),
         };
         let mut runtime_handlers: Vec<RuntimeHandler> = self
             .cfg
             .runtimes
-            .keys()
-            .map(|name| RuntimeHandler {
+            .iter()
+            .map(|(name, r)| RuntimeHandler {
                 name: name.clone(),
-                features: Some(features),
+                features: Some(features(&r.runtime_type)),
             })
             .collect();
         // The default handler is also reachable as "" (what kubelet sends without a
         // RuntimeClass).
+        let default_type = self
+            .cfg
+            .runtime("")
+            .map(|r| r.runtime_type.clone())
+            .unwrap_or_default();
         runtime_handlers.insert(
             0,
             RuntimeHandler {
                 name: String::new(),
-                features: Some(features),
+                features: Some(features(&default_type)),
             },
         );
         Ok(StatusResponse {
@@ -96,10 +107,32 @@ impl Cri {
             runtime_handlers,
             features: Some(RuntimeFeatures {
                 supplemental_groups_policy: true,
-                // User namespaces are not supported at all yet.
+                // A pod in a user namespace needs a network namespace its user namespace owns
+                // (`spec::pod_userns`).
                 user_namespaces_host_network: false,
             }),
         })
+    }
+
+    /// Whether pods of a runtime type can have user namespaces: runc 1.1.5 cannot idmap, so
+    /// only a shim that idmaps the root filesystem and binds itself (ours) can, on a kernel
+    /// that allows it (`host::node`).
+    pub fn userns_capable(&self, runtime_type: &str) -> bool {
+        self.node.user_namespaces && runtime_type == CORRAL_RUNTIME_TYPE
+    }
+
+    /// Why [`Cri::userns_capable`] says no, for an error message.
+    pub fn userns_unsupported_why(&self, runtime_type: &str) -> String {
+        if runtime_type != CORRAL_RUNTIME_TYPE {
+            format!(
+                "only {CORRAL_RUNTIME_TYPE} idmaps container root filesystems (runc 1.1.5 \
+                 cannot, and {runtime_type} leaves it to runc)"
+            )
+        } else {
+            "this kernel cannot give pods user namespaces with idmapped layers (see \
+             corral-cri's start-up log)"
+                .to_string()
+        }
     }
 
     pub fn runtime_config(&self) -> RuntimeConfigResponse {

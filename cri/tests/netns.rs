@@ -239,3 +239,62 @@ impl Drop for Removed {
         }
     }
 }
+
+/// A pod in a user namespace: runc makes the network namespace, corral-cri pins it by pid.
+/// The pin is that process's namespace, outlives the process, and goes with `remove`.
+#[test]
+fn pin_a_process_namespace_and_remove_it() {
+    if !require_root() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("netns/pod-u");
+    // A process in a user namespace of its own and a network namespace that namespace owns,
+    // as runc makes a pause: `unshare -U -n` keeps both.
+    let mut child = Command::new("unshare")
+        .args(["-U", "-n", "sleep", "1000"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _kill = KillOnDrop(&mut child);
+    let pid = _kill.0.id();
+    let proc_ns = format!("/proc/{pid}/ns/net");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_link(&proc_ns).ok() == Some(thread_ns()) {
+        assert!(
+            Instant::now() < deadline,
+            "unshare never left our namespace"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ns = NetNs::pin(pid, &path).unwrap();
+    let _guard = Removed(vec![path.clone()]);
+    assert!(netns::is_netns(&path).unwrap());
+    assert_eq!(
+        fs::metadata(&path).unwrap().ino(),
+        fs::metadata(&proc_ns).unwrap().ino(),
+        "the pin is the process's namespace"
+    );
+    let e = NetNs::pin(pid, &path).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
+    // A process that is gone cannot be pinned, and leaves no file behind.
+    let bad = root.path().join("netns/pod-gone");
+    let e = NetNs::pin(u32::MAX / 2, &bad).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("pin the network namespace of process"),
+        "{e}"
+    );
+    assert!(!bad.exists());
+    NetNs::remove(ns.path()).unwrap();
+    assert!(!path.exists());
+}
+
+struct KillOnDrop<'a>(&'a mut Child);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

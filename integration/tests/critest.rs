@@ -64,17 +64,7 @@ const SKIP: &[(&str, &str)] = &[
 
 /// What corral-cri fails today (issue 11), by cause as critest reports it. Fix one, and take it
 /// off this list: the test fails while a listed test passes.
-const KNOWN_FAILURES: &[&str] = &[
-    // Skipped by critest: no runtime handler reports user namespaces. runc 1.1.5 cannot make
-    // idmapped mounts itself (`runc features` has no `idmap`), but the runtime can hand it an
-    // idmapped rootfs (this kernel idmaps overlay mounts), so these can be done too.
-    "[k8s.io] Security Context UserNamespaces when Host idmap mount support is needed runtime should support NamespaceMode_POD",
-    "[k8s.io] Security Context UserNamespaces when Host idmap mount support is not needed runtime should support NamespaceMode_NODE",
-    "[k8s.io] Security Context UserNamespaces when Host idmap mount support is not needed runtime should fail if more than one mapping provided",
-    "[k8s.io] Security Context UserNamespaces when Host idmap mount support is not needed runtime should fail if container ID 0 is not mapped",
-    "[k8s.io] Security Context UserNamespaces when Host idmap mount support is not needed runtime should fail with NamespaceMode_CONTAINER",
-    "[k8s.io] Security Context UserNamespaces when Host idmap mount support is not needed runtime should fail with NamespaceMode_TARGET",
-];
+const KNOWN_FAILURES: &[&str] = &[];
 
 /// Tests whose outcome is a race today; either outcome is accepted. Each is a bug to fix.
 const RACY: &[(&str, &str)] = &[

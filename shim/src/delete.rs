@@ -30,6 +30,10 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>, String> {
     if let Err(e) = mount::unmount_all(&bundle.join("rootfs")) {
         eprintln!("{e}");
     }
+    // A shim that died inside Create can leave idmapped bind sources attached.
+    if let Err(e) = crate::idmap::remove_binds_dir(&bundle.join(crate::idmap::BINDS_DIR)) {
+        eprintln!("{e}");
+    }
     remove_stale_socket(&bundle);
     let resp = DeleteResponse {
         pid,

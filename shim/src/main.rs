@@ -25,6 +25,7 @@ mod delete;
 mod error;
 mod events;
 mod flags;
+mod idmap;
 mod io;
 mod logger;
 mod mount;

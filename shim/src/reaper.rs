@@ -76,6 +76,19 @@ impl Reaper {
         Ok((child, rx))
     }
 
+    /// [`Reaper::spawn`] for a child made some other way: `spawn` runs under the reaper's lock
+    /// and returns the new child's pid, which is subscribed before the lock is released.
+    pub fn spawn_with(
+        &self,
+        spawn: impl FnOnce() -> io::Result<u32>,
+    ) -> io::Result<(u32, oneshot::Receiver<Exit>)> {
+        let mut inner = self.inner.lock().unwrap();
+        let pid = spawn()?;
+        let (tx, rx) = oneshot::channel();
+        inner.waiters.insert(pid, tx);
+        Ok((pid, rx))
+    }
+
     /// SIGKILLs the process group led by `pid`, a child spawned with [`Reaper::spawn`] in a
     /// group of its own, if it has not been reaped yet. Checked under the reaper's lock, so the
     /// pid cannot have been reaped and reused in between.

@@ -4,9 +4,11 @@
 //! the shim small and tolerant of spec versions it does not know.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::idmap::{IdMapping, Mappings};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Spec {
@@ -20,6 +22,19 @@ pub struct Spec {
 pub struct SpecLinux {
     #[serde(default)]
     pub namespaces: Vec<SpecNamespace>,
+    #[serde(default, rename = "uidMappings")]
+    pub uid_mappings: Vec<IdMapping>,
+    #[serde(default, rename = "gidMappings")]
+    pub gid_mappings: Vec<IdMapping>,
+}
+
+/// The user namespace a container runs in, when not the host's.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UserNamespace {
+    /// The namespace it joins (`/proc/<pid>/ns/user`), or None for a new one.
+    pub path: Option<PathBuf>,
+    /// Its uid and gid maps (for a joined one, what the spec says they are).
+    pub mappings: Mappings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -50,6 +65,23 @@ impl Spec {
             .find_map(|k| self.annotations.get(*k).filter(|v| !v.is_empty()))
             .map(String::as_str)
             .unwrap_or(id)
+    }
+
+    /// The container's user namespace, if the spec gives it one.
+    pub fn user_namespace(&self) -> Option<UserNamespace> {
+        let linux = self.linux.as_ref()?;
+        let ns = linux.namespaces.iter().find(|n| n.kind == "user")?;
+        Some(UserNamespace {
+            path: ns
+                .path
+                .as_deref()
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            mappings: Mappings {
+                uids: linux.uid_mappings.clone(),
+                gids: linux.gid_mappings.clone(),
+            },
+        })
     }
 
     /// True when the container gets its own pid namespace. Then the kernel kills every process
@@ -84,5 +116,26 @@ mod tests {
         .unwrap();
         assert_eq!(s.group_id("c1"), "c1");
         assert!(!s.private_pid_namespace());
+        assert_eq!(s.user_namespace(), None);
+    }
+
+    #[test]
+    fn user_namespace_new_or_joined_with_its_mappings() {
+        let s: Spec = serde_json::from_str(
+            r#"{"linux":{"namespaces":[{"type":"user"},{"type":"mount"}],
+                "uidMappings":[{"containerID":0,"hostID":1000,"size":65536}],
+                "gidMappings":[{"containerID":0,"hostID":2000,"size":65536}]}}"#,
+        )
+        .unwrap();
+        let u = s.user_namespace().unwrap();
+        assert_eq!(u.path, None);
+        assert_eq!(u.mappings.host_root(), Some((1000, 2000)));
+        let s: Spec = serde_json::from_str(
+            r#"{"linux":{"namespaces":[{"type":"user","path":"/proc/7/ns/user"}]}}"#,
+        )
+        .unwrap();
+        let u = s.user_namespace().unwrap();
+        assert_eq!(u.path, Some(PathBuf::from("/proc/7/ns/user")));
+        assert!(u.mappings.is_empty());
     }
 }

@@ -112,6 +112,25 @@ impl Cri {
         let netns = (!sandbox.record.netns_path.is_empty())
             .then(|| std::path::PathBuf::from(&sandbox.record.netns_path));
         let target_pid = self.target_pid(&sandbox.id, &config)?;
+        let userns = spec::pod_userns(pod_config)?.is_some();
+        let runtime_type = self
+            .cfg
+            .runtime(&sandbox.record.runtime_handler)
+            .map(|r| r.runtime_type.clone())
+            .unwrap_or_default();
+        let idmapped_mounts = config
+            .mounts
+            .iter()
+            .any(|m| !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty());
+        if idmapped_mounts && !self.userns_capable(&runtime_type) {
+            return Err(Error::unimplemented(format!(
+                "CreateContainer: mounts with uid_mappings/gid_mappings (idmapped mounts) need a \
+                 runtime that makes them; runtime handler {:?} ({runtime_type}) does not: {}",
+                sandbox.record.runtime_handler,
+                self.userns_unsupported_why(&runtime_type)
+            )));
+        }
+        let pod_dir = userns.then(|| self.sandbox_dir(&sandbox.id));
         // The host's side of the spec: mount sources (created when missing), device nodes,
         // the seccomp profile file, and the node's hostname for a pod without its own.
         let (host, hostname) = {
@@ -126,7 +145,8 @@ impl Cri {
                 } else {
                     pod_hostname
                 };
-                Ok((crate::host::container_facts(&config)?, hostname))
+                let facts = crate::host::container_facts(&config, pod_dir.as_deref())?;
+                Ok((facts, hostname))
             })
             .await
             .map_err(|e| Error::internal(e.to_string()))??

@@ -82,6 +82,41 @@ impl NetNs {
         })
     }
 
+    /// Pins the network namespace process `pid` is in at `path` (which must not exist), as
+    /// [`NetNs::create`] pins a new one: for a pod in a user namespace, whose network
+    /// namespace runc makes inside it (see `spec::userns`).
+    pub fn pin(pid: u32, path: impl AsRef<Path>) -> io::Result<NetNs> {
+        let path = path.as_ref();
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| context(e, "create netns dir", dir))?;
+        }
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(path)
+            .map_err(|e| context(e, "create netns file", path))?;
+        let source = format!("/proc/{pid}/ns/net");
+        if let Err(e) = nix::mount::mount(
+            Some(source.as_str()),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        ) {
+            let _ = fs::remove_file(path);
+            return Err(context(
+                e.into(),
+                &format!("pin the network namespace of process {pid} at"),
+                path,
+            ));
+        }
+        Ok(NetNs {
+            path: path.to_path_buf(),
+        })
+    }
+
     /// A handle on an existing namespace file; fails unless `path` is a mounted namespace.
     pub fn open(path: impl AsRef<Path>) -> io::Result<NetNs> {
         let path = path.as_ref();

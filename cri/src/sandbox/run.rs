@@ -12,6 +12,11 @@
 //!    ─▶ in the view as READY
 //! ```
 //!
+//! A pod with a user namespace (`hostUsers: false`) goes one step at a time instead: its
+//! network namespace must belong to its user namespace, so runc makes both at the pause's
+//! create, and only then is the namespace pinned at `<root>/netns/<id>` and given to CNI,
+//! before the pause starts (containerd 2.0's order; see `spec::userns`).
+//!
 //! Crash safety: every step is named by the pod id, and each is undone by
 //! [`Cri::release_sandbox`], which is idempotent and also what StopPodSandbox/RemovePodSandbox
 //! and start-up use. A failure undoes everything done so far; a crash leaves either a record
@@ -59,6 +64,7 @@ impl Cri {
             }
         }
         validate(&config)?;
+        let userns = spec::pod_userns(&config)?;
         let runtime = self
             .cfg
             .runtime(&r.runtime_handler)
@@ -75,6 +81,15 @@ impl Cri {
                 ))
             })?
             .clone();
+        if userns.is_some() && !self.userns_capable(&runtime.runtime_type) {
+            return Err(Error::unimplemented(format!(
+                "RunPodSandbox: runtime handler {:?} ({}) cannot run pods with a user namespace \
+                 (userns_options mode POD): {}",
+                r.runtime_handler,
+                runtime.runtime_type,
+                self.userns_unsupported_why(&runtime.runtime_type)
+            )));
+        }
         let id = crate::ids::new_id();
         let name = crate::ids::sandbox_name(meta);
         self.store.reserve_name(&name, &id)?;
@@ -132,8 +147,14 @@ impl Cri {
         // the record before corrald has the record, so a crash from here on leaves a record
         // that accounts for it (and start-up reports the pod NOTREADY until CNI's result is in
         // the record; see `recover`).
+        let userns = spec::pod_userns(&config)?;
         let netns = if spec::host_network(&config) {
             None
+        } else if userns.is_some() {
+            // Made by runc with the pause (see the module doc); pinned here after its create.
+            let path = self.netns_dir().join(id);
+            record.netns_path = path.to_string_lossy().into_owned();
+            Some(path)
         } else {
             let path = self.netns_dir().join(id);
             let ns = tokio::task::spawn_blocking(move || NetNs::create(&path))
@@ -162,6 +183,12 @@ impl Cri {
             node: &self.node,
             seccomp_profile: seccomp_profile.as_deref(),
         })?;
+        if userns.is_some() {
+            let pid = self
+                .start_pause_in_userns(id, &mut record, spec, &image, runtime_type, &config)
+                .await?;
+            return Ok(self.ready_sandbox(id, record, &config, pid));
+        }
         // CNI ADD and the pause container are independent (CNI needs only the namespace, the
         // pause process only its path), so they run at once: a pod is ready after the slower
         // of the two instead of after both. Both are awaited before anything is undone, so an
@@ -192,28 +219,81 @@ impl Cri {
         };
         let pid = pause?;
         if let Some(up) = up {
-            record.ip = up.ip.to_string();
-            record.additional_ips = up.additional_ips.iter().map(|i| i.to_string()).collect();
-            record.cni_result = up.raw;
-            record.cni_config_name = up.network;
-            self.corrald
-                .set_extension(id, records::SANDBOX_EXT, records::pack_sandbox(&record))
-                .await
-                .map_err(|e| e.context("record the pod's network"))?;
+            self.record_network(id, &mut record, up).await?;
         }
+        Ok(self.ready_sandbox(id, record, &config, pid))
+    }
+
+    /// The pause of a pod with a user namespace: created (runc makes the user and network
+    /// namespaces), its network namespace pinned and set up by CNI, then started. A failed CNI
+    /// ADD has undone itself; the namespace goes too, as in the concurrent path.
+    async fn start_pause_in_userns(
+        &self,
+        id: &str,
+        record: &mut SandboxRecord,
+        spec: serde_json::Value,
+        image: &crate::image::Image,
+        runtime_type: &str,
+        config: &PodSandboxConfig,
+    ) -> Result<u32> {
+        let created = self
+            .create_pause(id, record, spec, image, runtime_type)
+            .await?;
+        let path = self.netns_dir().join(id);
+        let pin = path.clone();
+        super::stop::blocking(move || NetNs::pin(created, &pin))
+            .await
+            .map_err(|e| e.context("pin the pod's network namespace"))?;
+        let pod = pod_network(id, &path, config);
+        match self.cni.setup(&pod).await {
+            Ok(up) => self.record_network(id, record, up).await?,
+            Err(e) => {
+                if let Err(undo) = super::stop::blocking(move || NetNs::remove(&path)).await {
+                    log::warn!("pod {id}: remove the network namespace: {undo}");
+                }
+                return Err(Error::new(e.code(), format!("set up the pod network: {e}")));
+            }
+        }
+        self.corrald.start(id, "").await
+    }
+
+    /// CNI's result into the record, in corrald.
+    async fn record_network(
+        &self,
+        id: &str,
+        record: &mut SandboxRecord,
+        up: crate::network::SetupResult,
+    ) -> Result<()> {
+        record.ip = up.ip.to_string();
+        record.additional_ips = up.additional_ips.iter().map(|i| i.to_string()).collect();
+        record.cni_result = up.raw;
+        record.cni_config_name = up.network;
+        self.corrald
+            .set_extension(id, records::SANDBOX_EXT, records::pack_sandbox(record))
+            .await
+            .map_err(|e| e.context("record the pod's network"))
+    }
+
+    fn ready_sandbox(
+        &self,
+        id: &str,
+        record: SandboxRecord,
+        config: &PodSandboxConfig,
+        pid: u32,
+    ) -> Sandbox {
         let name = config
             .metadata
             .as_ref()
             .map(crate::ids::sandbox_name)
             .unwrap_or_default();
-        Ok(Sandbox {
+        Sandbox {
             id: id.to_string(),
             name,
             record: Arc::new(record),
             ready: true,
             pid,
             stopped: false,
-        })
+        }
     }
 }
 
@@ -221,6 +301,20 @@ impl Cri {
     /// The pod's corrald container (with `record` as it stands and the pause `spec`), its
     /// snapshot on the sandbox image and the started pause task; the pause process's pid.
     async fn start_pause(
+        &self,
+        id: &str,
+        record: &SandboxRecord,
+        spec: serde_json::Value,
+        image: &crate::image::Image,
+        runtime_type: &str,
+    ) -> Result<u32> {
+        self.create_pause(id, record, spec, image, runtime_type)
+            .await?;
+        self.corrald.start(id, "").await
+    }
+
+    /// [`Cri::start_pause`] up to the created task (runc create done, not started); its pid.
+    async fn create_pause(
         &self,
         id: &str,
         record: &SandboxRecord,
@@ -254,8 +348,7 @@ impl Cri {
                 container_id: id.to_string(),
                 ..Default::default()
             })
-            .await?;
-        self.corrald.start(id, "").await
+            .await
     }
 }
 

@@ -32,6 +32,7 @@ mod mounts;
 mod resources;
 mod seccomp;
 mod user;
+mod userns;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -47,6 +48,7 @@ use crate::error::{Error, Result};
 use crate::oci::ImageConfig;
 
 pub use defaults::{ALL_CAPS, DEFAULT_CAPS};
+pub use userns::{IdMap, PodUserns};
 
 /// Files a pod's containers get from the pod (under `<root>/sandboxes/<id>/`).
 #[derive(Clone, Debug, Default)]
@@ -81,6 +83,8 @@ pub struct Node {
     pub hugetlb: bool,
     /// runc and the kernel make `rro` binds (recursive read-only).
     pub recursive_read_only: bool,
+    /// The kernel gives pods user namespaces and lets our shim idmap their layers.
+    pub user_namespaces: bool,
 }
 
 impl Default for Node {
@@ -93,6 +97,7 @@ impl Default for Node {
             swap: true,
             hugetlb: true,
             recursive_read_only: false,
+            user_namespaces: true,
         }
     }
 }
@@ -115,6 +120,9 @@ pub struct HostPath {
     /// The mount point the path lies on, and how that mount propagates.
     pub mount_point: PathBuf,
     pub propagation: Propagation,
+    /// That mount's flags a bind keeps in a user namespace, as runc options
+    /// (`crate::host::locked_options`).
+    pub locked: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,6 +158,9 @@ pub struct HostFacts {
     pub host_devices: Vec<DeviceNode>,
     /// The Localhost seccomp profile's contents ([`container_seccomp_file`]).
     pub seccomp_profile: Option<String>,
+    /// For a container in a user namespace: the locked flags of the mount the pod's files are
+    /// on ([`HostPath::locked`]).
+    pub pod_files_locked: Vec<String>,
 }
 
 pub struct SandboxInput<'a> {
@@ -158,7 +169,8 @@ pub struct SandboxInput<'a> {
     pub image: &'a ImageConfig,
     /// The pause image's /etc/passwd and /etc/group (for a named USER).
     pub etc: &'a ImageEtc,
-    /// The pod's network namespace; None with the host's network.
+    /// The pod's network namespace; None with the host's network. Unused for a pod with a
+    /// user namespace: runc makes its network namespace (see `userns`).
     pub netns: Option<&'a Path>,
     pub files: &'a SandboxFiles,
     /// `cgroupfs` or `systemd`.
@@ -236,6 +248,33 @@ fn pod_security(config: &PodSandboxConfig) -> Option<&LinuxSandboxSecurityContex
         .and_then(|l| l.security_context.as_ref())
 }
 
+/// The pod's own user namespace, if it asks for one (see `userns`). A pod in a user namespace
+/// needs its own network, PID and IPC namespaces: runc mounts sysfs, proc and mqueue for it,
+/// which the kernel allows only in namespaces the pod's user namespace owns.
+pub fn pod_userns(config: &PodSandboxConfig) -> Result<Option<PodUserns>> {
+    const FIELD: &str = "PodSandboxConfig.linux.security_context.namespace_options";
+    let ns = pod_security(config).and_then(|s| s.namespace_options.as_ref());
+    let Some(u) = userns::parse(ns, &format!("{FIELD}.userns_options"))? else {
+        return Ok(None);
+    };
+    if host_network(config) {
+        return Err(Error::unimplemented(format!(
+            "{FIELD}: a user namespace (userns_options mode POD) with the host's network \
+             (network NODE) is not supported by corral-cri (runtime feature \
+             user_namespaces_host_network is false)"
+        )));
+    }
+    for (what, host) in [("pid", host_pid(config)), ("ipc", host_ipc(config))] {
+        if host {
+            return Err(Error::invalid(format!(
+                "{FIELD}: a user namespace (userns_options mode POD) needs the pod's own {what} \
+                 namespace, but {what} is NODE"
+            )));
+        }
+    }
+    Ok(Some(u))
+}
+
 fn container_security(config: &ContainerConfig) -> Option<&LinuxContainerSecurityContext> {
     config
         .linux
@@ -299,7 +338,7 @@ pub fn sandbox(i: &SandboxInput) -> Result<Value> {
     let sc = pod_security(i.config);
     let empty_sc = LinuxSandboxSecurityContext::default();
     let sc = sc.unwrap_or(&empty_sc);
-    check_userns(sc.namespace_options.as_ref())?;
+    let userns = pod_userns(i.config)?;
     let mut args = i.image.entrypoint.clone();
     args.extend(i.image.cmd.iter().cloned());
     if args.is_empty() {
@@ -326,6 +365,10 @@ pub fn sandbox(i: &SandboxInput) -> Result<Value> {
 
     let host_net = host_network(i.config);
     let mut namespaces = Vec::new();
+    // runc makes the user namespace first and every other new one inside it.
+    if userns.is_some() {
+        namespaces.push(json!({"type": "user"}));
+    }
     if !host_pid(i.config) {
         namespaces.push(json!({"type": "pid"}));
     }
@@ -336,7 +379,12 @@ pub fn sandbox(i: &SandboxInput) -> Result<Value> {
         namespaces.push(json!({"type": "uts"}));
     }
     namespaces.push(json!({"type": "mount"}));
-    if !host_net {
+    if userns.is_some() {
+        // A new one, owned by the pod's user namespace; the caller pins it after the create
+        // (see `userns`).
+        namespaces.push(json!({"type": "network"}));
+        spec["hostname"] = json!(i.config.hostname);
+    } else if !host_net {
         let netns = i.netns.ok_or_else(|| {
             Error::internal("a pod without host networking needs a network namespace")
         })?;
@@ -345,18 +393,27 @@ pub fn sandbox(i: &SandboxInput) -> Result<Value> {
         spec["hostname"] = json!(i.config.hostname);
     }
     spec["linux"]["namespaces"] = json!(namespaces);
+    if let Some(u) = userns {
+        let (uids, gids) = u.to_json();
+        spec["linux"]["uidMappings"] = uids;
+        spec["linux"]["gidMappings"] = gids;
+    }
 
     let shm = i
         .files
         .shm
         .clone()
         .unwrap_or_else(|| PathBuf::from(mounts::DEV_SHM));
+    // nosuid, nodev and noexec on both (containerd 2 does the same): in a user namespace the
+    // read-only remount must keep the flags the kernel locked on the source mount (the shm
+    // tmpfs has all three), and they do no harm elsewhere.
+    let bind_options = json!(["rbind", "ro", "nosuid", "nodev", "noexec"]);
     let shm = json!({"destination": mounts::DEV_SHM, "type": "bind", "source": shm,
-                     "options": ["rbind", "ro"]});
+                     "options": bind_options});
     // The pause process needs no name service, but VM-based runtimes set the pod's DNS up
     // from the sandbox's resolv.conf.
     let resolv = json!({"destination": mounts::ETC_RESOLV_CONF, "type": "bind",
-                        "source": i.files.resolv_conf, "options": ["rbind", "ro"]});
+                        "source": i.files.resolv_conf, "options": bind_options});
     let list = spec["mounts"].as_array_mut().expect("base spec has mounts");
     list.retain(|m| m["destination"] != mounts::DEV_SHM);
     list.extend([shm, resolv]);
@@ -439,7 +496,7 @@ pub fn container(i: &ContainerInput) -> Result<Value> {
              (PodSandboxConfig.linux.security_context.privileged)"
         )));
     }
-    check_userns(sc.namespace_options.as_ref())?;
+    let userns = userns::check_container(pod_userns(i.sandbox)?, sc.namespace_options.as_ref())?;
     let mut spec = defaults::cri_base();
 
     // The process.
@@ -498,6 +555,8 @@ pub fn container(i: &ContainerInput) -> Result<Value> {
             readonly_rootfs: sc.readonly_rootfs,
             privileged,
             recursive_read_only: i.node.recursive_read_only,
+            userns,
+            pod_files_locked: &i.host.pod_files_locked,
         },
         defaults_mounts,
     )?;
@@ -552,8 +611,15 @@ pub fn container(i: &ContainerInput) -> Result<Value> {
     );
     linux.insert(
         "namespaces".into(),
-        json!(container_namespaces(i, sc, privileged)?),
+        json!(container_namespaces(i, sc, privileged, userns.is_some())?),
     );
+    if let Some(u) = userns {
+        // runc 1.1.5 joins the pause's user namespace by path and writes no mappings, but it
+        // still reads root's host ids from these (for device nodes) and refuses without them.
+        let (uids, gids) = u.to_json();
+        linux.insert("uidMappings".into(), uids);
+        linux.insert("gidMappings".into(), gids);
+    }
     if !privileged {
         let (profile, path) = container_seccomp(sc);
         let choice = seccomp::choose(profile, path)?;
@@ -580,8 +646,9 @@ pub fn container(i: &ContainerInput) -> Result<Value> {
     Ok(spec)
 }
 
-/// The namespaces of a container: a new mount namespace; the pause's network, IPC and UTS
-/// namespaces unless the pod uses the host's; the pid namespace the container's mode asks
+/// The namespaces of a container: the pause's user namespace when the pod has one (first:
+/// runc joins it before the others, which it owns); a new mount namespace; the pause's
+/// network, IPC and UTS namespaces unless the pod uses the host's; the pid namespace the container's mode asks
 /// for (POD: the pause's, CONTAINER: a new one, NODE: the host's, TARGET: another
 /// container's); a new cgroup namespace on cgroup v2 unless privileged (containerd: it hides
 /// the host's cgroup tree, and v1 or privileged containers keep the old view).
@@ -589,6 +656,7 @@ fn container_namespaces(
     i: &ContainerInput,
     sc: &LinuxContainerSecurityContext,
     privileged: bool,
+    userns: bool,
 ) -> Result<Vec<Value>> {
     // `kind` is the OCI type; the file in /proc/<pid>/ns is the same but for `net`.
     let join = |kind: &str, pid: u32| -> Result<Value> {
@@ -603,6 +671,9 @@ fn container_namespaces(
     let pid = i.sandbox_pid;
     let host_net = host_network(i.sandbox);
     let mut ns = Vec::new();
+    if userns {
+        ns.push(join("user", pid)?);
+    }
     let ns_opts = sc.namespace_options.clone().unwrap_or_default();
     match NamespaceMode::try_from(ns_opts.pid) {
         Ok(NamespaceMode::Pod) if !host_pid(i.sandbox) => ns.push(join("pid", pid)?),
@@ -641,29 +712,6 @@ fn container_namespaces(
         ns.push(json!({"type": "cgroup"}));
     }
     Ok(ns)
-}
-
-/// Only the host's user namespace is supported: `userns_options` may be absent, NODE, or POD
-/// without mappings (what kubelets before user namespaces mean).
-fn check_userns(ns: Option<&NamespaceOption>) -> Result<()> {
-    let Some(u) = ns.and_then(|n| n.userns_options.as_ref()) else {
-        return Ok(());
-    };
-    match NamespaceMode::try_from(u.mode) {
-        Ok(NamespaceMode::Node) => Ok(()),
-        Ok(NamespaceMode::Pod) if u.uids.is_empty() && u.gids.is_empty() => Ok(()),
-        Ok(NamespaceMode::Pod) => Err(Error::unimplemented(
-            "user namespaces (userns_options with mappings) are not supported by corral-cri",
-        )),
-        Ok(m) => Err(Error::invalid(format!(
-            "user namespace mode {} is invalid: only POD or NODE",
-            m.as_str_name()
-        ))),
-        Err(_) => Err(Error::invalid(format!(
-            "unknown user namespace mode {}",
-            u.mode
-        ))),
-    }
 }
 
 /// The command line: Kubernetes' `command` replaces the image's ENTRYPOINT and `args` its

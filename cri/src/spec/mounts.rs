@@ -40,6 +40,10 @@ struct Bind {
     readonly: bool,
     propagation: MountPropagation,
     recursive_read_only: bool,
+    /// The source mount's locked flags ([`super::HostPath::locked`]).
+    locked: Vec<String>,
+    /// `uidMappings` and `gidMappings`: an idmapped bind (see `userns::mount_mappings`).
+    idmap: Option<(Value, Value)>,
 }
 
 pub const ETC_HOSTNAME: &str = "/etc/hostname";
@@ -56,6 +60,12 @@ pub struct Request<'a> {
     pub privileged: bool,
     /// runc and the kernel can make binds read-only recursively.
     pub recursive_read_only: bool,
+    /// The pod's user namespace, the container's too: read-only binds carry their source
+    /// mount's locked flags, or runc's read-only remount fails (EPERM), and the pod's files
+    /// are idmapped binds (as containerd 2 makes them), so that they belong to the pod's root.
+    pub userns: Option<super::PodUserns>,
+    /// The locked flags of the mount the pod's files are on.
+    pub pod_files_locked: &'a [String],
 }
 
 pub fn plan(r: &Request, defaults: Vec<Value>) -> Result<Planned> {
@@ -70,23 +80,28 @@ pub fn plan(r: &Request, defaults: Vec<Value>) -> Result<Planned> {
         .as_ref()
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|| DEV_SHM.to_string());
-    for (dst, src, readonly) in [
+    let files_idmap = r.userns.map(|u| u.to_json());
+    for (dst, src, readonly, idmap) in [
         (
             ETC_HOSTNAME,
             r.files.hostname.to_string_lossy().into_owned(),
             r.readonly_rootfs,
+            files_idmap.clone(),
         ),
         (
             ETC_HOSTS,
             r.files.hosts.to_string_lossy().into_owned(),
             r.readonly_rootfs,
+            files_idmap.clone(),
         ),
         (
             ETC_RESOLV_CONF,
             r.files.resolv_conf.to_string_lossy().into_owned(),
             r.readonly_rootfs,
+            files_idmap.clone(),
         ),
-        (DEV_SHM, shm, false),
+        // An empty tmpfs, 1777: nothing to own (containerd 2 does not idmap it either).
+        (DEV_SHM, shm, false, None),
     ] {
         if !covered.contains(dst) {
             binds.push(Bind {
@@ -95,6 +110,8 @@ pub fn plan(r: &Request, defaults: Vec<Value>) -> Result<Planned> {
                 readonly,
                 propagation: MountPropagation::PropagationPrivate,
                 recursive_read_only: false,
+                locked: r.pod_files_locked.to_vec(),
+                idmap,
             });
         }
     }
@@ -138,8 +155,16 @@ pub fn plan(r: &Request, defaults: Vec<Value>) -> Result<Planned> {
         if b.recursive_read_only {
             options.push("rro");
         }
-        let bind = json!({"destination": b.dst, "type": "bind", "source": b.src,
-                          "options": options});
+        // A read-write bind is not remounted, so it keeps its flags without being told.
+        if r.userns.is_some() && b.readonly {
+            options.extend(b.locked.iter().map(String::as_str));
+        }
+        let mut bind = json!({"destination": b.dst, "type": "bind", "source": b.src,
+                              "options": options});
+        if let Some((uids, gids)) = &b.idmap {
+            bind["uidMappings"] = uids.clone();
+            bind["gidMappings"] = gids.clone();
+        }
         mounts.push(bind);
     }
     Ok(Planned {
@@ -161,11 +186,11 @@ fn config_bind(m: &Mount, r: &Request) -> Result<Bind> {
             "mount at {dst}: image volumes (Mount.image) are not supported by corral-cri"
         )));
     }
-    if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
-        return Err(Error::unimplemented(format!(
-            "mount at {dst}: ID-mapped mounts are not supported by corral-cri"
-        )));
-    }
+    let idmap = super::userns::mount_mappings(
+        &m.uid_mappings,
+        &m.gid_mappings,
+        &format!("mount at {dst}"),
+    )?;
     if m.host_path.is_empty() {
         return Err(Error::invalid(format!(
             "mount at {dst}: host_path is empty"
@@ -224,6 +249,8 @@ fn config_bind(m: &Mount, r: &Request) -> Result<Bind> {
         readonly: m.readonly,
         propagation,
         recursive_read_only: m.recursive_read_only,
+        locked: facts.locked.clone(),
+        idmap,
     })
 }
 
@@ -299,6 +326,7 @@ mod tests {
                         resolved: PathBuf::from(format!("/resolved{}", m.host_path)),
                         mount_point: "/".into(),
                         propagation,
+                        locked: vec!["nosuid".into()],
                     },
                 )
             })
@@ -315,6 +343,8 @@ mod tests {
                 readonly_rootfs: ro,
                 privileged,
                 recursive_read_only: true,
+                userns: None,
+                pod_files_locked: &[],
             },
             defaults(),
         )
@@ -477,6 +507,8 @@ mod tests {
                     readonly_rootfs: false,
                     privileged: false,
                     recursive_read_only: false,
+                    userns: None,
+                    pod_files_locked: &[],
                 },
                 defaults(),
             );
@@ -515,6 +547,8 @@ mod tests {
                 readonly_rootfs: false,
                 privileged: false,
                 recursive_read_only: false,
+                userns: None,
+                pod_files_locked: &[],
             },
             defaults(),
         )
@@ -558,6 +592,8 @@ mod tests {
                 readonly_rootfs: false,
                 privileged: false,
                 recursive_read_only: false,
+                userns: None,
+                pod_files_locked: &[],
             },
             defaults(),
         )
@@ -587,7 +623,12 @@ mod tests {
             length: 1,
         }];
         let e = run(&[idm], &files(true), false, false).unwrap_err();
-        assert_eq!(e.code, protocol::Code::Unimplemented);
+        assert_eq!(e.code, protocol::Code::InvalidArgument);
+        assert!(
+            e.message
+                .contains("mount at /x: uid_mappings and gid_mappings"),
+            "{e}"
+        );
 
         let mut bad = mount("/x", "/x");
         bad.propagation = 7;
@@ -605,6 +646,8 @@ mod tests {
                 readonly_rootfs: false,
                 privileged: false,
                 recursive_read_only: false,
+                userns: None,
+                pod_files_locked: &[],
             },
             defaults(),
         )

@@ -315,10 +315,11 @@ fn sandbox_binds_the_pods_shm_and_resolv_conf_read_only() {
     let s = Pod::new(pod()).spec().unwrap();
     let shm = mount_at(&s, "/dev/shm");
     assert_eq!(shm["source"], "/pods/p1/shm");
-    assert_eq!(shm["options"], json!(["rbind", "ro"]));
+    let options = json!(["rbind", "ro", "nosuid", "nodev", "noexec"]);
+    assert_eq!(shm["options"], options);
     let resolv = mount_at(&s, "/etc/resolv.conf");
     assert_eq!(resolv["source"], "/pods/p1/resolv.conf");
-    assert_eq!(resolv["options"], json!(["rbind", "ro"]));
+    assert_eq!(resolv["options"], options);
     let shm_count = s["mounts"]
         .as_array()
         .unwrap()
@@ -509,38 +510,132 @@ fn sandbox_localhost_seccomp_uses_the_read_contents() {
     );
 }
 
+fn userns_opts(mode: NamespaceMode, mapped: bool) -> NamespaceOption {
+    let mapping = vec![protocol::grpc::runtime::v1::IdMapping {
+        host_id: 100000,
+        container_id: 0,
+        length: 65536,
+    }];
+    NamespaceOption {
+        userns_options: Some(UserNamespace {
+            mode: mode as i32,
+            uids: if mapped { mapping.clone() } else { vec![] },
+            gids: if mapped { mapping } else { vec![] },
+        }),
+        ..Default::default()
+    }
+}
+
+fn userns_pod() -> PodSandboxConfig {
+    with_pod_security(
+        pod(),
+        LinuxSandboxSecurityContext {
+            namespace_options: Some(userns_opts(NamespaceMode::Pod, true)),
+            ..Default::default()
+        },
+    )
+}
+
 #[test]
-fn sandbox_user_namespaces_other_than_the_hosts_are_refused() {
+fn sandbox_user_namespace_modes_are_checked() {
     let with_userns = |mode: NamespaceMode, mapped: bool| {
-        let mapping = vec![protocol::grpc::runtime::v1::IdMapping {
-            host_id: 100000,
-            container_id: 0,
-            length: 65536,
-        }];
         let sc = LinuxSandboxSecurityContext {
-            namespace_options: Some(NamespaceOption {
-                userns_options: Some(UserNamespace {
-                    mode: mode as i32,
-                    uids: if mapped { mapping.clone() } else { vec![] },
-                    gids: if mapped { mapping } else { vec![] },
-                }),
-                ..Default::default()
-            }),
+            namespace_options: Some(userns_opts(mode, mapped)),
             ..Default::default()
         };
         Pod::new(with_pod_security(pod(), sc)).spec()
     };
     assert!(with_userns(NamespaceMode::Node, false).is_ok());
-    assert!(with_userns(NamespaceMode::Pod, false).is_ok());
-    assert_eq!(
-        with_userns(NamespaceMode::Pod, true).unwrap_err().code,
-        protocol::Code::Unimplemented
-    );
-    for mode in [NamespaceMode::Container, NamespaceMode::Target] {
-        assert_eq!(
-            with_userns(mode, false).unwrap_err().code,
-            protocol::Code::InvalidArgument
+    assert!(with_userns(NamespaceMode::Pod, true).is_ok());
+    // POD without mappings, NODE with them, CONTAINER and TARGET: each named.
+    for (mode, mapped, want) in [
+        (
+            NamespaceMode::Pod,
+            false,
+            "userns_options.uids: mode POD needs exactly one mapping",
+        ),
+        (NamespaceMode::Node, true, "userns_options: mode NODE"),
+        (
+            NamespaceMode::Container,
+            false,
+            "mode CONTAINER is not supported",
+        ),
+        (NamespaceMode::Target, false, "mode TARGET is not supported"),
+    ] {
+        let e = with_userns(mode, mapped).unwrap_err();
+        assert_eq!(e.code, protocol::Code::InvalidArgument, "{e}");
+        assert!(
+            e.message
+                .contains("PodSandboxConfig.linux.security_context.namespace_options")
+                && e.message.contains(want),
+            "{e}"
         );
+    }
+}
+
+#[test]
+fn a_pod_user_namespace_is_new_and_owns_a_new_network_namespace() {
+    let s = Pod::new(userns_pod()).spec().unwrap();
+    let ns = namespaces(&s);
+    assert_eq!(ns[0], ("user".to_string(), None), "user first: {ns:?}");
+    // runc makes the network namespace inside the user namespace: no path.
+    assert_eq!(ns_path(&s, "network"), Some(None));
+    for kind in ["pid", "ipc", "uts", "mount"] {
+        assert_eq!(ns_path(&s, kind), Some(None), "{kind}");
+    }
+    let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    assert_eq!(s["linux"]["uidMappings"], map);
+    assert_eq!(s["linux"]["gidMappings"], map);
+    assert_eq!(s["hostname"], "web-0");
+    // The read-only binds keep the flags a user namespace locks.
+    for dst in ["/dev/shm", "/etc/resolv.conf"] {
+        assert_eq!(
+            strings(&mount_at(&s, dst)["options"]),
+            ["rbind", "ro", "nosuid", "nodev", "noexec"],
+            "{dst}"
+        );
+    }
+    // Without a user namespace: no user namespace, no mappings, the pinned network one.
+    let plain = Pod::new(pod()).spec().unwrap();
+    assert_eq!(ns_path(&plain, "user"), None);
+    assert!(plain["linux"].get("uidMappings").is_none());
+    assert_eq!(
+        ns_path(&plain, "network"),
+        Some(Some("/run/netns/p1".to_string()))
+    );
+}
+
+#[test]
+fn a_pod_user_namespace_needs_the_pods_own_network_pid_and_ipc() {
+    for (opts, code, want) in [
+        (
+            ns(NamespaceMode::Node, NamespaceMode::Pod, NamespaceMode::Pod),
+            protocol::Code::Unimplemented,
+            "user_namespaces_host_network",
+        ),
+        (
+            ns(NamespaceMode::Pod, NamespaceMode::Node, NamespaceMode::Pod),
+            protocol::Code::InvalidArgument,
+            "own pid namespace",
+        ),
+        (
+            ns(NamespaceMode::Pod, NamespaceMode::Pod, NamespaceMode::Node),
+            protocol::Code::InvalidArgument,
+            "own ipc namespace",
+        ),
+    ] {
+        let mut o = opts;
+        o.userns_options = userns_opts(NamespaceMode::Pod, true).userns_options;
+        let config = with_pod_security(
+            pod(),
+            LinuxSandboxSecurityContext {
+                namespace_options: Some(o),
+                ..Default::default()
+            },
+        );
+        let e = Pod::new(config).spec().unwrap_err();
+        assert_eq!(e.code, code, "{e}");
+        assert!(e.message.contains(want), "{e}");
     }
 }
 
@@ -1099,6 +1194,119 @@ fn container_user_namespace_modes_are_checked() {
     );
 }
 
+fn userns_ctr() -> Ctr {
+    let c = with_security(
+        config(),
+        LinuxContainerSecurityContext {
+            namespace_options: Some(userns_opts(NamespaceMode::Pod, true)),
+            ..Default::default()
+        },
+    );
+    let mut t = Ctr::new(c);
+    t.pod = userns_pod();
+    t
+}
+
+#[test]
+fn a_container_joins_its_pods_user_namespace_with_the_mappings() {
+    let s = userns_ctr().spec().unwrap();
+    let ns = namespaces(&s);
+    assert_eq!(
+        ns[0],
+        ("user".to_string(), Some("/proc/4242/ns/user".to_string())),
+        "the pod's user namespace first: {ns:?}"
+    );
+    assert_eq!(
+        ns_path(&s, "network"),
+        Some(Some("/run/netns/p1".to_string()))
+    );
+    let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    assert_eq!(s["linux"]["uidMappings"], map);
+    assert_eq!(s["linux"]["gidMappings"], map);
+    // The pod's files are idmapped binds (they belong to the pod's root); /dev/shm is not.
+    for dst in ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"] {
+        let m = mount_at(&s, dst);
+        assert_eq!(m["uidMappings"], map, "{dst}");
+        assert_eq!(m["gidMappings"], map, "{dst}");
+    }
+    assert!(mount_at(&s, "/dev/shm").get("uidMappings").is_none());
+    // A container outside one gets none of it.
+    let plain = Ctr::new(config()).spec().unwrap();
+    assert_eq!(ns_path(&plain, "user"), None);
+    assert!(mount_at(&plain, "/etc/hosts").get("uidMappings").is_none());
+}
+
+#[test]
+fn a_container_must_ask_for_its_pods_user_namespace() {
+    // The pod has one, the container asks for the host's: refused, and the other way round.
+    let mut t = userns_ctr();
+    t.config = config();
+    let e = t.spec().unwrap_err();
+    assert_eq!(e.code, protocol::Code::InvalidArgument);
+    assert!(
+        e.message.contains("ContainerConfig.linux.security_context"),
+        "{e}"
+    );
+    let mut t = userns_ctr();
+    t.pod = pod();
+    assert_eq!(t.spec().unwrap_err().code, protocol::Code::InvalidArgument);
+}
+
+#[test]
+fn read_only_binds_in_a_user_namespace_keep_locked_flags() {
+    let mut t = userns_ctr();
+    t.config.mounts = vec![Mount {
+        host_path: "/srv/data".into(),
+        container_path: "/data".into(),
+        readonly: true,
+        uid_mappings: vec![protocol::grpc::runtime::v1::IdMapping {
+            host_id: 100000,
+            container_id: 0,
+            length: 65536,
+        }],
+        gid_mappings: vec![protocol::grpc::runtime::v1::IdMapping {
+            host_id: 100000,
+            container_id: 0,
+            length: 65536,
+        }],
+        ..Default::default()
+    }];
+    t.host.mounts.insert(
+        "/srv/data".into(),
+        HostPath {
+            resolved: "/srv/data".into(),
+            mount_point: "/srv".into(),
+            propagation: Propagation::Private,
+            locked: vec!["nosuid".into(), "nodev".into(), "noatime".into()],
+        },
+    );
+    t.host.pod_files_locked = vec!["noexec".into()];
+    if let Some(sc) = t
+        .config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+    {
+        sc.readonly_rootfs = true;
+    }
+    let s = t.spec().unwrap();
+    let data = mount_at(&s, "/data");
+    assert_eq!(
+        strings(&data["options"]),
+        ["rbind", "rprivate", "ro", "nosuid", "nodev", "noatime"]
+    );
+    assert_eq!(data["uidMappings"][0]["hostID"], 100000);
+    assert_eq!(
+        strings(&mount_at(&s, "/etc/hosts")["options"]),
+        ["rbind", "rprivate", "ro", "noexec"]
+    );
+    // Read-write binds are not remounted: nothing added.
+    assert_eq!(
+        strings(&mount_at(&s, "/dev/shm")["options"]),
+        ["rbind", "rprivate", "rw"]
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Containers: mounts, devices, resources, annotations
 
@@ -1120,6 +1328,7 @@ fn config_mounts_need_host_facts_and_use_them() {
             resolved: "/mnt/disk/data".into(),
             mount_point: "/mnt/disk".into(),
             propagation: Propagation::Shared,
+            locked: vec![],
         },
     );
     let s = t.spec().unwrap();

@@ -1,6 +1,7 @@
 //! Task.Create: the bundle's config, rootfs mounts, stdio, `runc create`.
 
 use super::*;
+use crate::idmap::{IdmappedBinds, Userns, UsernsSet};
 
 impl Service {
     pub(super) async fn do_create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
@@ -89,13 +90,54 @@ impl Service {
         util::atomic_write(&bundle.join(BUNDLE_RECORD), &record, 0o600)
             .map_err(|e| Error::new(Code::Internal, format!("write bundle record: {e}")))?;
 
+        // A user namespace (joined by path, or made for the spec's mappings) idmaps the
+        // rootfs layers and every bind that asks for it: runc 1.1.5 cannot (see `idmap`).
+        let mut namespaces = UsernsSet::new(&self.reaper);
+        let userns = match spec.user_namespace() {
+            Some(u) => {
+                let root = u.mappings.host_root().ok_or_else(|| {
+                    Error::new(
+                        Code::InvalidArgument,
+                        "the spec has a user namespace whose linux.uidMappings and \
+                         linux.gidMappings do not both map id 0 (the container's root)",
+                    )
+                })?;
+                let ns = match &u.path {
+                    Some(p) => Userns::open(p),
+                    None => Userns::with_mappings(&self.reaper, &u.mappings),
+                }
+                .map_err(|e| Error::new(Code::Internal, format!("user namespace: {e}")))?;
+                namespaces.insert(u.mappings.clone(), ns);
+                Some((u.mappings, root))
+            }
+            None => None,
+        };
         let rootfs = bundle.join("rootfs");
         let mut rootfs_mounted = false;
         if !req.rootfs.is_empty() {
             std::fs::create_dir_all(&rootfs)
                 .map_err(|e| Error::new(Code::Internal, format!("create rootfs dir: {e}")))?;
-            mount::mount_all(&req.rootfs, &rootfs)
-                .map_err(|e| Error::new(Code::Internal, e.to_string()))?;
+            // A root filesystem already chowned into the container's range (ctr run --uidmap
+            // makes such a snapshot) is mounted as it is; idmapping would shift it twice.
+            let shifted = userns.as_ref().is_some_and(|(mappings, _)| {
+                mount::top_layer(&req.rootfs)
+                    .and_then(|top| std::fs::metadata(top).ok())
+                    .is_some_and(|m| {
+                        use std::os::unix::fs::MetadataExt;
+                        mappings.owns(m.uid(), m.gid())
+                    })
+            });
+            let mounted = match &userns {
+                Some((mappings, root)) if !shifted => {
+                    let idmap = mount::Idmap {
+                        userns: namespaces.get(mappings).map_err(mount_error)?,
+                        root: *root,
+                    };
+                    mount::mount_all(&req.rootfs, &rootfs, Some(&idmap))
+                }
+                _ => mount::mount_all(&req.rootfs, &rootfs, None),
+            };
+            mounted.map_err(mount_error)?;
             rootfs_mounted = true;
         }
         let unmount = |mounted: bool| {
@@ -103,6 +145,16 @@ impl Service {
                 log::warn!("unmount rootfs of {}: {e}", req.id);
             }
         };
+        // Attached only until runc create has bound them into the container; dropped on
+        // every path out of here.
+        let binds = match IdmappedBinds::prepare(&bundle, &mut namespaces) {
+            Ok(b) => b,
+            Err(e) => {
+                unmount(rootfs_mounted);
+                return Err(mount_error(e));
+            }
+        };
+        drop(namespaces);
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -143,6 +195,7 @@ impl Service {
         };
         let create = runc.create(&self.reaper, &req.id, &bundle, &copts, child_stdio);
         let (res, master) = with_console(create, console.as_ref()).await;
+        drop(binds);
         let pid = res.and_then(|()| {
             util::read_pid_file(&pid_file).map_err(|e| Error::new(Code::Internal, e.to_string()))
         });
@@ -177,6 +230,17 @@ impl Service {
             execs: HashMap::new(),
         })
     }
+}
+
+/// A mount failure's code: what cannot be idmapped is Unimplemented, a bad mount request
+/// InvalidArgument, anything else Internal.
+fn mount_error(e: std::io::Error) -> Error {
+    let code = match e.kind() {
+        std::io::ErrorKind::Unsupported => Code::Unimplemented,
+        std::io::ErrorKind::InvalidInput => Code::InvalidArgument,
+        _ => Code::Internal,
+    };
+    Error::new(code, e.to_string())
 }
 
 /// Makes `/run/corral` (the parent of [`DEFAULT_RUNC_ROOT`]) if it is missing, mode 0711:
