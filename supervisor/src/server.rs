@@ -27,6 +27,8 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     // The four stores open side by side: each open syncs its redb file a few times (more after
     // a crash, when redb repairs it), which in a row made up most of a restart.
     let overlay_root = cfg.root.join("io.containerd.snapshotter.v1.overlayfs");
+    let native_root = cfg.root.join("io.containerd.snapshotter.v1.native");
+    let meta_path = cfg.root.join("meta.redb");
     let (db, content, overlay, native) = std::thread::scope(|s| {
         let content = s.spawn(|| {
             content::LocalStore::open(cfg.root.join("io.containerd.content.v1.content"))
@@ -34,12 +36,21 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         });
         let overlay = s.spawn(|| snapshotter::OverlaySnapshotter::open(&overlay_root));
         let native = s.spawn(|| {
-            snapshotter::NativeSnapshotter::open(
-                cfg.root.join("io.containerd.snapshotter.v1.native"),
-            )
-            .map_err(|e| format!("native snapshotter: {e}"))
+            snapshotter::NativeSnapshotter::open(&native_root)
+                .map_err(|e| snapshotter_refused("native", &native_root, e))
         });
-        let db = Db::open(&cfg.root.join("meta.redb")).map_err(|e| e.to_string());
+        let db = Db::open(&meta_path).map_err(|e| match e {
+            crate::metadata::Error::Open(durable::OpenError::Damaged { .. }) => format!(
+                "{e}. corrald does not start on a damaged metadata database: it would forget \
+                 the images and containers whose data is still under {root}. Restore {path} \
+                 from a backup, or move it aside (mv {path} {path}.damaged) to start over with \
+                 no images and no containers (running containers are then stopped, and \
+                 content and snapshots nothing refers to are garbage-collected).",
+                root = cfg.root.display(),
+                path = meta_path.display(),
+            ),
+            e => e.to_string(),
+        });
         let joined = |what: &str| format!("opening the {what} panicked");
         (
             db,
@@ -53,6 +64,11 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     match overlay? {
         Ok(s) => {
             snapshotters.insert("overlayfs".into(), Arc::new(s));
+        }
+        // Damaged or unreadable state is not "overlay is unsupported here": starting without
+        // the snapshotter would hide every image unpacked with it.
+        Err(e @ (snapshotter::Error::Open(_) | snapshotter::Error::Locked { .. })) => {
+            return Err(snapshotter_refused("overlayfs", &overlay_root, e));
         }
         // A host without overlay still gets the native snapshotter.
         Err(e) => log::warn!("overlayfs snapshotter unavailable: {e}"),
@@ -206,6 +222,21 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     ttrpc.shutdown().await;
     let _ = std::fs::remove_file(&cfg.grpc.address);
     served.map_err(|e| format!("serve: {e}"))
+}
+
+/// The start-up error for a snapshotter whose state cannot be opened; a damaged database
+/// says what to do about it.
+fn snapshotter_refused(name: &str, root: &std::path::Path, e: snapshotter::Error) -> String {
+    match e {
+        snapshotter::Error::Open(durable::OpenError::Damaged { .. }) => format!(
+            "{name} snapshotter: {e}. corrald does not start on it: it would forget the \
+             snapshots still under {root}. Restore the file from a backup, or move the \
+             snapshotter's directory aside (mv {root} {root}.damaged) to start without its \
+             snapshots (images unpacked with it must then be removed and pulled again).",
+            root = root.display(),
+        ),
+        e => format!("{name} snapshotter: {e}"),
+    }
 }
 
 /// Logs to stderr, logrus-style, at `level`.
