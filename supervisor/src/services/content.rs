@@ -246,6 +246,14 @@ fn open_session(
         )),
         e => store_err(e),
     })?;
+    // As containerd: an ingest opened under a lease goes when the lease goes (deleted or
+    // expired), so a client that gives up, e.g. on a full disk, leaves no partial ingest.
+    if let Some(l) = &lease {
+        let tx = d.db.write().map_err(db_err)?;
+        tx.add_lease_resource(&ns, l, "ingests", &first.r#ref)
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+    }
     Ok(Session {
         ns,
         lease,
@@ -326,6 +334,18 @@ fn commit(d: &Daemon, s: &mut Session, labels: Labels) -> Result<(), RpcStatus> 
         return Err(already_exists(&digest));
     }
     Ok(())
+}
+
+/// Aborts the ingests `refs` (client refs) of `ns`, as the lease holding them is gone. One
+/// still being written is left to its writer.
+pub fn abort_ingests(d: &Daemon, ns: &str, refs: &[String]) {
+    for r in refs {
+        match d.content.abort(&store_ref(ns, r)) {
+            Ok(()) => log::debug!("ingest {ns}/{r}: aborted with its lease"),
+            Err(content::Error::RefNotFound(_)) => {}
+            Err(e) => log::warn!("ingest {ns}/{r}: its lease is gone, but: {e}"),
+        }
+    }
 }
 
 /// Removes the record of `digest` in `ns`, then the bytes if no namespace has them any more.
