@@ -32,6 +32,8 @@ pub struct Corrald {
     path: PathBuf,
     /// A config file of the test's (`--config`), if any.
     config: Option<PathBuf>,
+    /// `--root` somewhere else than under `path` (a test's small disk), if set.
+    root: Option<PathBuf>,
     /// `--log-level`: `debug` for tests, `info` for benchmarks (as in production).
     log_level: &'static str,
     namespace: String,
@@ -54,6 +56,17 @@ impl Corrald {
     /// Like [`Corrald::start_with_config`] with an optional config, logging at `log_level`
     /// (benchmarks use `info`: a debug log line per request would be part of what they time).
     pub fn start_with(config: Option<&str>, log_level: &'static str) -> Corrald {
+        Corrald::start_full(config, log_level, None)
+    }
+
+    /// Like [`Corrald::start`], with `--root` at `root` (e.g. on a [`crate::disk::SmallDisk`]);
+    /// on drop whatever is mounted below `root` is unmounted too, and `root` is left for its
+    /// owner to remove.
+    pub fn start_on(root: &Path) -> Corrald {
+        Corrald::start_full(None, "debug", Some(root.to_path_buf()))
+    }
+
+    fn start_full(config: Option<&str>, log_level: &'static str, root: Option<PathBuf>) -> Corrald {
         let bin = corrald_path();
         assert!(
             bin.is_file(),
@@ -76,6 +89,7 @@ impl Corrald {
             dir: Some(dir),
             path,
             config,
+            root,
             log_level,
             namespace,
             child: None,
@@ -103,7 +117,7 @@ impl Corrald {
     }
 
     pub fn root(&self) -> PathBuf {
-        self.path.join("root")
+        self.root.clone().unwrap_or_else(|| self.path.join("root"))
     }
 
     pub fn state(&self) -> PathBuf {
@@ -222,6 +236,9 @@ impl Drop for Corrald {
         }
         self.stop();
         unmount_below(&self.path);
+        if let Some(root) = &self.root {
+            unmount_below(root);
+        }
         if let Some(dir) = self.dir.take()
             && let Err(e) = dir.close()
         {
