@@ -101,6 +101,13 @@ pub enum Error {
 
     #[error("content root {} holds {what}", path.display())]
     Corrupt { path: PathBuf, what: String },
+
+    /// A blob read to its end hashed to something else than its digest: its file is damaged.
+    #[error("content {digest} is damaged on disk: its bytes hash to {actual}")]
+    Damaged {
+        digest: crate::Digest,
+        actual: crate::Digest,
+    },
 }
 
 impl Error {
@@ -130,7 +137,7 @@ impl Error {
             },
             Error::IngestOutOfSpace { .. } => Code::ResourceExhausted,
             Error::Database { code, .. } => *code,
-            Error::Corrupt { .. } => Code::DataLoss,
+            Error::Corrupt { .. } | Error::Damaged { .. } => Code::DataLoss,
         }
     }
 
