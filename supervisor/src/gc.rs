@@ -88,7 +88,7 @@ fn split_ns(k: &str) -> Option<(&str, &str)> {
 }
 
 /// Digests a set of labels points at with `containerd.io/gc.ref.content*`.
-fn content_refs(labels: &Labels) -> impl Iterator<Item = &str> {
+pub(crate) fn content_refs(labels: &Labels) -> impl Iterator<Item = &str> {
     labels
         .iter()
         .filter(|(k, _)| k.starts_with(LABEL_REF_CONTENT))

@@ -94,6 +94,22 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         cfg.runtime.clone(),
         daemon.events.clone(),
     ));
+    // Damaged content is found and reported before anything is served (and before GC runs).
+    {
+        let d = daemon.clone();
+        let started = std::time::Instant::now();
+        if let Ok(r) =
+            tokio::task::spawn_blocking(move || crate::integrity::check_at_startup(&d)).await
+        {
+            log::info!(
+                "content check: {} blobs, {} damaged, {} images affected, in {} ms",
+                r.checked,
+                r.damaged.len(),
+                r.images.len(),
+                started.elapsed().as_millis()
+            );
+        }
+    }
     crate::gc::spawn_timer(
         daemon.clone(),
         std::time::Duration::from_secs(cfg.gc.interval_secs),

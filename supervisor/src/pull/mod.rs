@@ -158,6 +158,9 @@ pub enum Error {
     },
     #[error("pull worker failed: {0}")]
     Worker(String),
+    /// A stored blob read back wrong (it was quarantined; the message says what to do).
+    #[error("{}", .0.message())]
+    Damaged(tonic::Status),
 }
 
 fn describe_failures(failures: &[(String, Error)]) -> String {
@@ -194,6 +197,7 @@ impl Error {
             Error::Snapshot(e) => e.code(),
             Error::Apply { source, .. } => source.code(),
             Error::Worker(_) => Code::Internal,
+            Error::Damaged(_) => Code::DataLoss,
         }
     }
 }
@@ -1023,6 +1027,12 @@ async fn read_blob(ctx: &Arc<Ctx>, desc: &Desc) -> Result<Vec<u8>, Error> {
             at += n;
         }
         buf.truncate(at);
+        let actual = Digest::of(&buf);
+        if actual != digest {
+            return Err(Error::Damaged(crate::integrity::damaged(
+                &c.d, &digest, actual,
+            )));
+        }
         Ok(buf)
     })
     .await
@@ -1268,11 +1278,18 @@ async fn unpack_layer(
         let applied = (|| {
             let digest = Digest::parse(&l.digest)?;
             let reader = BlobReader::new(c.d.content.reader_at(&digest)?, 0)?;
+            let probe = reader.probe();
             let media = Some(l.media_type.as_str()).filter(|m| !m.is_empty());
             snapshotter::apply::apply_to_mounts(&mounts, reader, media).map_err(|source| {
-                Error::Apply {
-                    digest: l.digest.clone(),
-                    source,
+                // A layer damaged on disk makes the apply fail in some way; say why.
+                match probe.damaged() {
+                    Some(actual) => {
+                        Error::Damaged(crate::integrity::damaged(&c.d, &digest, actual))
+                    }
+                    None => Error::Apply {
+                        digest: l.digest.clone(),
+                        source,
+                    },
                 }
             })
         })();

@@ -490,7 +490,10 @@ impl Content for ContentService {
             {
                 return Err(not_found(&name));
             }
-            d.content.reader_at(&digest).map_err(store_err)
+            d.content.reader_at(&digest).map_err(|e| match e {
+                content::Error::NotFound(_) => crate::integrity::missing(&d, &ns, &digest),
+                e => store_err(e),
+            })
         })
         .await?;
         let blob_size = reader.size();
@@ -506,8 +509,13 @@ impl Content for ContentService {
             blob_size
         };
         let (tx, rx) = mpsc::channel(4);
+        let d = self.daemon.clone();
         tokio::task::spawn_blocking(move || {
             let mut pos = offset;
+            // A read of the whole blob is checked against its digest: damage found at the end
+            // replaces the last chunk with DataLoss, so a client never gets wrong bytes as a
+            // complete blob. (A partial read cannot be checked.)
+            let mut hasher = (offset == 0 && end == blob_size).then(content::Digester::new);
             while pos < end {
                 let mut buf = vec![0u8; READ_CHUNK.min((end - pos) as usize)];
                 let msg = match reader.read_at(&mut buf, pos) {
@@ -516,12 +524,19 @@ impl Content for ContentService {
                     ))),
                     Ok(n) => {
                         buf.truncate(n);
-                        let m = ReadContentResponse {
-                            offset: pos as i64,
-                            data: buf.into(),
-                        };
+                        if let Some(h) = &mut hasher {
+                            h.update(&buf);
+                        }
                         pos += n as u64;
-                        Ok(m)
+                        match hasher.take_if(|_| pos == end).map(|h| h.digest()) {
+                            Some(actual) if actual != digest => {
+                                Err(crate::integrity::damaged(&d, &digest, actual))
+                            }
+                            _ => Ok(ReadContentResponse {
+                                offset: (pos - n as u64) as i64,
+                                data: buf.into(),
+                            }),
+                        }
                     }
                     Err(e) => Err(store_err(e)),
                 };
