@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use protocol::grpc::corral::services::transfer::v1::transfer_client::TransferClient;
+use protocol::grpc::corral::services::transfer::v1::{PullRequest, PullResult};
+use protocol::grpc::tonic;
+
 use crate::{Ctr, cmd, unique_namespace, wait_until};
 
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -196,6 +200,37 @@ impl Corrald {
             unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
             let _ = cmd::wait_with_timeout(child, STOP_TIMEOUT);
         }
+    }
+
+    /// corrald's own pull (`Transfer/Pull`, what `corral pull` uses) in the test's namespace,
+    /// to its result or its error status.
+    pub fn transfer_pull(&self, req: PullRequest) -> Result<PullResult, tonic::Status> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the pull");
+        let (address, ns) = (self.address(), self.namespace.clone());
+        rt.block_on(async move {
+            let channel = protocol::grpc::unix::connect(&address)
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("connect to corrald: {e}")))?;
+            let mut client = TransferClient::new(channel);
+            let mut r = tonic::Request::new(req);
+            r.metadata_mut().insert(
+                "containerd-namespace",
+                ns.parse().expect("a namespace is a header value"),
+            );
+            r.set_timeout(Duration::from_secs(120));
+            let mut stream = client.pull(r).await?.into_inner();
+            while let Some(m) = stream.message().await? {
+                if let Some(result) = m.result {
+                    return Ok(result);
+                }
+            }
+            Err(tonic::Status::unknown(
+                "the pull stream ended without a result",
+            ))
+        })
     }
 
     /// The last `lines` lines of the daemon's log.

@@ -16,7 +16,6 @@ use integration::disk::SmallDisk;
 use integration::image::{ImageBlobs, busybox_path, image_blobs, oci_layout_tar};
 use integration::registry::Registry;
 use integration::{Corrald, Ctr, require_root, wait_until};
-use protocol::grpc::corral::services::transfer::v1::transfer_client::TransferClient;
 use protocol::grpc::corral::services::transfer::v1::{PullRequest, PullResult};
 use protocol::grpc::tonic;
 use sha2::{Digest, Sha256};
@@ -89,33 +88,10 @@ fn push(reg: &Registry, repo: &str, img: &ImageBlobs) -> String {
 
 /// corrald's own pull (Transfer/Pull, what `corral pull` uses), to its result or error.
 fn pull(d: &Corrald, reference: &str) -> Result<PullResult, tonic::Status> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (address, ns) = (d.address(), d.namespace().to_string());
-    rt.block_on(async move {
-        let channel = protocol::grpc::unix::connect(&address)
-            .await
-            .expect("connect to corrald");
-        let mut client = TransferClient::new(channel);
-        let mut req = tonic::Request::new(PullRequest {
-            reference: reference.to_string(),
-            plain_http: true,
-            ..Default::default()
-        });
-        req.metadata_mut()
-            .insert("containerd-namespace", ns.parse().unwrap());
-        req.set_timeout(Duration::from_secs(120));
-        let mut stream = client.pull(req).await?.into_inner();
-        while let Some(m) = stream.message().await? {
-            if let Some(r) = m.result {
-                return Ok(r);
-            }
-        }
-        Err(tonic::Status::unknown(
-            "the pull stream ended without a result",
-        ))
+    d.transfer_pull(PullRequest {
+        reference: reference.to_string(),
+        plain_http: true,
+        ..Default::default()
     })
 }
 
