@@ -124,9 +124,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         .set_tasks_dir(cfg.state.join(crate::runtime::PLUGIN_DIR));
     // Until start-up has found out whether there are tasks, hold their events for clients that
     // will subscribe again (shims deliver what they saw during an outage as soon as they can).
-    daemon
-        .events
-        .hold_unclaimed_task_events(crate::events::HOLD_WINDOW);
+    daemon.events.hold_outage_events(crate::events::HOLD_WINDOW);
     // Shims forward their events here (TTRPC_ADDRESS); it lives and dies with the gRPC socket.
     let ttrpc =
         match crate::ttrpc_events::TtrpcEvents::start(&cfg.ttrpc_address(), daemon.events.clone())
@@ -138,12 +136,30 @@ pub async fn run(cfg: Config) -> Result<(), String> {
                 return Err(e);
             }
         };
+    // When the previous corrald was last alive, then our own heartbeat from now on.
+    let last_alive = crate::daemon::last_alive(&cfg.state);
+    {
+        let state = cfg.state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::daemon::ALIVE_INTERVAL);
+            loop {
+                tick.tick().await;
+                let s = state.clone();
+                if let Ok(Err(e)) =
+                    tokio::task::spawn_blocking(move || crate::daemon::touch_alive(&s)).await
+                {
+                    log::warn!("heartbeat {}: {e}", state.display());
+                }
+            }
+        });
+    }
     // Before serving: every task is found again by asking its shim (shims forward events to
     // the ttrpc socket above, which is up by now).
-    if runtime.load(&daemon.db).await == 0 {
+    if runtime.load(&daemon.db, last_alive).await == 0 {
         // A fresh start: no client was subscribed to a task of ours, nothing to hold.
         daemon.events.stop_holding();
     }
+    daemon.events.serving();
 
     // SERVING from here until shutdown begins: dockerd and containerd's Go client poll it
     // before they subscribe to events again after a daemon restart.
