@@ -37,7 +37,7 @@ DEB_SRC_LIST := /etc/apt/sources.list.d/debian-src.sources
 # Extra critest flags for `make critest`, e.g. CRITEST_FLAGS='-ginkgo.focus=Networking'.
 CRITEST_FLAGS ?=
 
-.PHONY: all build release test lint fmt install deps run image bench clean critest critest-containerd
+.PHONY: all build release test soak lint fmt install deps run image bench clean critest critest-containerd
 
 all: build
 
@@ -81,6 +81,13 @@ test: deps build
 	CORRAL_SHIM_BIN=$(DEBUG_SHIM) CORRALD_BIN=$(TARGET_DIR)/debug/corrald \
 		CORRAL_BIN=$(TARGET_DIR)/debug/corral CORRAL_CRI_BIN=$(TARGET_DIR)/debug/corral-cri \
 		$(CARGO) test --workspace --no-fail-fast
+
+## soak: long runs kept out of `make test` (the tests marked #[ignore]): corrald down for 5
+## minutes while 20 containers exit, with each shim (`make test` runs the same for 25 s)
+soak: deps build
+	CORRAL_SHIM_BIN=$(DEBUG_SHIM) CORRALD_BIN=$(TARGET_DIR)/debug/corrald \
+		CORRAL_BIN=$(TARGET_DIR)/debug/corral \
+		$(CARGO) test -p integration --test faults_events -- --ignored
 
 ## critest: cri-tools' CRI validation suite against corral-cri on a private corrald, offline
 ## (look-alike images in a local registry, registry.k8s.io, gcr.io and k8s.gcr.io mirrored to

@@ -6,11 +6,12 @@
 //!    reader thread feeds the async side, so a big layer is never held in memory);
 //! 2. a docker archive gets a Docker v2 manifest made up for it (uncompressed layers);
 //! 3. gc labels go on the index (`gc.ref.content.m.<i>`) and manifests (`config`, `l.<i>`);
-//! 4. one image record per named entry (`io.containerd.image.name`, else the OCI ref name;
-//!    docker: `RepoTags`), created or updated;
-//! 5. each image is unpacked into the snapshotter (chain IDs, `containerd.io/uncompressed`,
+//! 4. each image is unpacked into the snapshotter (chain IDs, `containerd.io/uncompressed`,
 //!    `gc.ref.snapshot.overlayfs` on the config) by corrald (Transfer/Unpack, layers extracted
-//!    concurrently), and the lease is dropped.
+//!    concurrently);
+//! 5. one image record per named entry (`io.containerd.image.name`, else the OCI ref name;
+//!    docker: `RepoTags`), created or updated, and the lease is dropped. (ctr creates the
+//!    record before it unpacks; a failed unpack then leaves an image that is not usable.)
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -279,11 +280,14 @@ async fn import_leased(client: &Client, path: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for (name, target) in targets {
         label_tree(client, &target).await?;
-        put_image(client, &name, &target).await?;
-        let resolved = image::resolve_target(client, &name, target).await?;
+        // Unpacked before the image record exists (as corrald's own pull does), so that an
+        // unpack that fails, e.g. on a full disk, leaves no image behind that looks usable
+        // but is not; the lease holds the content meanwhile. (ctr creates the record first.)
+        let resolved = image::resolve_target(client, &name, target.clone()).await?;
         store::unpack_image(client, &resolved)
             .await
             .with_context(|| format!("cannot unpack {name}"))?;
+        put_image(client, &name, &target).await?;
         names.push(name);
     }
     Ok(names)

@@ -71,6 +71,18 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// The disk ran out of space (or quota) while an ingest was written; the ingest was
+    /// removed so that its bytes do not keep the disk full.
+    #[error(
+        "no space left for ingest {ref_:?} on the disk of {}: {source} (the partial ingest was removed)",
+        path.display()
+    )]
+    IngestOutOfSpace {
+        ref_: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
     #[error("{op} {}: {source}", path.display())]
     Io {
         op: &'static str,
@@ -78,11 +90,24 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The label database failed; `code` classifies the cause (a full disk is
+    /// ResourceExhausted).
     #[error("label database {}: {message}", path.display())]
-    Database { path: PathBuf, message: String },
+    Database {
+        path: PathBuf,
+        code: Code,
+        message: String,
+    },
 
     #[error("content root {} holds {what}", path.display())]
     Corrupt { path: PathBuf, what: String },
+
+    /// A blob read to its end hashed to something else than its digest: its file is damaged.
+    #[error("content {digest} is damaged on disk: its bytes hash to {actual}")]
+    Damaged {
+        digest: crate::Digest,
+        actual: crate::Digest,
+    },
 }
 
 impl Error {
@@ -110,8 +135,9 @@ impl Error {
                 }
                 _ => Code::Internal,
             },
-            Error::Database { .. } => Code::Internal,
-            Error::Corrupt { .. } => Code::DataLoss,
+            Error::IngestOutOfSpace { .. } => Code::ResourceExhausted,
+            Error::Database { code, .. } => *code,
+            Error::Corrupt { .. } | Error::Damaged { .. } => Code::DataLoss,
         }
     }
 
@@ -150,5 +176,16 @@ mod tests {
         }
         let other = Error::io("write", "/x")(std::io::Error::from_raw_os_error(5));
         assert_eq!(other.code(), Code::Internal);
+        let ingest = Error::IngestOutOfSpace {
+            ref_: "ns/layer-1".into(),
+            path: "/disk/ingest/ab/data".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        assert_eq!(ingest.code(), Code::ResourceExhausted);
+        let msg = ingest.to_string();
+        assert!(
+            msg.contains("/disk/ingest/ab/data") && msg.contains("removed"),
+            "{msg}"
+        );
     }
 }

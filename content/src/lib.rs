@@ -29,6 +29,7 @@ pub mod testsuite;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 pub use digest::{Digest, Digester};
@@ -214,15 +215,38 @@ pub trait ContentStore: Send + Sync {
 pub trait ReaderAt: Send + Sync {
     fn size(&self) -> u64;
 
+    /// The digest the blob is stored under (what its bytes should hash to).
+    fn digest(&self) -> Digest;
+
     /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end. OutOfRange past the end.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize>;
 }
 
 /// Sequential [`std::io::Read`] over a [`ReaderAt`] from a start offset (for streaming a blob, e.g.
 /// into a decompressor when applying a layer).
+///
+/// Read from the start, the bytes are hashed on the way: once the end is reached, a blob whose
+/// bytes do not hash to its digest (damaged on disk) makes that last read fail (InvalidData)
+/// instead of ending the stream, and [`DamageProbe::damaged`] says so. Damage is never served
+/// as a good end of stream.
 pub struct BlobReader {
     inner: Box<dyn ReaderAt>,
     pos: u64,
+    /// From offset 0 only: the bytes so far, to check at the end.
+    hasher: Option<Digester>,
+    probe: DamageProbe,
+}
+
+/// Tells, after a [`BlobReader`] was read to its end, whether the blob was damaged (its bytes
+/// hashed to something else). Cloned off the reader before it is handed to a consumer.
+#[derive(Clone, Default)]
+pub struct DamageProbe(Arc<OnceLock<Digest>>);
+
+impl DamageProbe {
+    /// What the blob's bytes hashed to, if not to its digest.
+    pub fn damaged(&self) -> Option<Digest> {
+        self.0.get().copied()
+    }
 }
 
 impl BlobReader {
@@ -230,11 +254,21 @@ impl BlobReader {
     pub fn new(inner: Box<dyn ReaderAt>, offset: u64) -> Result<BlobReader> {
         // A zero-length read checks the offset the same way every backend does.
         inner.read_at(&mut [], offset)?;
-        Ok(BlobReader { inner, pos: offset })
+        Ok(BlobReader {
+            inner,
+            pos: offset,
+            hasher: (offset == 0).then(Digester::new),
+            probe: DamageProbe::default(),
+        })
     }
 
     pub fn size(&self) -> u64 {
         self.inner.size()
+    }
+
+    /// A probe for damage found once the reader reached the end.
+    pub fn probe(&self) -> DamageProbe {
+        self.probe.clone()
     }
 }
 
@@ -245,6 +279,21 @@ impl std::io::Read for BlobReader {
             .read_at(buf, self.pos)
             .map_err(std::io::Error::other)?;
         self.pos += n as u64;
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        let at_end = self.pos >= self.inner.size() || (n == 0 && !buf.is_empty());
+        if at_end && let Some(h) = self.hasher.take() {
+            let actual = h.digest();
+            let digest = self.inner.digest();
+            if actual != digest {
+                let _ = self.probe.0.set(actual);
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    Error::Damaged { digest, actual },
+                ));
+            }
+        }
         Ok(n)
     }
 }

@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use protocol::grpc::corral::services::transfer::v1::transfer_client::TransferClient;
+use protocol::grpc::corral::services::transfer::v1::{PullRequest, PullResult};
+use protocol::grpc::tonic;
+
 use crate::{Ctr, cmd, unique_namespace, wait_until};
 
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +36,8 @@ pub struct Corrald {
     path: PathBuf,
     /// A config file of the test's (`--config`), if any.
     config: Option<PathBuf>,
+    /// `--root` somewhere else than under `path` (a test's small disk), if set.
+    root: Option<PathBuf>,
     /// `--log-level`: `debug` for tests, `info` for benchmarks (as in production).
     log_level: &'static str,
     namespace: String,
@@ -54,6 +60,17 @@ impl Corrald {
     /// Like [`Corrald::start_with_config`] with an optional config, logging at `log_level`
     /// (benchmarks use `info`: a debug log line per request would be part of what they time).
     pub fn start_with(config: Option<&str>, log_level: &'static str) -> Corrald {
+        Corrald::start_full(config, log_level, None)
+    }
+
+    /// Like [`Corrald::start`], with `--root` at `root` (e.g. on a [`crate::disk::SmallDisk`]);
+    /// on drop whatever is mounted below `root` is unmounted too, and `root` is left for its
+    /// owner to remove.
+    pub fn start_on(root: &Path) -> Corrald {
+        Corrald::start_full(None, "debug", Some(root.to_path_buf()))
+    }
+
+    fn start_full(config: Option<&str>, log_level: &'static str, root: Option<PathBuf>) -> Corrald {
         let bin = corrald_path();
         assert!(
             bin.is_file(),
@@ -76,6 +93,7 @@ impl Corrald {
             dir: Some(dir),
             path,
             config,
+            root,
             log_level,
             namespace,
             child: None,
@@ -103,7 +121,7 @@ impl Corrald {
     }
 
     pub fn root(&self) -> PathBuf {
-        self.path.join("root")
+        self.root.clone().unwrap_or_else(|| self.path.join("root"))
     }
 
     pub fn state(&self) -> PathBuf {
@@ -184,6 +202,37 @@ impl Corrald {
         }
     }
 
+    /// corrald's own pull (`Transfer/Pull`, what `corral pull` uses) in the test's namespace,
+    /// to its result or its error status.
+    pub fn transfer_pull(&self, req: PullRequest) -> Result<PullResult, tonic::Status> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the pull");
+        let (address, ns) = (self.address(), self.namespace.clone());
+        rt.block_on(async move {
+            let channel = protocol::grpc::unix::connect(&address)
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("connect to corrald: {e}")))?;
+            let mut client = TransferClient::new(channel);
+            let mut r = tonic::Request::new(req);
+            r.metadata_mut().insert(
+                "containerd-namespace",
+                ns.parse().expect("a namespace is a header value"),
+            );
+            r.set_timeout(Duration::from_secs(120));
+            let mut stream = client.pull(r).await?.into_inner();
+            while let Some(m) = stream.message().await? {
+                if let Some(result) = m.result {
+                    return Ok(result);
+                }
+            }
+            Err(tonic::Status::unknown(
+                "the pull stream ended without a result",
+            ))
+        })
+    }
+
     /// The last `lines` lines of the daemon's log.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = fs::read_to_string(self.log_path()).unwrap_or_default();
@@ -222,6 +271,9 @@ impl Drop for Corrald {
         }
         self.stop();
         unmount_below(&self.path);
+        if let Some(root) = &self.root {
+            unmount_below(root);
+        }
         if let Some(dir) = self.dir.take()
             && let Err(e) = dir.close()
         {

@@ -39,6 +39,7 @@ pub mod corrald;
 pub mod cri;
 pub mod critest;
 pub mod ctr;
+pub mod disk;
 pub mod docker;
 pub mod events;
 pub mod grpcio;

@@ -365,9 +365,10 @@ fn grpc_create_without_rootfs_and_error_codes(t: Target) {
 }
 
 /// A container that exits while corrald is down: its shim delivers the exit once corrald is
-/// back, before any client has subscribed again. corrald holds it for the first subscriber
-/// whose filters match, so a client that resubscribes after its reconnect backoff (dockerd
-/// does, about a second later) still learns that the container stopped.
+/// back, before any client has subscribed again. corrald replays the task events of the
+/// outage to every subscriber that comes within a minute of its restart, so a client that
+/// resubscribes after its reconnect backoff (dockerd does, about a second later) still learns
+/// that the container stopped.
 fn outage_exit_reaches_a_late_subscriber(t: Target) {
     if !require_root() {
         return;

@@ -259,7 +259,8 @@ fn attach_and_health_check() {
 ///
 /// The exit during the outage reaches dockerd through the shim, which delivers it as soon as
 /// the daemon answers, while dockerd subscribes again only after its reconnect backoff (about a
-/// second). corrald holds such events for the first matching subscriber; containerd 1.6 does
+/// second). corrald replays the task events of the outage to every client that subscribes
+/// within a minute of its restart; containerd 1.6 does
 /// not and loses the exit now and then (dockerd then shows the container running forever), so
 /// against containerd that one check is left out.
 fn live_restore_across_backend_kill9(daemon: Daemon) {

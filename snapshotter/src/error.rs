@@ -75,6 +75,11 @@ pub enum Error {
     #[error("snapshotter metadata {} is in use by another instance", path.display())]
     Locked { path: PathBuf },
 
+    /// The metadata DB file cannot be opened: damaged (the message names it and why) or
+    /// unreadable.
+    #[error("snapshotter metadata {0}")]
+    Open(durable::OpenError),
+
     /// The metadata DB failed.
     #[error("snapshotter metadata: {context}: {source}")]
     Db {
@@ -124,7 +129,10 @@ impl Error {
             // A full disk or quota: the caller can free space and retry (containerd's clients
             // get ENOSPC as an unclassified error; the wire has a class for it).
             Error::Io { source, .. } if out_of_space(source) => Code::ResourceExhausted,
-            Error::Io { .. } | Error::Db { .. } => Code::Internal,
+            Error::Open(e) => e.code(),
+            // A full disk is ResourceExhausted here too.
+            Error::Db { source, .. } => durable::code_of(source),
+            Error::Io { .. } => Code::Internal,
             Error::Locked { .. } => Code::Unavailable,
             Error::Corrupt { .. } => Code::DataLoss,
             Error::Unsupported { .. } => Code::Unimplemented,

@@ -50,7 +50,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use redb::{Database, Durability, ReadableTable, TableDefinition};
+use redb::{Durability, ReadableTable, TableDefinition};
 
 use crate::Mount;
 use crate::error::{Error, Result};
@@ -212,7 +212,8 @@ pub(crate) struct Engine<D> {
     /// `<root>/staging`: layers extracted ahead of their parents.
     staging: PathBuf,
     next_stage: AtomicU64,
-    db: Database,
+    /// Reopens itself after an I/O error (a full disk), see the `durable` crate.
+    db: durable::Database,
     pub(crate) driver: D,
     /// Ids of prepares between id allocation and record insertion: cleanup must not take
     /// their directories for orphans.
@@ -221,6 +222,14 @@ pub(crate) struct Engine<D> {
 }
 
 impl<D: Driver> Engine<D> {
+    /// A metadata DB error, naming the file (a full disk is named this way).
+    fn db_err<E: Into<redb::Error>>(
+        &self,
+        context: impl std::fmt::Display,
+    ) -> impl FnOnce(E) -> Error {
+        Error::db(format!("{}: {context}", self.db.path().display()))
+    }
+
     /// Opens (creating if needed) the store at `root` and reconciles it.
     pub(crate) fn open(root: &Path, driver: D, opts: &Options) -> Result<Self> {
         let snapshots = root.join("snapshots");
@@ -241,12 +250,20 @@ impl<D: Driver> Engine<D> {
             })
             .map_err(Error::io("create", &staging))?;
         let db_path = root.join(DB_FILE);
-        let db = Database::create(&db_path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked {
-                path: db_path.clone(),
-            },
-            e => Error::db(format!("open {}", db_path.display()))(e),
+        // A damaged file is an error naming it, never a panic, and never silently replaced
+        // by an empty database (which would forget every snapshot still on disk).
+        let opened = durable::open(&db_path).map_err(|e| match e {
+            durable::OpenError::InUse { path } => Error::Locked { path },
+            e => Error::Open(e),
         })?;
+        if opened.repaired {
+            log::warn!(
+                "snapshotter metadata {}: damaged pages were repaired (redb went back to its \
+                 last intact commit)",
+                db_path.display()
+            );
+        }
+        let db = opened.db;
         // We hold the DB lock now, so no other instance stages here: what is left was left
         // by a crash.
         for e in fs::read_dir(&staging).map_err(Error::io("list", &staging))? {
@@ -272,19 +289,19 @@ impl<D: Driver> Engine<D> {
     }
 
     fn init_schema(&self) -> Result<()> {
-        let txn = self.db.begin_write().map_err(Error::db("begin"))?;
+        let txn = self.db.begin_write().map_err(self.db_err("begin"))?;
         {
-            let mut meta = txn.open_table(META).map_err(Error::db("open meta"))?;
+            let mut meta = txn.open_table(META).map_err(self.db_err("open meta"))?;
             let version = meta
                 .get("schema")
-                .map_err(Error::db("read schema"))?
+                .map_err(self.db_err("read schema"))?
                 .map(|v| v.value());
             match version {
                 None => {
                     meta.insert("schema", SCHEMA_VERSION)
-                        .map_err(Error::db("write schema"))?;
+                        .map_err(self.db_err("write schema"))?;
                     meta.insert("next_id", 1)
-                        .map_err(Error::db("write next_id"))?;
+                        .map_err(self.db_err("write next_id"))?;
                 }
                 Some(SCHEMA_VERSION) => {}
                 Some(v) => {
@@ -296,11 +313,11 @@ impl<D: Driver> Engine<D> {
                 }
             }
             txn.open_table(SNAPSHOTS)
-                .map_err(Error::db("open snapshots"))?;
+                .map_err(self.db_err("open snapshots"))?;
             txn.open_table(CHILDREN)
-                .map_err(Error::db("open children"))?;
+                .map_err(self.db_err("open children"))?;
         }
-        txn.commit().map_err(Error::db("commit schema"))
+        self.db.commit(txn).map_err(self.db_err("commit schema"))
     }
 
     fn fail(&self, point: &str) {
@@ -315,12 +332,12 @@ impl<D: Driver> Engine<D> {
 
     /// Brings metadata and directories into agreement (see the module doc).
     fn reconcile(&self) -> Result<()> {
-        let txn = self.db.begin_write().map_err(Error::db("begin"))?;
+        let txn = self.db.begin_write().map_err(self.db_err("begin"))?;
         {
-            let mut table = txn.open_table(SNAPSHOTS).map_err(Error::db("open"))?;
+            let mut table = txn.open_table(SNAPSHOTS).map_err(self.db_err("open"))?;
             let mut records = BTreeMap::new();
-            for item in table.iter().map_err(Error::db("iterate"))? {
-                let (k, v) = item.map_err(Error::db("iterate"))?;
+            for item in table.iter().map_err(self.db_err("iterate"))? {
+                let (k, v) = item.map_err(self.db_err("iterate"))?;
                 let key = k.value().to_string();
                 let rec = decode(&key, v.value())?;
                 records.insert(key, rec);
@@ -360,34 +377,38 @@ impl<D: Driver> Engine<D> {
                         "snapshotter reconcile: dropping snapshot {key:?} (id {}): its directory or a parent's is gone",
                         records[key].id
                     );
-                    table.remove(key.as_str()).map_err(Error::db("remove"))?;
+                    table.remove(key.as_str()).map_err(self.db_err("remove"))?;
                     records.remove(key);
                 }
             }
             // Rebuild the children index from the surviving records.
-            let mut children = txn.open_table(CHILDREN).map_err(Error::db("open"))?;
-            children.retain(|_, _| false).map_err(Error::db("clear"))?;
+            let mut children = txn.open_table(CHILDREN).map_err(self.db_err("open"))?;
+            children
+                .retain(|_, _| false)
+                .map_err(self.db_err("clear"))?;
             for (key, r) in &records {
                 if let Some(p) = &r.parent {
                     children
                         .insert((p.as_str(), key.as_str()), ())
-                        .map_err(Error::db("index"))?;
+                        .map_err(self.db_err("index"))?;
                 }
             }
             // Never hand out an id at or below one in use.
             let max = records.values().map(|r| r.id).max().unwrap_or(0);
-            let mut meta = txn.open_table(META).map_err(Error::db("open meta"))?;
+            let mut meta = txn.open_table(META).map_err(self.db_err("open meta"))?;
             let next = meta
                 .get("next_id")
-                .map_err(Error::db("read next_id"))?
+                .map_err(self.db_err("read next_id"))?
                 .map(|v| v.value())
                 .unwrap_or(1);
             if next <= max {
                 meta.insert("next_id", max + 1)
-                    .map_err(Error::db("write next_id"))?;
+                    .map_err(self.db_err("write next_id"))?;
             }
         }
-        txn.commit().map_err(Error::db("commit reconcile"))?;
+        self.db
+            .commit(txn)
+            .map_err(self.db_err("commit reconcile"))?;
         self.cleanup_dirs()
     }
 
@@ -402,11 +423,11 @@ impl<D: Driver> Engine<D> {
         // Order matters (see prepare): list, then in-flight ids, then records.
         let inflight = self.inflight.lock().unwrap().clone();
         let known: HashSet<u64> = {
-            let txn = self.db.begin_read().map_err(Error::db("begin"))?;
-            let table = txn.open_table(SNAPSHOTS).map_err(Error::db("open"))?;
+            let txn = self.db.begin_read().map_err(self.db_err("begin"))?;
+            let table = txn.open_table(SNAPSHOTS).map_err(self.db_err("open"))?;
             let mut ids = HashSet::new();
-            for item in table.iter().map_err(Error::db("iterate"))? {
-                let (k, v) = item.map_err(Error::db("iterate"))?;
+            for item in table.iter().map_err(self.db_err("iterate"))? {
+                let (k, v) = item.map_err(self.db_err("iterate"))?;
                 ids.insert(decode(k.value(), v.value())?.id);
             }
             ids
@@ -444,26 +465,26 @@ impl<D: Driver> Engine<D> {
     }
 
     fn alloc_id(&self) -> Result<u64> {
-        let mut txn = self.db.begin_write().map_err(Error::db("begin"))?;
+        let mut txn = self.db.begin_write().map_err(self.db_err("begin"))?;
         // Not durable on its own: a crash may hand the id out again after restart, which is
         // harmless because open deletes every directory no durable record names.
         txn.set_durability(Durability::None);
         let id = {
-            let mut meta = txn.open_table(META).map_err(Error::db("open meta"))?;
+            let mut meta = txn.open_table(META).map_err(self.db_err("open meta"))?;
             let id = meta
                 .get("next_id")
-                .map_err(Error::db("read next_id"))?
+                .map_err(self.db_err("read next_id"))?
                 .map(|v| v.value())
                 .unwrap_or(1);
             meta.insert("next_id", id + 1)
-                .map_err(Error::db("write next_id"))?;
+                .map_err(self.db_err("write next_id"))?;
             id
         };
         // Register before the directory exists (cleanup_dirs relies on this order).
         self.inflight.lock().unwrap().insert(id);
-        if let Err(e) = txn.commit() {
+        if let Err(e) = self.db.commit(txn) {
             self.inflight.lock().unwrap().remove(&id);
-            return Err(Error::db("commit next_id")(e));
+            return Err(self.db_err("commit next_id")(e));
         }
         Ok(id)
     }
@@ -506,8 +527,8 @@ impl<D: Driver> Engine<D> {
         check_labels(&labels)?;
         // Fail fast before any filesystem work; checked again when inserting.
         let parent_rec = {
-            let txn = self.db.begin_read().map_err(Error::db("begin"))?;
-            let table = txn.open_table(SNAPSHOTS).map_err(Error::db("open"))?;
+            let txn = self.db.begin_read().map_err(self.db_err("begin"))?;
+            let table = txn.open_table(SNAPSHOTS).map_err(self.db_err("open"))?;
             Self::check_create(&table, key, parent)?
         };
         let id = self.alloc_id()?;
@@ -553,9 +574,9 @@ impl<D: Driver> Engine<D> {
             return Err(e);
         }
         let inserted = (|| {
-            let txn = self.db.begin_write().map_err(Error::db("begin"))?;
+            let txn = self.db.begin_write().map_err(self.db_err("begin"))?;
             let mounts = {
-                let mut table = txn.open_table(SNAPSHOTS).map_err(Error::db("open"))?;
+                let mut table = txn.open_table(SNAPSHOTS).map_err(self.db_err("open"))?;
                 let p = Self::check_create(&table, key, parent)?;
                 if p.as_ref().map(|p| p.id) != parent_rec.as_ref().map(|p| p.id) {
                     // Removed and re-created while we populated: our copy is stale.
@@ -575,14 +596,18 @@ impl<D: Driver> Engine<D> {
                 };
                 table
                     .insert(key, encode(&rec).as_slice())
-                    .map_err(Error::db(format!("insert {key:?}")))?;
+                    .map_err(self.db_err(format!("insert {key:?}")))?;
                 if let Some(p) = parent {
-                    let mut children = txn.open_table(CHILDREN).map_err(Error::db("open"))?;
-                    children.insert((p, key), ()).map_err(Error::db("index"))?;
+                    let mut children = txn.open_table(CHILDREN).map_err(self.db_err("open"))?;
+                    children
+                        .insert((p, key), ())
+                        .map_err(self.db_err("index"))?;
                 }
                 self.mounts_of(&table, key, &rec)?
             };
-            txn.commit().map_err(Error::db(format!("commit {key:?}")))?;
+            self.db
+                .commit(txn)
+                .map_err(self.db_err(format!("commit {key:?}")))?;
             Ok(mounts)
         })();
         if inserted.is_err() {
@@ -631,15 +656,15 @@ impl<D: Driver> Engine<D> {
 
     pub(crate) fn stat(&self, key: &str) -> Result<Info> {
         check_key(key)?;
-        let txn = self.db.begin_read().map_err(Error::db("begin"))?;
-        let table = txn.open_table(SNAPSHOTS).map_err(Error::db("open"))?;
+        let txn = self.db.begin_read().map_err(self.db_err("begin"))?;
+        let table = txn.open_table(SNAPSHOTS).map_err(self.db_err("open"))?;
         Ok(must_get(&table, key)?.info(key))
     }
 
     pub(crate) fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
         check_key(key)?;
-        let txn = self.db.begin_read().map_err(Error::db("begin"))?;
-        let table = txn.open_table(SNAPSHOTS).map_err(Error::db("open"))?;
+        let txn = self.db.begin_read().map_err(self.db_err("begin"))?;
+        let table = txn.open_table(SNAPSHOTS).map_err(self.db_err("open"))?;
         let rec = must_get(&table, key)?;
         self.mounts_of(&table, key, &rec)
     }
@@ -647,9 +672,9 @@ impl<D: Driver> Engine<D> {
     pub(crate) fn update(&self, info: &Info, fieldpaths: &[&str]) -> Result<Info> {
         let key = info.name.as_str();
         check_key(key)?;
-        let txn = self.db.begin_write().map_err(Error::db("begin"))?;
+        let txn = self.db.begin_write().map_err(self.db_err("begin"))?;
         let out = {
-            let mut table = txn.open_table(SNAPSHOTS).map_err(Error::db("open"))?;
+            let mut table = txn.open_table(SNAPSHOTS).map_err(self.db_err("open"))?;
             let mut rec = must_get(&table, key)?;
             if fieldpaths.is_empty() {
                 rec.labels = info.labels.clone();
@@ -673,18 +698,20 @@ impl<D: Driver> Engine<D> {
             rec.updated = now_nanos();
             table
                 .insert(key, encode(&rec).as_slice())
-                .map_err(Error::db(format!("update {key:?}")))?;
+                .map_err(self.db_err(format!("update {key:?}")))?;
             rec.info(key)
         };
-        txn.commit().map_err(Error::db(format!("commit {key:?}")))?;
+        self.db
+            .commit(txn)
+            .map_err(self.db_err(format!("commit {key:?}")))?;
         Ok(out)
     }
 
     pub(crate) fn usage(&self, key: &str) -> Result<Usage> {
         check_key(key)?;
         let rec = {
-            let txn = self.db.begin_read().map_err(Error::db("begin"))?;
-            let table = txn.open_table(SNAPSHOTS).map_err(Error::db("open"))?;
+            let txn = self.db.begin_read().map_err(self.db_err("begin"))?;
+            let table = txn.open_table(SNAPSHOTS).map_err(self.db_err("open"))?;
             must_get(&table, key)?
         };
         if let Some((size, inodes)) = rec.usage {
@@ -721,15 +748,15 @@ impl<D: Driver> Engine<D> {
             Ok(rec)
         };
         let id = {
-            let txn = self.db.begin_read().map_err(Error::db("begin"))?;
-            let table = txn.open_table(SNAPSHOTS).map_err(Error::db("open"))?;
+            let txn = self.db.begin_read().map_err(self.db_err("begin"))?;
+            let table = txn.open_table(SNAPSHOTS).map_err(self.db_err("open"))?;
             check(&|k| get_record(&table, k))?.id
         };
         // Measured outside any lock: the walk can be long.
         let usage = disk_usage(&self.driver.layer_dir(&self.dir(id)))?;
-        let txn = self.db.begin_write().map_err(Error::db("begin"))?;
+        let txn = self.db.begin_write().map_err(self.db_err("begin"))?;
         {
-            let mut table = txn.open_table(SNAPSHOTS).map_err(Error::db("open"))?;
+            let mut table = txn.open_table(SNAPSHOTS).map_err(self.db_err("open"))?;
             let rec = {
                 let t = &table;
                 check(&|k| get_record(t, k))?
@@ -750,37 +777,38 @@ impl<D: Driver> Engine<D> {
             };
             table
                 .insert(name, encode(&committed).as_slice())
-                .map_err(Error::db(format!("insert {name:?}")))?;
+                .map_err(self.db_err(format!("insert {name:?}")))?;
             table
                 .remove(key)
-                .map_err(Error::db(format!("remove {key:?}")))?;
+                .map_err(self.db_err(format!("remove {key:?}")))?;
             if let Some(p) = &rec.parent {
-                let mut children = txn.open_table(CHILDREN).map_err(Error::db("open"))?;
+                let mut children = txn.open_table(CHILDREN).map_err(self.db_err("open"))?;
                 children
                     .remove((p.as_str(), key))
-                    .map_err(Error::db("index"))?;
+                    .map_err(self.db_err("index"))?;
                 children
                     .insert((p.as_str(), name), ())
-                    .map_err(Error::db("index"))?;
+                    .map_err(self.db_err("index"))?;
             }
         }
-        txn.commit()
-            .map_err(Error::db(format!("commit {key:?} as {name:?}")))
+        self.db
+            .commit(txn)
+            .map_err(self.db_err(format!("commit {key:?} as {name:?}")))
     }
 
     pub(crate) fn remove(&self, key: &str) -> Result<()> {
         check_key(key)?;
-        let txn = self.db.begin_write().map_err(Error::db("begin"))?;
+        let txn = self.db.begin_write().map_err(self.db_err("begin"))?;
         let id = {
-            let mut table = txn.open_table(SNAPSHOTS).map_err(Error::db("open"))?;
+            let mut table = txn.open_table(SNAPSHOTS).map_err(self.db_err("open"))?;
             let rec = must_get(&table, key)?;
-            let mut children = txn.open_table(CHILDREN).map_err(Error::db("open"))?;
+            let mut children = txn.open_table(CHILDREN).map_err(self.db_err("open"))?;
             let mut kids = Vec::new();
             for item in children
                 .range((key, "")..)
-                .map_err(Error::db("read index"))?
+                .map_err(self.db_err("read index"))?
             {
-                let (k, _) = item.map_err(Error::db("read index"))?;
+                let (k, _) = item.map_err(self.db_err("read index"))?;
                 let (p, c) = k.value();
                 if p != key {
                     break;
@@ -796,16 +824,17 @@ impl<D: Driver> Engine<D> {
             }
             table
                 .remove(key)
-                .map_err(Error::db(format!("remove {key:?}")))?;
+                .map_err(self.db_err(format!("remove {key:?}")))?;
             if let Some(p) = &rec.parent {
                 children
                     .remove((p.as_str(), key))
-                    .map_err(Error::db("index"))?;
+                    .map_err(self.db_err("index"))?;
             }
             rec.id
         };
-        txn.commit()
-            .map_err(Error::db(format!("commit removal of {key:?}")))?;
+        self.db
+            .commit(txn)
+            .map_err(self.db_err(format!("commit removal of {key:?}")))?;
         self.fail("remove:unlinked");
         // The record is gone: from here on the directory is an orphan, and a crash leaves it
         // to reconcile. Rename first so a half-deleted tree never sits under a live id.
@@ -838,11 +867,11 @@ impl<D: Driver> Engine<D> {
         let filter = crate::Filter::parse(filters)?;
         // Collect first: `f` may call back into us, and must not run under a transaction.
         let infos = {
-            let txn = self.db.begin_read().map_err(Error::db("begin"))?;
-            let table = txn.open_table(SNAPSHOTS).map_err(Error::db("open"))?;
+            let txn = self.db.begin_read().map_err(self.db_err("begin"))?;
+            let table = txn.open_table(SNAPSHOTS).map_err(self.db_err("open"))?;
             let mut infos = Vec::new();
-            for item in table.iter().map_err(Error::db("iterate"))? {
-                let (k, v) = item.map_err(Error::db("iterate"))?;
+            for item in table.iter().map_err(self.db_err("iterate"))? {
+                let (k, v) = item.map_err(self.db_err("iterate"))?;
                 let info = decode(k.value(), v.value())?.info(k.value());
                 if filter.matches(&info) {
                     infos.push(info);

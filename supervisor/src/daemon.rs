@@ -1,5 +1,6 @@
-//! Start-up pieces of corrald that guard its state: one daemon per root, and a socket that
-//! only root (and an optional group) can use.
+//! Start-up pieces of corrald that guard its state: one daemon per root, a socket that only
+//! root (and an optional group) can use, and a heartbeat that tells the next corrald when this
+//! one was last alive.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -67,10 +68,47 @@ pub fn bind_socket(path: &Path, gid: u32) -> Result<UnixListener, String> {
     Ok(l)
 }
 
+/// How often [`touch_alive`] runs while corrald runs.
+pub const ALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn alive_path(state: &Path) -> std::path::PathBuf {
+    state.join("alive")
+}
+
+/// When the previous corrald on `state` was last alive (the heartbeat file's mtime, at most
+/// [`ALIVE_INTERVAL`] early), if one ran there. A task exit after it happened while no corrald
+/// could have passed it on.
+pub fn last_alive(state: &Path) -> Option<std::time::SystemTime> {
+    fs::metadata(alive_path(state)).ok()?.modified().ok()
+}
+
+/// The heartbeat: sets the mtime of `<state>/alive` to now (an empty file; no data is written).
+pub fn touch_alive(state: &Path) -> std::io::Result<()> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(alive_path(state))?;
+    f.set_modified(std::time::SystemTime::now())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn the_heartbeat_tells_when_corrald_was_last_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(last_alive(dir.path()), None, "no corrald ran here");
+        let before = std::time::SystemTime::now();
+        touch_alive(dir.path()).unwrap();
+        let at = last_alive(dir.path()).unwrap();
+        assert!(
+            at >= before - std::time::Duration::from_millis(10),
+            "{at:?}"
+        );
+    }
 
     #[test]
     fn second_daemon_on_a_root_is_refused_with_the_first_pid() {

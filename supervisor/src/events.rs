@@ -2,13 +2,23 @@
 //! forward) fans out to every Subscribe stream. Slow subscribers lose the oldest events
 //! (a bounded broadcast channel) rather than slow the daemon down.
 //!
-//! After a restart that found tasks again, task events nobody subscribed to are held for a
-//! while ([`Exchange::hold_unclaimed_task_events`]) and handed to the first subscriber whose
-//! filters match. A client that was subscribed before the daemon went down comes back only
-//! after its reconnect backoff (dockerd: about a second, up to 3 s; it first polls the health
-//! service), while shims deliver the exits they saw during the outage as soon as the daemon
-//! answers: without holding, dockerd never learns that such a container stopped. containerd
-//! 1.6 has the same race and loses those exits now and then.
+//! After a restart that found tasks again, the task events of the outage are held for a while
+//! ([`Exchange::hold_outage_events`]) and replayed to every client that subscribes in that
+//! time, in the order they happened, before what it sees live. Events of the outage are those
+//! that reach the exchange before corrald serves (what start-up learned, and what shims
+//! deliver meanwhile) and those shims deliver later with a timestamp before the start-up. A
+//! client that was subscribed before the daemon went down comes back only after its reconnect
+//! backoff (dockerd: about a second, up to 3 s; it first polls the health service), while
+//! shims deliver the exits they saw during the outage as soon as the daemon answers: without
+//! the replay, dockerd never learns that such a container stopped, and a `ctr events` started
+//! after the restart never sees it. containerd 1.6 has the same race and loses those exits now
+//! and then. Replayed under the lock that registers the subscription, an event reaches each
+//! subscriber exactly once: from the replay or live, never both.
+//!
+//! A /tasks/exit that reaches the exchange a second time (start-up synthesised it from a
+//! shim's State, then the shim's own retry delivers it; or a retried Forward whose first try
+//! did arrive) is dropped: exits are known by namespace, container, process, pid, status and
+//! time.
 //!
 //! Also here: the exchange's rules for what may enter it (containerd's `validateTopic` and
 //! `validateEnvelope`), and the filter fields of an envelope (`topic`, `namespace`,
@@ -21,7 +31,7 @@ use protocol::grpc::containerd::events as ev;
 use protocol::grpc::containerd::services::events::v1::Envelope;
 use protocol::grpc::containerd::services::images::v1 as images;
 use protocol::grpc::prost::Message;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,12 +41,14 @@ use crate::metadata::Time;
 use protocol::filters::{Fields, Filters};
 
 const BACKLOG: usize = 4096;
-/// At most this many unclaimed task events are held; past it the oldest go.
+/// At most this many task events of the outage are held; past it the oldest go.
 const HOLD_MAX: usize = 1024;
-/// How long after start-up unclaimed task events are held: well past the reconnect backoff of
-/// containerd's Go client (capped at 3 s) and the shims' retries (containerd's gives up after
-/// about 15 s).
+/// How long after start-up the task events of the outage are replayed to new subscribers:
+/// well past the reconnect backoff of containerd's Go client (capped at 3 s) and the shims'
+/// retries (ours back off to 2 s; containerd's gives up after about 20 s).
 pub const HOLD_WINDOW: Duration = Duration::from_secs(60);
+/// How many recent exits are remembered to drop a second copy of one.
+const RECENT_EXITS: usize = 4096;
 
 #[derive(Clone)]
 pub struct Exchange {
@@ -53,14 +65,65 @@ pub struct Exchange {
 
 #[derive(Default)]
 struct Clients {
-    filters: HashMap<u64, Filters>,
-    next: u64,
     hold: Option<Held>,
+    exits: RecentExits,
 }
 
 struct Held {
     until: Instant,
-    events: VecDeque<Envelope>,
+    /// When this corrald started: a task event stamped earlier happened during the outage.
+    started: (i64, i32),
+    /// Start-up is still under way (nothing served yet): every task event is of the outage.
+    starting: bool,
+    /// Sorted by timestamp (arrival order among equals).
+    events: Vec<Envelope>,
+}
+
+/// The exits seen lately, to tell a second copy of one.
+#[derive(Default)]
+struct RecentExits {
+    order: VecDeque<String>,
+    keys: std::collections::HashSet<String>,
+}
+
+impl RecentExits {
+    /// False if `env` is an exit seen before (a copy to drop).
+    fn first_time(&mut self, env: &Envelope) -> bool {
+        let Some(k) = exit_key(env) else {
+            return true;
+        };
+        if self.keys.contains(&k) {
+            return false;
+        }
+        if self.order.len() == RECENT_EXITS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.keys.remove(&old);
+        }
+        self.order.push_back(k.clone());
+        self.keys.insert(k);
+        true
+    }
+}
+
+/// What makes an exit the same exit: namespace, container, process, pid, status and time.
+fn exit_key(env: &Envelope) -> Option<String> {
+    let ev = env
+        .event
+        .as_ref()
+        .filter(|e| e.type_url == any::TASK_EXIT)?;
+    let x: ev::TaskExit = decode(ev)?;
+    let at = x.exited_at.unwrap_or_default();
+    Some(format!(
+        "{}\0{}\0{}\0{}\0{}\0{}.{:09}",
+        env.namespace, x.container_id, x.id, x.pid, x.exit_status, at.seconds, at.nanos
+    ))
+}
+
+fn stamp(env: &Envelope) -> (i64, i32) {
+    env.timestamp
+        .as_ref()
+        .map_or((0, 0), |t| (t.seconds, t.nanos))
 }
 
 impl Clients {
@@ -74,7 +137,7 @@ impl Clients {
             let h = self.hold.take();
             let n = h.map_or(0, |h| h.events.len());
             if n > 0 {
-                log::info!("events: {n} task events nobody subscribed to since start-up dropped");
+                log::info!("events: the {n} task events of the outage are no longer replayed");
             }
         }
         self.hold.as_mut()
@@ -92,20 +155,12 @@ impl Default for Exchange {
     }
 }
 
-/// A Subscribe stream's view of the exchange: the held events it claimed, then everything
-/// published from its subscription on. Dropping it unregisters its filters.
+/// A Subscribe stream's view of the exchange: the held events of the outage its filters
+/// match, then everything published from its subscription on.
 pub struct Subscription {
     pub replay: Vec<Envelope>,
     pub rx: broadcast::Receiver<Envelope>,
     pub filters: Filters,
-    id: u64,
-    clients: Arc<Mutex<Clients>>,
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        lock(&self.clients).filters.remove(&self.id);
-    }
 }
 
 fn lock(m: &Mutex<Clients>) -> std::sync::MutexGuard<'_, Clients> {
@@ -128,19 +183,29 @@ impl Exchange {
     }
 
     /// Passes an envelope on unchanged (shim events keep their own timestamp). Envelopes from
-    /// outside the daemon go through [`validate_envelope`] first.
+    /// outside the daemon go through [`validate_envelope`] first. A copy of an exit already
+    /// passed on is dropped.
     pub fn forward(&self, env: Envelope) {
-        log::debug!("event {} {}", env.namespace, env.topic);
         let mut clients = lock(&self.clients);
-        if env.topic.starts_with("/tasks/") {
-            let fields = EnvelopeFields(&env);
-            let claimed = clients.filters.values().any(|f| f.matches(&fields));
-            if !claimed && let Some(held) = clients.held() {
-                if held.events.len() == HOLD_MAX {
-                    held.events.pop_front();
-                }
-                held.events.push_back(env.clone());
+        if !clients.exits.first_time(&env) {
+            log::debug!(
+                "event {} {}: a copy of an exit already passed on; dropped",
+                env.namespace,
+                env.topic
+            );
+            return;
+        }
+        log::debug!("event {} {}", env.namespace, env.topic);
+        if env.topic.starts_with("/tasks/")
+            && let Some(held) = clients.held()
+            && (held.starting || stamp(&env) < held.started)
+        {
+            if held.events.len() == HOLD_MAX {
+                held.events.remove(0);
             }
+            let at = stamp(&env);
+            let i = held.events.partition_point(|e| stamp(e) <= at);
+            held.events.insert(i, env.clone());
         }
         // No subscriber is not an error.
         let _ = self.tx.send(env);
@@ -160,14 +225,25 @@ impl Exchange {
         self.oom.set_tasks_dir(dir);
     }
 
-    /// From now until `window` has passed, task events that no Subscribe stream's filters
-    /// match are kept for the first stream that subscribes with matching filters (see the
-    /// module docs). Called at start-up when tasks were found again.
-    pub fn hold_unclaimed_task_events(&self, window: Duration) {
+    /// From now until `window` has passed, the task events of the outage are held and replayed
+    /// to every stream that subscribes with matching filters (see the module docs). Called at
+    /// start-up, before the shims are asked for their tasks.
+    pub fn hold_outage_events(&self, window: Duration) {
+        let now = Time::now();
         lock(&self.clients).hold = Some(Held {
             until: Instant::now() + window,
-            events: VecDeque::new(),
+            started: (now.seconds, now.nanos),
+            starting: true,
+            events: Vec::new(),
         });
+    }
+
+    /// Start-up is done and corrald serves: from now on only task events stamped before the
+    /// start-up are of the outage.
+    pub fn serving(&self) {
+        if let Some(h) = lock(&self.clients).hold.as_mut() {
+            h.starting = false;
+        }
     }
 
     /// Stops holding and drops what is held (start-up found no task to hold events for).
@@ -182,27 +258,24 @@ impl Exchange {
         self.tx.subscribe()
     }
 
-    /// A client's subscription with `filters`: it claims the held events its filters match
-    /// (in the order they came) and sees everything published from now on.
+    /// A client's subscription with `filters`: it gets the held events of the outage its
+    /// filters match (in the order they happened), then everything published from now on.
     pub fn subscribe_filtered(&self, filters: Filters) -> Subscription {
         let mut clients = lock(&self.clients);
         let rx = self.tx.subscribe();
         let mut replay = Vec::new();
         if let Some(held) = clients.held() {
-            let (mine, rest): (VecDeque<Envelope>, VecDeque<Envelope>) = held
+            replay = held
                 .events
-                .drain(..)
-                .partition(|e| filters.matches(&EnvelopeFields(e)));
-            held.events = rest;
-            replay = mine.into();
+                .iter()
+                .filter(|e| filters.matches(&EnvelopeFields(e)))
+                .cloned()
+                .collect();
         }
-        let id = clients.next;
-        clients.next += 1;
-        clients.filters.insert(id, filters.clone());
         drop(clients);
         if !replay.is_empty() {
             log::info!(
-                "events: {} task events held since start-up go to a new subscriber",
+                "events: {} task events of the outage replayed to a new subscriber",
                 replay.len()
             );
         }
@@ -210,8 +283,6 @@ impl Exchange {
             replay,
             rx,
             filters,
-            id,
-            clients: self.clients.clone(),
         }
     }
 
@@ -624,8 +695,13 @@ mod tests {
         assert!(matches(&["event.container_id!=c1"], &bad));
     }
 
-    fn exit_of(ns: &str, id: &str) -> Envelope {
-        env(
+    /// An exit of `id` in `ns` that happened at `at` seconds (the envelope stamped then).
+    fn exit_at(ns: &str, id: &str, at: i64) -> Envelope {
+        let t = Timestamp {
+            seconds: at,
+            nanos: 0,
+        };
+        let mut e = env(
             ns,
             "/tasks/exit",
             any::pack(
@@ -633,10 +709,18 @@ mod tests {
                 &ev::TaskExit {
                     container_id: id.into(),
                     id: id.into(),
-                    ..Default::default()
+                    pid: 10,
+                    exit_status: 1,
+                    exited_at: Some(t),
                 },
             ),
-        )
+        );
+        e.timestamp = Some(t);
+        e
+    }
+
+    fn exit_of(ns: &str, id: &str) -> Envelope {
+        exit_at(ns, id, 1)
     }
 
     fn filters(f: &[&str]) -> Filters {
@@ -650,42 +734,58 @@ mod tests {
             .collect()
     }
 
+    /// The exits of an outage reach the exchange in whatever order the shims come back; every
+    /// subscriber that comes after the restart gets each once, in the order they happened,
+    /// whether it subscribed before they arrived (live) or after (replayed).
     #[tokio::test]
-    async fn unclaimed_task_events_go_to_the_first_matching_subscriber() {
+    async fn outage_events_are_replayed_to_every_subscriber_in_order() {
         let x = Exchange::default();
-        x.hold_unclaimed_task_events(Duration::from_secs(60));
-        let other = x.subscribe_filtered(filters(&["namespace==plugins.moby"]));
-        x.forward(exit_of("moby", "a"));
-        x.forward(exit_of("k8s.io", "k"));
-        x.forward(exit_of("moby", "b"));
+        x.hold_outage_events(Duration::from_secs(60));
+        x.forward(exit_at("moby", "b", 20));
+        x.forward(exit_at("k8s.io", "k", 15));
+        x.forward(exit_at("moby", "a", 10));
         // Not a task event: never held.
         x.publish("moby", "/containers/delete", Any::default());
-        assert!(other.replay.is_empty());
+        x.serving();
+        let mut early = x.subscribe_filtered(filters(&[r#"namespace==moby,topic~="^/tasks/""#]));
+        assert_eq!(ids(&early.replay), ["a", "b"], "in the order they happened");
+        // A shim that comes back late still delivers an exit of the outage: live to those
+        // subscribed, held for those to come.
+        x.forward(exit_at("moby", "c", 30));
+        assert_eq!(ids(&[early.rx.recv().await.unwrap()]), ["c"]);
+        // Something that happens now is not of the outage.
+        let now = Time::now().seconds;
+        x.forward(exit_at("moby", "new", now + 1));
+        assert_eq!(ids(&[early.rx.recv().await.unwrap()]), ["new"]);
 
-        // dockerd's filter (one alternative; the list's entries are alternatives).
-        let mut dockerd = x.subscribe_filtered(filters(&[r#"namespace==moby,topic~="^/tasks/""#]));
-        assert_eq!(ids(&dockerd.replay), ["a", "b"], "held, in order");
-        // Events published before the subscription are not also seen live.
-        x.forward(exit_of("moby", "c"));
-        assert_eq!(ids(&[dockerd.rx.recv().await.unwrap()]), ["c"]);
-
-        // Claimed once: a second subscriber gets only what nobody matched.
-        let again = x.subscribe_filtered(filters(&["namespace==moby"]));
-        assert!(again.replay.is_empty());
+        let late = x.subscribe_filtered(filters(&["namespace==moby"]));
+        assert_eq!(ids(&late.replay), ["a", "b", "c"]);
         let all = x.subscribe_filtered(Filters::default());
-        assert_eq!(ids(&all.replay), ["k"]);
+        assert_eq!(ids(&all.replay), ["a", "k", "b", "c"]);
     }
 
+    /// A second copy of an exit (start-up learned it from the shim's State, then the shim
+    /// delivered it; or a Forward retried after its reply was lost) is dropped.
     #[tokio::test]
-    async fn events_a_subscriber_matched_are_not_held() {
+    async fn a_copy_of_an_exit_is_dropped() {
         let x = Exchange::default();
-        x.hold_unclaimed_task_events(Duration::from_secs(60));
-        let live = x.subscribe_filtered(filters(&["namespace==moby"]));
-        x.forward(exit_of("moby", "a"));
-        drop(live);
-        x.forward(exit_of("moby", "b"));
-        let late = x.subscribe_filtered(filters(&["namespace==moby"]));
-        assert_eq!(ids(&late.replay), ["b"]);
+        let mut rx = x.subscribe();
+        x.forward(exit_at("ns", "a", 5));
+        x.forward(exit_at("ns", "a", 5));
+        let mut again = exit_at("ns", "a", 6);
+        x.forward(again.clone());
+        // The same exit in another namespace is another exit.
+        again.namespace = "other".into();
+        x.forward(again);
+        let got: Vec<_> = (0..3)
+            .map(|_| rx.try_recv().unwrap())
+            .map(|e| (e.namespace.clone(), stamp(&e).0))
+            .collect();
+        assert_eq!(
+            got,
+            [("ns".into(), 5), ("ns".into(), 6), ("other".into(), 6)]
+        );
+        assert!(rx.try_recv().is_err(), "a copy went through");
     }
 
     #[tokio::test]
@@ -700,12 +800,12 @@ mod tests {
         );
 
         let x = Exchange::default();
-        x.hold_unclaimed_task_events(Duration::ZERO);
+        x.hold_outage_events(Duration::ZERO);
         x.forward(exit_of("moby", "a"));
         assert!(x.subscribe_filtered(Filters::default()).replay.is_empty());
 
         let y = Exchange::default();
-        y.hold_unclaimed_task_events(Duration::from_secs(60));
+        y.hold_outage_events(Duration::from_secs(60));
         y.forward(exit_of("moby", "a"));
         y.stop_holding();
         assert!(y.subscribe_filtered(Filters::default()).replay.is_empty());
@@ -714,9 +814,9 @@ mod tests {
     #[tokio::test]
     async fn the_hold_is_bounded() {
         let x = Exchange::default();
-        x.hold_unclaimed_task_events(Duration::from_secs(60));
+        x.hold_outage_events(Duration::from_secs(60));
         for i in 0..HOLD_MAX + 3 {
-            x.forward(exit_of("moby", &format!("c{i}")));
+            x.forward(exit_at("moby", &format!("c{i}"), i as i64 + 1));
         }
         let s = x.subscribe_filtered(Filters::default());
         assert_eq!(s.replay.len(), HOLD_MAX);

@@ -88,7 +88,7 @@ fn split_ns(k: &str) -> Option<(&str, &str)> {
 }
 
 /// Digests a set of labels points at with `containerd.io/gc.ref.content*`.
-fn content_refs(labels: &Labels) -> impl Iterator<Item = &str> {
+pub(crate) fn content_refs(labels: &Labels) -> impl Iterator<Item = &str> {
     labels
         .iter()
         .filter(|(k, _)| k.starts_with(LABEL_REF_CONTENT))
@@ -128,6 +128,7 @@ pub fn collect(d: &Daemon, now: SystemTime) -> Result<Report, Error> {
     let mut report = Report::default();
     let tx = d.db.write()?;
 
+    let mut ingests = Vec::new();
     for k in tx.keys_all(LEASES)? {
         let Some((ns, id)) = split_ns(&k) else {
             continue;
@@ -135,7 +136,8 @@ pub fn collect(d: &Daemon, now: SystemTime) -> Result<Report, Error> {
         if let Some(lease) = tx.get::<Lease>(LEASES, &k)?
             && expired(id, &lease, now)
         {
-            tx.delete_lease(ns, id)?;
+            let held = tx.delete_lease(ns, id)?.unwrap_or_default();
+            ingests.extend(held.into_iter().map(|r| (ns.to_string(), r)));
             report.expired_leases += 1;
         }
     }
@@ -172,6 +174,10 @@ pub fn collect(d: &Daemon, now: SystemTime) -> Result<Report, Error> {
         }
     }
     drop(blob_guard);
+    // Ingests of the expired leases go with them (as in containerd).
+    for (ns, r) in ingests {
+        crate::services::content::abort_ingests(d, &ns, &[r]);
+    }
 
     // Snapshots: records in one transaction of their own, then backend removals outside it.
     let seen: std::collections::HashMap<String, String> = snaps

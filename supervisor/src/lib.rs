@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Modules: `config` (TOML + flags), `daemon` (root lock, socket), `metadata` (schema drawn
-//! there), `events` (exchange), `oom` (OOM kills shims missed), `pull` (image pull from registries), `ttrpc_events` (the
+//! there), `integrity` (damaged content: found at start-up and on read), `events` (exchange), `oom` (OOM kills shims missed), `pull` (image pull from registries), `ttrpc_events` (the
 //! `<address>.ttrpc` socket shims forward events to), `services/*` (one file per gRPC service),
 //! `server` (wiring).
 
@@ -21,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod gc;
+pub mod integrity;
 pub mod lazy_snapshotter;
 pub mod metadata;
 pub mod oom;

@@ -28,13 +28,25 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     // crash, when redb repairs it), which in a row made up most of a restart. The native
     // snapshotter opens when first used (see `lazy_snapshotter`).
     let overlay_root = cfg.root.join("io.containerd.snapshotter.v1.overlayfs");
+    let meta_path = cfg.root.join("meta.redb");
     let (db, content, overlay) = std::thread::scope(|s| {
         let content = s.spawn(|| {
             content::LocalStore::open(cfg.root.join("io.containerd.content.v1.content"))
                 .map_err(|e| format!("content store: {e}"))
         });
         let overlay = s.spawn(|| snapshotter::OverlaySnapshotter::open(&overlay_root));
-        let db = Db::open(&cfg.root.join("meta.redb")).map_err(|e| e.to_string());
+        let db = Db::open(&meta_path).map_err(|e| match e {
+            crate::metadata::Error::Open(durable::OpenError::Damaged { .. }) => format!(
+                "{e}. corrald does not start on a damaged metadata database: it would forget \
+                 the images and containers whose data is still under {root}. Restore {path} \
+                 from a backup, or move it aside (mv {path} {path}.damaged) to start over with \
+                 no images and no containers (running containers are then stopped, and \
+                 content and snapshots nothing refers to are garbage-collected).",
+                root = cfg.root.display(),
+                path = meta_path.display(),
+            ),
+            e => e.to_string(),
+        });
         let joined = |what: &str| format!("opening the {what} panicked");
         (
             db,
@@ -47,6 +59,11 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     match overlay? {
         Ok(s) => {
             snapshotters.insert("overlayfs".into(), Arc::new(s));
+        }
+        // Damaged or unreadable state is not "overlay is unsupported here": starting without
+        // the snapshotter would hide every image unpacked with it.
+        Err(e @ (snapshotter::Error::Open(_) | snapshotter::Error::Locked { .. })) => {
+            return Err(snapshotter_refused("overlayfs", &overlay_root, e));
         }
         // A host without overlay still gets the native snapshotter.
         Err(e) => log::warn!("overlayfs snapshotter unavailable: {e}"),
@@ -80,6 +97,22 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         daemon.events.clone(),
     ));
     tokio::spawn(crate::trim::run());
+    // Damaged content is found and reported before anything is served (and before GC runs).
+    {
+        let d = daemon.clone();
+        let started = std::time::Instant::now();
+        if let Ok(r) =
+            tokio::task::spawn_blocking(move || crate::integrity::check_at_startup(&d)).await
+        {
+            log::info!(
+                "content check: {} blobs, {} damaged, {} images affected, in {} ms",
+                r.checked,
+                r.damaged.len(),
+                r.images.len(),
+                started.elapsed().as_millis()
+            );
+        }
+    }
     crate::gc::spawn_timer(
         daemon.clone(),
         std::time::Duration::from_secs(cfg.gc.interval_secs),
@@ -94,9 +127,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         .set_tasks_dir(cfg.state.join(crate::runtime::PLUGIN_DIR));
     // Until start-up has found out whether there are tasks, hold their events for clients that
     // will subscribe again (shims deliver what they saw during an outage as soon as they can).
-    daemon
-        .events
-        .hold_unclaimed_task_events(crate::events::HOLD_WINDOW);
+    daemon.events.hold_outage_events(crate::events::HOLD_WINDOW);
     // Shims forward their events here (TTRPC_ADDRESS); it lives and dies with the gRPC socket.
     let ttrpc =
         match crate::ttrpc_events::TtrpcEvents::start(&cfg.ttrpc_address(), daemon.events.clone())
@@ -108,12 +139,30 @@ pub async fn run(cfg: Config) -> Result<(), String> {
                 return Err(e);
             }
         };
+    // When the previous corrald was last alive, then our own heartbeat from now on.
+    let last_alive = crate::daemon::last_alive(&cfg.state);
+    {
+        let state = cfg.state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::daemon::ALIVE_INTERVAL);
+            loop {
+                tick.tick().await;
+                let s = state.clone();
+                if let Ok(Err(e)) =
+                    tokio::task::spawn_blocking(move || crate::daemon::touch_alive(&s)).await
+                {
+                    log::warn!("heartbeat {}: {e}", state.display());
+                }
+            }
+        });
+    }
     // Before serving: every task is found again by asking its shim (shims forward events to
     // the ttrpc socket above, which is up by now).
-    if runtime.load(&daemon.db).await == 0 {
+    if runtime.load(&daemon.db, last_alive).await == 0 {
         // A fresh start: no client was subscribed to a task of ours, nothing to hold.
         daemon.events.stop_holding();
     }
+    daemon.events.serving();
     // Opening the databases and finding the tasks again peaks at several MB that are free by
     // now; an idle daemon should not keep them.
     crate::trim::soon();
@@ -211,6 +260,21 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     ttrpc.shutdown().await;
     let _ = std::fs::remove_file(&cfg.grpc.address);
     served.map_err(|e| format!("serve: {e}"))
+}
+
+/// The start-up error for a snapshotter whose state cannot be opened; a damaged database
+/// says what to do about it.
+fn snapshotter_refused(name: &str, root: &std::path::Path, e: snapshotter::Error) -> String {
+    match e {
+        snapshotter::Error::Open(durable::OpenError::Damaged { .. }) => format!(
+            "{name} snapshotter: {e}. corrald does not start on it: it would forget the \
+             snapshots still under {root}. Restore the file from a backup, or move the \
+             snapshotter's directory aside (mv {root} {root}.damaged) to start without its \
+             snapshots (images unpacked with it must then be removed and pulled again).",
+            root = root.display(),
+        ),
+        e => format!("{name} snapshotter: {e}"),
+    }
 }
 
 /// Logs to stderr, logrus-style, at `level`.

@@ -12,11 +12,10 @@
 //! time (the supervisor), like containerd's bolt database.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Display;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 
 use crate::Labels;
 use crate::error::{Error, Result};
@@ -25,29 +24,52 @@ const LABELS: TableDefinition<(&str, &str), &str> = TableDefinition::new("labels
 const UPDATED: TableDefinition<&str, u64> = TableDefinition::new("updated");
 
 pub struct LabelDb {
-    db: Database,
-    path: PathBuf,
+    db: durable::Database,
 }
 
 /// Labels of one blob and when they last changed (None: never set).
 pub type Entry = (Labels, Option<SystemTime>);
 
 impl LabelDb {
+    /// Opens (or creates) the label database. A damaged file is set aside as
+    /// `labels.redb.damaged-<nanos>` and a new, empty one takes its place: the damage is
+    /// reported, and the store keeps working with every blob's labels gone. (corrald keeps a
+    /// blob's labels in its own metadata; the store's are empty for it.)
     pub fn open(path: &Path) -> Result<LabelDb> {
-        let p = path;
-        let db = Database::create(path).db(p)?;
-        let txn = db.begin_write().db(p)?;
-        txn.open_table(LABELS).db(p)?;
-        txn.open_table(UPDATED).db(p)?;
-        txn.commit().db(p)?;
-        Ok(LabelDb {
-            db,
-            path: path.to_owned(),
-        })
+        let opened = match durable::open(path) {
+            Err(durable::OpenError::Damaged { reason, .. }) => {
+                let aside =
+                    path.with_extension(format!("redb.damaged-{}", to_nanos(SystemTime::now())));
+                std::fs::rename(path, &aside).map_err(|source| Error::Io {
+                    op: "move damaged label database aside to",
+                    path: aside.clone(),
+                    source,
+                })?;
+                log::error!(
+                    "content: label database {} is damaged ({reason}): moved it to {} and \
+                     started a new one; the store's blob labels are lost",
+                    path.display(),
+                    aside.display()
+                );
+                durable::open(path)
+            }
+            r => r,
+        };
+        let opened = opened.map_err(|e| Error::Database {
+            path: e.path().to_owned(),
+            code: e.code(),
+            message: e.to_string(),
+        })?;
+        let me = LabelDb { db: opened.db };
+        let txn = me.db.begin_write().db(&me.db)?;
+        txn.open_table(LABELS).db(&me.db)?;
+        txn.open_table(UPDATED).db(&me.db)?;
+        me.db.commit(txn).db(&me.db)?;
+        Ok(me)
     }
 
     pub fn get(&self, hex: &str) -> Result<Entry> {
-        let p = self.path.as_path();
+        let p = &self.db;
         let txn = self.db.begin_read().db(p)?;
         let labels = txn.open_table(LABELS).db(p)?;
         let updated = txn.open_table(UPDATED).db(p)?;
@@ -66,7 +88,7 @@ impl LabelDb {
 
     /// Every blob that has an entry, by hex digest.
     pub fn all(&self) -> Result<HashMap<String, Entry>> {
-        let p = self.path.as_path();
+        let p = &self.db;
         let txn = self.db.begin_read().db(p)?;
         let labels = txn.open_table(LABELS).db(p)?;
         let updated = txn.open_table(UPDATED).db(p)?;
@@ -91,7 +113,7 @@ impl LabelDb {
 
     /// Read-modify-write of one blob's labels in a single transaction; returns the new entry.
     pub fn modify(&self, hex: &str, f: impl FnOnce(&mut Labels)) -> Result<(Labels, SystemTime)> {
-        let p = self.path.as_path();
+        let p = &self.db;
         let txn = self.db.begin_write().db(p)?;
         let now = SystemTime::now();
         let labels = {
@@ -120,13 +142,13 @@ impl LabelDb {
                 .db(p)?;
             labels
         };
-        txn.commit().db(p)?;
+        p.commit(txn).db(p)?;
         Ok((labels, now))
     }
 
     /// Removes the entries of the given blobs.
     pub fn remove(&self, hexes: &[&str]) -> Result<()> {
-        let p = self.path.as_path();
+        let p = &self.db;
         let txn = self.db.begin_write().db(p)?;
         {
             let mut table = txn.open_table(LABELS).db(p)?;
@@ -147,20 +169,27 @@ impl LabelDb {
                 updated.remove(*hex).db(p)?;
             }
         }
-        txn.commit().db(p)?;
+        p.commit(txn).db(p)?;
         Ok(())
     }
 }
 
 trait DbResult<T> {
-    fn db(self, path: &Path) -> Result<T>;
+    /// The error of a failed call on `db`, naming its file; `db` learns of I/O errors (it
+    /// reopens itself after one, see the `durable` crate).
+    fn db(self, db: &durable::Database) -> Result<T>;
 }
 
-impl<T, E: Display> DbResult<T> for std::result::Result<T, E> {
-    fn db(self, path: &Path) -> Result<T> {
-        self.map_err(|e| Error::Database {
-            path: path.to_owned(),
-            message: e.to_string(),
+impl<T, E: Into<redb::Error>> DbResult<T> for std::result::Result<T, E> {
+    fn db(self, db: &durable::Database) -> Result<T> {
+        self.map_err(|e| {
+            let e = e.into();
+            db.note(&e);
+            Error::Database {
+                path: db.path().to_owned(),
+                code: durable::code_of(&e),
+                message: e.to_string(),
+            }
         })
     }
 }

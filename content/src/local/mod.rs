@@ -142,6 +142,18 @@ impl LocalStore {
         })
     }
 
+    /// Moves blob `digest` out of the store because it is damaged (a read found its bytes
+    /// hash to `actual`, or its size is wrong): readers get NotFound from now on instead of
+    /// wrong bytes, and a new download can store it again. Its labels go with it.
+    pub fn quarantine_blob(
+        &self,
+        digest: &Digest,
+        actual: Option<Digest>,
+        reason: String,
+    ) -> Result<Quarantined> {
+        self.quarantine(&digest.hex(), actual, reason)
+    }
+
     fn quarantine(
         &self,
         name: &str,
@@ -623,6 +635,10 @@ pub struct LocalReader {
 impl ReaderAt for LocalReader {
     fn size(&self) -> u64 {
         self.size
+    }
+
+    fn digest(&self) -> Digest {
+        self.digest
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<usize> {

@@ -131,6 +131,51 @@ fn verify_quarantines_corrupt_and_stray_blobs() {
     assert_eq!((report.ok, report.quarantined.len()), (2, 0));
 }
 
+/// A blob damaged on disk is not served as good: read from its start to its end, the last
+/// read fails (InvalidData, the damage named) and the probe says what it hashed to; a read
+/// from elsewhere cannot tell. `quarantine_blob` then takes it out of the store.
+#[test]
+fn reading_a_damaged_blob_to_its_end_fails_and_it_can_be_quarantined() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path()).unwrap();
+    let data = generate(9, 300_000);
+    let d = put(&store, "b", &data, Labels::new());
+    let all = |store: &LocalStore| {
+        let mut r = crate::BlobReader::new(store.reader_at(&d).unwrap(), 0).unwrap();
+        let probe = r.probe();
+        let mut out = Vec::new();
+        (r.read_to_end(&mut out), probe)
+    };
+    let (ok, probe) = all(&store);
+    assert_eq!(ok.unwrap(), data.len());
+    assert_eq!(probe.damaged(), None);
+
+    let path = store.blob_path(&d);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut bad = data.clone();
+    bad[123_456] ^= 0x40;
+    fs::write(&path, &bad).unwrap();
+    let (err, probe) = all(&store);
+    let err = err.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    assert!(err.to_string().contains(&d.to_string()), "{err}");
+    assert_eq!(probe.damaged(), Some(Digest::of(&bad)));
+    // Not from the start: nothing to compare with.
+    let mut tail = crate::BlobReader::new(store.reader_at(&d).unwrap(), 1000).unwrap();
+    let mut out = Vec::new();
+    assert_eq!(tail.read_to_end(&mut out).unwrap(), bad.len() - 1000);
+
+    let q = store
+        .quarantine_blob(&d, Some(Digest::of(&bad)), "read back wrong".into())
+        .unwrap();
+    assert_eq!(fs::read(&q.moved_to).unwrap(), bad);
+    assert_eq!(store.info(&d).unwrap_err().code(), Code::NotFound);
+    put(&store, "again", &data, Labels::new());
+    let (ok, probe) = all(&store);
+    assert_eq!((ok.unwrap(), probe.damaged()), (data.len(), None));
+}
+
 #[test]
 fn resume_does_not_write_into_a_committed_blob() {
     // A commit that fell back to link()+unlink() and crashed between them leaves the ingest's

@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::{Inner, fsutil};
 use crate::error::{Error, Result};
 use crate::{ContentWriter, Digest, Digester, Labels, Status, WriterOpts, validate_labels};
+use durable::out_of_space;
 
 pub struct LocalWriter {
     inner: Arc<Inner>,
@@ -166,6 +167,28 @@ impl LocalWriter {
     fn data_path(&self) -> PathBuf {
         self.dir.join("data")
     }
+
+    /// The disk is full: the ingest goes (closing this writer), so that its bytes do not keep
+    /// the disk full for everyone else; a client that retries starts the blob over.
+    fn discard(&mut self, source: io::Error) -> Error {
+        self.closed = true;
+        if let Err(e) = self.inner.remove_ingest(&self.dir) {
+            log::warn!(
+                "content: removing ingest {:?} after running out of space: {e}",
+                self.reference
+            );
+        }
+        log::warn!(
+            "content: ingest {:?} ran out of space writing {}: removed it",
+            self.reference,
+            self.data_path().display()
+        );
+        Error::IngestOutOfSpace {
+            ref_: self.reference.clone(),
+            path: self.data_path(),
+            source,
+        }
+    }
 }
 
 impl ContentWriter for LocalWriter {
@@ -183,6 +206,9 @@ impl ContentWriter for LocalWriter {
             });
         }
         if let Err(e) = self.data.write_all_at(data, offset) {
+            if out_of_space(&e) {
+                return Err(self.discard(e));
+            }
             // Keep file length == offset == hashed bytes, so a retry (or a resume) stays coherent.
             let _ = self.data.set_len(self.offset);
             return Err(Error::Io {
@@ -238,9 +264,16 @@ impl ContentWriter for LocalWriter {
         self.check_open()?;
         validate_labels(&labels)?;
         let data_path = self.data_path();
-        self.data
-            .sync_all()
-            .map_err(Error::io("fsync ingest data", &data_path))?;
+        if let Err(e) = self.data.sync_all() {
+            if out_of_space(&e) {
+                return Err(self.discard(e));
+            }
+            return Err(Error::Io {
+                op: "fsync ingest data",
+                path: data_path,
+                source: e,
+            });
+        }
         if let Some(expected) = size.or(self.total)
             && expected != self.offset
         {
@@ -291,8 +324,11 @@ impl ContentWriter for LocalWriter {
         self.closed = true;
         fsutil::fsync_dir(&self.inner.blobs).map_err(Error::io("fsync", &self.inner.blobs))?;
         failpoint("commit-after-rename");
-        self.inner.labels.modify(&actual.hex(), |l| *l = labels)?;
+        // The blob is in place: whatever happens to its labels, the ingest is done with (a
+        // failed label write, e.g. on a full disk, must not leave it behind as active).
+        let labelled = self.inner.labels.modify(&actual.hex(), |l| *l = labels);
         self.inner.remove_ingest(&self.dir)?;
+        labelled?;
         Ok(actual)
     }
 }

@@ -88,8 +88,25 @@ impl ApplyError {
             ApplyError::Io { source, .. } => match source.kind() {
                 io::ErrorKind::NotFound => Code::NotFound,
                 io::ErrorKind::AlreadyExists => Code::AlreadyExists,
+                // The snapshot's disk is full: the client can free space and unpack again.
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+                    Code::ResourceExhausted
+                }
                 _ => Code::Internal,
             },
+        }
+    }
+
+    /// The error with a path inside the layer made a path under `root`, the directory the
+    /// layer was applied to: a full disk is then named by the message.
+    pub(crate) fn under(self, root: &std::path::Path) -> Self {
+        match self {
+            ApplyError::Io { op, path, source } if !path.starts_with('/') => ApplyError::Io {
+                op,
+                path: root.join(&path).display().to_string(),
+                source,
+            },
+            e => e,
         }
     }
 
@@ -104,3 +121,25 @@ impl ApplyError {
 
 /// Shorthand for results of this module.
 pub type Result<T, E = ApplyError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full disk while applying is ResourceExhausted, and the message names the file on
+    /// that disk, not only its path inside the layer.
+    #[test]
+    fn out_of_space_names_the_file_under_the_apply_root() {
+        let e = ApplyError::io("write", "tmp/big", io::Error::from_raw_os_error(28))
+            .under(std::path::Path::new("/disk/snapshots/3/fs"));
+        assert_eq!(e.code(), Code::ResourceExhausted);
+        assert!(
+            e.to_string().contains("/disk/snapshots/3/fs/tmp/big"),
+            "{e}"
+        );
+        let root = ApplyError::io("open apply root", "/abs", io::Error::from_raw_os_error(5))
+            .under(std::path::Path::new("/elsewhere"));
+        assert!(root.to_string().contains("\"/abs\""), "{root}");
+        assert_eq!(root.code(), Code::Internal);
+    }
+}

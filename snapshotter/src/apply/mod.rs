@@ -89,7 +89,8 @@ pub fn apply_layer(
     mode: WhiteoutMode,
 ) -> Result<Applied> {
     let extractor = extract::Extractor::new(root, mode)?;
-    let (_implicit, digest) = stream::run(reader, media_type, |r| extractor.run(r))?;
+    let (_implicit, digest) =
+        stream::run(reader, media_type, |r| extractor.run(r)).map_err(|e| e.under(root))?;
     Ok(Applied {
         diff_id: digest.diff_id,
         size: digest.size,

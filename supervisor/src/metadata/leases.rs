@@ -65,15 +65,22 @@ impl Tx {
             .collect())
     }
 
-    /// Removes a lease and its resource rows; false if there was no such lease.
-    pub fn delete_lease(&self, ns: &str, lease: &str) -> Result<bool> {
+    /// Removes a lease and its resource rows; None if there was no such lease, else the
+    /// ingests it held (the caller aborts them once this transaction is committed).
+    pub fn delete_lease(&self, ns: &str, lease: &str) -> Result<Option<Vec<String>>> {
+        let ingests: Vec<String> = self
+            .lease_resources(ns, lease)?
+            .into_iter()
+            .filter(|(kind, _)| kind == "ingests")
+            .map(|(_, id)| id)
+            .collect();
         if !self.delete(LEASES, &key(ns, &[lease]))? {
-            return Ok(false);
+            return Ok(None);
         }
         for k in self.keys_under(LEASE_RESOURCES, &key(ns, &[lease]))? {
             self.delete(LEASE_RESOURCES, &k)?;
         }
-        Ok(true)
+        Ok(Some(ingests))
     }
 
     /// True if any namespace holds a record of blob `digest` (then its bytes must stay on disk).
@@ -131,8 +138,8 @@ mod tests {
             ]
         );
         assert!(tx.lease_resources("ns", "l").unwrap().is_empty());
-        assert!(tx.delete_lease("ns", "l1").unwrap());
-        assert!(!tx.delete_lease("ns", "l1").unwrap());
+        assert!(tx.delete_lease("ns", "l1").unwrap().is_some());
+        assert!(tx.delete_lease("ns", "l1").unwrap().is_none());
         assert!(!tx.any_under(LEASE_RESOURCES, "ns").unwrap());
     }
 

@@ -25,15 +25,23 @@
 //! Values are JSON documents (serde), so a record gains optional fields without a migration;
 //! a change of key layout bumps [`SCHEMA_VERSION`] and adds a migration in [`Db::open`].
 //! Every write is one redb transaction, durable when `commit` returns.
+//!
+//! The file is opened and kept open through the `durable` crate: a damaged file is an error
+//! naming it ([`Error::Open`], DataLoss; corrald then refuses to start, never replaces it with
+//! an empty database), and a write that fails with ENOSPC is ResourceExhausted naming the file,
+//! after which the handle is reopened at the next transaction (redb refuses everything after
+//! one I/O error until then). A commit that failed may still turn out durable, as a lost
+//! reply would: callers must not assume it did not happen.
 
 pub mod containers;
 mod leases;
 mod records;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use protocol::Code;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -63,13 +71,16 @@ const ALL: [TableDefinition<&str, &[u8]>; 7] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The file could not be opened: in use, damaged (the message says which file and why), or
+    /// unreadable.
+    #[error("metadata database {0}")]
+    Open(durable::OpenError),
+    /// A transaction failed; `path` is the database file (ENOSPC names the full disk this way).
     #[error("metadata database {path}: {source}")]
-    Open {
+    Storage {
         path: String,
-        source: redb::DatabaseError,
+        source: Box<redb::Error>,
     },
-    #[error("metadata database: {0}")]
-    Storage(String),
     #[error("metadata schema version {found} is newer than this corrald ({SCHEMA_VERSION})")]
     TooNew { found: u64 },
     /// A record a change depends on is missing (e.g. the lease a resource is attached to).
@@ -86,32 +97,15 @@ pub enum Error {
 impl Error {
     pub fn code(&self) -> Code {
         match self {
-            Error::Open {
-                source: redb::DatabaseError::DatabaseAlreadyOpen,
-                ..
-            } => Code::Unavailable,
+            Error::Open(e) => e.code(),
+            // A full disk is ResourceExhausted: the client can free space and retry.
+            Error::Storage { source, .. } => durable::code_of(source),
             Error::Corrupt { .. } => Code::DataLoss,
             Error::NotFound(_) => Code::NotFound,
-            _ => Code::Internal,
+            Error::TooNew { .. } => Code::Internal,
         }
     }
 }
-
-macro_rules! storage {
-    ($($t:ty),*) => {$(
-        impl From<$t> for Error {
-            fn from(e: $t) -> Error {
-                Error::Storage(e.to_string())
-            }
-        }
-    )*};
-}
-storage!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -131,45 +125,74 @@ fn range_of(prefix: &str) -> (String, String) {
 }
 
 pub struct Db {
-    db: Database,
+    db: Arc<durable::Database>,
 }
 
 /// A write transaction: typed access to the tables, committed as one.
 pub struct Tx {
     tx: redb::WriteTransaction,
+    db: Arc<durable::Database>,
+}
+
+/// The error of a failed redb call on `db`, which also learns of I/O errors that poisoned it
+/// (it reopens itself at the next transaction, see the `durable` crate).
+fn storage<E: Into<redb::Error>>(db: &durable::Database) -> impl Fn(E) -> Error + '_ {
+    move |e| {
+        let source = e.into();
+        db.note(&source);
+        Error::Storage {
+            path: db.path().display().to_string(),
+            source: Box::new(source),
+        }
+    }
 }
 
 impl Db {
-    /// Opens (or creates) the database. A second corrald on the same root gets Unavailable.
+    /// Opens (or creates) the database. A second corrald on the same root gets Unavailable; a
+    /// damaged file is [`Error::Open`] with [`durable::OpenError::Damaged`] (DataLoss), never
+    /// a panic and never an empty database in its place.
     pub fn open(path: &Path) -> Result<Db> {
-        let db = Database::create(path).map_err(|source| Error::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let tx = db.begin_write()?;
+        let opened = durable::open(path).map_err(Error::Open)?;
+        if opened.repaired {
+            log::warn!(
+                "metadata database {}: damaged pages were repaired (redb went back to its last \
+                 intact commit; the newest changes may be lost)",
+                path.display()
+            );
+        }
+        let db = Arc::new(opened.db);
+        let tx = db.begin_write().map_err(storage(&db))?;
         {
-            let mut meta = tx.open_table(META)?;
+            let mut meta = tx.open_table(META).map_err(storage(&db))?;
             let found = meta
-                .get("schema_version")?
+                .get("schema_version")
+                .map_err(storage(&db))?
                 .map(|v| u64::from_le_bytes(v.value().try_into().unwrap_or([0; 8])));
             match found {
                 Some(v) if v > SCHEMA_VERSION => return Err(Error::TooNew { found: v }),
                 // Migrations from older versions go here.
                 _ => {
-                    meta.insert("schema_version", SCHEMA_VERSION.to_le_bytes().as_slice())?;
+                    meta.insert("schema_version", SCHEMA_VERSION.to_le_bytes().as_slice())
+                        .map_err(storage(&db))?;
                 }
             }
             for t in ALL {
-                tx.open_table(t)?;
+                tx.open_table(t).map_err(storage(&db))?;
             }
         }
-        tx.commit()?;
+        db.commit(tx).map_err(storage(&db))?;
         Ok(Db { db })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        self.db.path()
     }
 
     pub fn write(&self) -> Result<Tx> {
         Ok(Tx {
-            tx: self.db.begin_write()?,
+            tx: self.db.begin_write().map_err(storage(&self.db))?,
+            db: self.db.clone(),
         })
     }
 
@@ -179,9 +202,9 @@ impl Db {
         table: TableDefinition<&str, &[u8]>,
         key: &str,
     ) -> Result<Option<T>> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(table)?;
-        let Some(v) = t.get(key)? else {
+        let tx = self.db.begin_read().map_err(storage(&self.db))?;
+        let t = tx.open_table(table).map_err(storage(&self.db))?;
+        let Some(v) = t.get(key).map_err(storage(&self.db))? else {
             return Ok(None);
         };
         decode(table, key, v.value()).map(Some)
@@ -193,12 +216,15 @@ impl Db {
         table: TableDefinition<&str, &[u8]>,
         prefix: &str,
     ) -> Result<Vec<(String, T)>> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(table)?;
+        let tx = self.db.begin_read().map_err(storage(&self.db))?;
+        let t = tx.open_table(table).map_err(storage(&self.db))?;
         let (lo, hi) = range_of(prefix);
         let mut out = Vec::new();
-        for entry in t.range(lo.as_str()..hi.as_str())? {
-            let (k, v) = entry?;
+        for entry in t
+            .range(lo.as_str()..hi.as_str())
+            .map_err(storage(&self.db))?
+        {
+            let (k, v) = entry.map_err(storage(&self.db))?;
             let k = k.value().to_string();
             let rec = decode(table, &k, v.value())?;
             out.push((k, rec));
@@ -211,11 +237,11 @@ impl Db {
         &self,
         table: TableDefinition<&str, &[u8]>,
     ) -> Result<Vec<(String, T)>> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(table)?;
+        let tx = self.db.begin_read().map_err(storage(&self.db))?;
+        let t = tx.open_table(table).map_err(storage(&self.db))?;
         let mut out = Vec::new();
-        for entry in t.iter()? {
-            let (k, v) = entry?;
+        for entry in t.iter().map_err(storage(&self.db))? {
+            let (k, v) = entry.map_err(storage(&self.db))?;
             let k = k.value().to_string();
             let rec = decode(table, &k, v.value())?;
             out.push((k, rec));
@@ -225,22 +251,24 @@ impl Db {
 
     /// The persisted server uuid, created on first use.
     pub fn server_uuid(&self, fresh: impl FnOnce() -> String) -> Result<String> {
-        let tx = self.db.begin_write()?;
+        let tx = self.db.begin_write().map_err(storage(&self.db))?;
         let uuid = {
-            let mut meta = tx.open_table(META)?;
+            let mut meta = tx.open_table(META).map_err(storage(&self.db))?;
             let existing = meta
-                .get("uuid")?
+                .get("uuid")
+                .map_err(storage(&self.db))?
                 .map(|v| String::from_utf8_lossy(v.value()).into_owned());
             match existing {
                 Some(u) => u,
                 None => {
                     let u = fresh();
-                    meta.insert("uuid", u.as_bytes())?;
+                    meta.insert("uuid", u.as_bytes())
+                        .map_err(storage(&self.db))?;
                     u
                 }
             }
         };
-        tx.commit()?;
+        self.db.commit(tx).map_err(storage(&self.db))?;
         Ok(uuid)
     }
 }
@@ -263,8 +291,8 @@ impl Tx {
         table: TableDefinition<&str, &[u8]>,
         key: &str,
     ) -> Result<Option<T>> {
-        let t = self.tx.open_table(table)?;
-        let Some(v) = t.get(key)? else {
+        let t = self.tx.open_table(table).map_err(storage(&self.db))?;
+        let Some(v) = t.get(key).map_err(storage(&self.db))? else {
             return Ok(None);
         };
         decode(table, key, v.value()).map(Some)
@@ -277,20 +305,33 @@ impl Tx {
         value: &T,
     ) -> Result<()> {
         let bytes = serde_json::to_vec(value).expect("records serialise");
-        self.tx.open_table(table)?.insert(key, bytes.as_slice())?;
+        self.tx
+            .open_table(table)
+            .map_err(storage(&self.db))?
+            .insert(key, bytes.as_slice())
+            .map_err(storage(&self.db))?;
         Ok(())
     }
 
     /// Removes a record; true if it existed.
     pub fn delete(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<bool> {
-        Ok(self.tx.open_table(table)?.remove(key)?.is_some())
+        Ok(self
+            .tx
+            .open_table(table)
+            .map_err(storage(&self.db))?
+            .remove(key)
+            .map_err(storage(&self.db))?
+            .is_some())
     }
 
     /// True if any record exists under `prefix`.
     pub fn any_under(&self, table: TableDefinition<&str, &[u8]>, prefix: &str) -> Result<bool> {
-        let t = self.tx.open_table(table)?;
+        let t = self.tx.open_table(table).map_err(storage(&self.db))?;
         let (lo, hi) = range_of(prefix);
-        Ok(t.range(lo.as_str()..hi.as_str())?.next().is_some())
+        Ok(t.range(lo.as_str()..hi.as_str())
+            .map_err(storage(&self.db))?
+            .next()
+            .is_some())
     }
 
     /// Keys under `prefix`.
@@ -299,27 +340,30 @@ impl Tx {
         table: TableDefinition<&str, &[u8]>,
         prefix: &str,
     ) -> Result<Vec<String>> {
-        let t = self.tx.open_table(table)?;
+        let t = self.tx.open_table(table).map_err(storage(&self.db))?;
         let (lo, hi) = range_of(prefix);
         let mut out = Vec::new();
-        for e in t.range(lo.as_str()..hi.as_str())? {
-            out.push(e?.0.value().to_string());
+        for e in t
+            .range(lo.as_str()..hi.as_str())
+            .map_err(storage(&self.db))?
+        {
+            out.push(e.map_err(storage(&self.db))?.0.value().to_string());
         }
         Ok(out)
     }
 
     /// Every key of a table (e.g. all namespaces).
     pub fn keys_all(&self, table: TableDefinition<&str, &[u8]>) -> Result<Vec<String>> {
-        let t = self.tx.open_table(table)?;
+        let t = self.tx.open_table(table).map_err(storage(&self.db))?;
         let mut out = Vec::new();
-        for e in t.iter()? {
-            out.push(e?.0.value().to_string());
+        for e in t.iter().map_err(storage(&self.db))? {
+            out.push(e.map_err(storage(&self.db))?.0.value().to_string());
         }
         Ok(out)
     }
 
     pub fn commit(self) -> Result<()> {
-        self.tx.commit()?;
+        self.db.commit(self.tx).map_err(storage(&self.db))?;
         Ok(())
     }
 }

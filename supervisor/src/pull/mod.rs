@@ -165,6 +165,9 @@ pub enum Error {
     Worker(String),
     #[error("cancelled")]
     Cancelled,
+    /// A stored blob read back wrong (it was quarantined; the message says what to do).
+    #[error("{}", .0.message())]
+    Damaged(tonic::Status),
 }
 
 fn describe_failures(failures: &[(String, Error)]) -> String {
@@ -202,6 +205,7 @@ impl Error {
             Error::Apply { source, .. } => source.code(),
             Error::Worker(_) => Code::Internal,
             Error::Cancelled => Code::Canceled,
+            Error::Damaged(_) => Code::DataLoss,
         }
     }
 }
@@ -362,6 +366,8 @@ struct Ctx {
     downloads: Semaphore,
     /// `containerd.io/distribution.source.<host>` = repository, on every blob.
     source: (String, String),
+    /// Refs of the ingests this pull opened (to discard them when the disk is full).
+    ingests: std::sync::Mutex<Vec<String>>,
 }
 
 impl Ctx {
@@ -454,6 +460,7 @@ pub async fn pull(
         registry,
         progress: events,
         downloads: Semaphore::new(CONCURRENT_DOWNLOADS),
+        ingests: Default::default(),
     });
     let result = pull_in_lease(
         &ctx,
@@ -463,6 +470,11 @@ pub async fn pull(
         req.unpack.then_some(sn_name),
     )
     .await;
+    if let Err(e) = &result
+        && e.code() == Code::ResourceExhausted
+    {
+        discard_ingests(&ctx).await;
+    }
     // Whatever happened, the lease goes: on success the image record holds everything, on
     // failure what was stored becomes garbage.
     delete_lease(&d, ns, lease).await;
@@ -474,6 +486,38 @@ pub async fn pull(
         }
     }
     result
+}
+
+/// After the disk filled: the pull's other partial downloads go too. They are kept for a
+/// resume after other failures, but here their bytes are what keeps the disk full (the ingest
+/// that hit ENOSPC removed itself). The downloads were aborted; their writers close as their
+/// tasks wind down, so a ref still held is tried again for a moment.
+async fn discard_ingests(ctx: &Arc<Ctx>) {
+    let refs = std::mem::take(&mut *ctx.ingests.lock().unwrap_or_else(|e| e.into_inner()));
+    let c = ctx.clone();
+    let _ = blocking(move || {
+        for r in refs {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                match c.d.content.abort(&r) {
+                    Err(content::Error::RefLocked(_)) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Ok(()) => {
+                        log::info!("pull: discarded the partial download {r} (disk full)");
+                        break;
+                    }
+                    Err(content::Error::RefNotFound(_)) => break,
+                    Err(e) => {
+                        log::warn!("pull: discarding {r} after the disk filled: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+    .await;
 }
 
 /// The hosts of `image`'s registry (from the hosts directory), each with its client and
@@ -1040,6 +1084,12 @@ async fn read_blob(ctx: &Arc<Ctx>, desc: &Desc) -> Result<Vec<u8>, Error> {
             at += n;
         }
         buf.truncate(at);
+        let actual = Digest::of(&buf);
+        if actual != digest {
+            return Err(Error::Damaged(crate::integrity::damaged(
+                &c.d, &digest, actual,
+            )));
+        }
         Ok(buf)
     })
     .await
@@ -1088,7 +1138,13 @@ async fn fetch(ctx: Arc<Ctx>, desc: Desc, kind: Kind, index: usize) -> Result<()
                     .await;
                 return Ok(());
             }
-            Some(Some(w)) => break w,
+            Some(Some(w)) => {
+                ctx.ingests
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(sref.clone());
+                break w;
+            }
             Some(None) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     };

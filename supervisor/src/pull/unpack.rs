@@ -29,7 +29,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use content::{BlobReader, ContentStore, Digest};
+use content::{BlobReader, ContentStore, DamageProbe, Digest};
 use protocol::grpc::any::{SNAPSHOT_COMMIT, SNAPSHOT_PREPARE, pack};
 use protocol::grpc::containerd::events::{SnapshotCommit, SnapshotPrepare};
 use snapshotter::{Mount, Snapshotter, StagedLayer};
@@ -269,10 +269,30 @@ impl Unpacker {
         &self,
         l: &Layer,
         cancel: Option<Arc<AtomicBool>>,
-    ) -> Result<Cancellable<BlobReader>, Error> {
+    ) -> Result<(Cancellable<BlobReader>, DamageProbe), Error> {
         let digest = Digest::parse(&l.desc.digest)?;
         let inner = BlobReader::new(self.d.content.reader_at(&digest)?, 0)?;
-        Ok(Cancellable { inner, cancel })
+        let probe = inner.probe();
+        Ok((Cancellable { inner, cancel }, probe))
+    }
+
+    /// The error of a failed apply: a layer damaged on disk makes the apply fail in some way,
+    /// and then that is what is reported (and the blob quarantined).
+    fn apply_error(
+        &self,
+        l: &Layer,
+        probe: &DamageProbe,
+        source: snapshotter::apply::ApplyError,
+    ) -> Error {
+        match (probe.damaged(), Digest::parse(&l.desc.digest)) {
+            (Some(actual), Ok(digest)) => {
+                Error::Damaged(crate::integrity::damaged(&self.d, &digest, actual))
+            }
+            _ => Error::Apply {
+                digest: l.desc.digest.clone(),
+                source,
+            },
+        }
     }
 
     fn check_diff_id(&self, index: usize, l: &Layer, actual: &str) -> Result<(), Error> {
@@ -473,15 +493,10 @@ async fn stage(
             Err(e) => return Err(e.into()),
         }
         let dir = view.stage_dir()?;
-        let reader = u.reader(&layer, Some(flag))?;
+        let (reader, probe) = u.reader(&layer, Some(flag))?;
         let media = Some(layer.desc.media_type.as_str()).filter(|m| !m.is_empty());
-        let staged =
-            snapshotter::apply::stage_layer(reader, media, dir, index > 0).map_err(|source| {
-                Error::Apply {
-                    digest: layer.desc.digest.clone(),
-                    source,
-                }
-            })?;
+        let staged = snapshotter::apply::stage_layer(reader, media, dir, index > 0)
+            .map_err(|source| u.apply_error(&layer, &probe, source))?;
         u.check_diff_id(index, &layer, &staged.applied.diff_id)?;
         Ok(Some(staged))
     })
@@ -567,14 +582,10 @@ async fn make(
 
 /// The sequential apply of one layer onto the prepared snapshot's mounts.
 fn apply(u: &Unpacker, index: usize, layer: &Layer, mounts: &[Mount]) -> Result<(), Error> {
-    let reader = u.reader(layer, None)?;
+    let (reader, probe) = u.reader(layer, None)?;
     let media = Some(layer.desc.media_type.as_str()).filter(|m| !m.is_empty());
-    let applied = snapshotter::apply::apply_to_mounts(mounts, reader, media).map_err(|source| {
-        Error::Apply {
-            digest: layer.desc.digest.clone(),
-            source,
-        }
-    })?;
+    let applied = snapshotter::apply::apply_to_mounts(mounts, reader, media)
+        .map_err(|source| u.apply_error(layer, &probe, source))?;
     u.check_diff_id(index, layer, &applied.diff_id)
 }
 

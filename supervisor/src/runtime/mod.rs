@@ -39,6 +39,7 @@ use self::bundle::{Bundle, Exit};
 use self::shim::{LONG, SHORT, Shim, ctx};
 use crate::events::Exchange;
 use crate::metadata::{self, Container, Db, Time};
+use protocol::grpc::containerd::services::events::v1::Envelope;
 
 /// How long a shim without a task gets, at start-up, for a Create in flight to finish.
 const CREATE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
@@ -543,7 +544,17 @@ impl Manager {
     /// answer; its `delete` action ran), or removed (no task was ever created in it, or its
     /// container is gone) — no shim is left running without a task. Returns how many tasks
     /// (live or dead) it registered.
-    pub async fn load(self: &Arc<Self>, db: &Db) -> usize {
+    ///
+    /// A task whose process exited while corrald was down (after `outage_since`, when the
+    /// previous corrald was last alive) has its /tasks/exit published again from its shim's
+    /// State, all of them in the order they exited, before corrald serves: containerd's own
+    /// shim gives up delivering an exit after about 20 s, and ours may come back after
+    /// corrald serves. The shim's own copy, if it comes, is dropped by the exchange.
+    pub async fn load(
+        self: &Arc<Self>,
+        db: &Db,
+        outage_since: Option<std::time::SystemTime>,
+    ) -> usize {
         let dir = self.state_dir.clone();
         let address = self.env.address.display().to_string();
         let found = tokio::task::spawn_blocking(move || {
@@ -566,16 +577,31 @@ impl Manager {
             let me = self.clone();
             set.spawn(async move {
                 let key = (ns.clone(), id.clone());
-                me.load_one(ns, id, container).await.then_some(key)
+                let (kept, exit) = me.load_one(ns, id, container, outage_since).await;
+                (kept.then_some(key), exit)
             });
         }
         let mut kept = HashSet::new();
         let mut live = 0;
+        let mut exits = Vec::new();
         while let Some(r) = set.join_next().await {
-            if let Ok(Some(k)) = r {
-                kept.insert(k);
-                live += 1;
+            if let Ok((k, exit)) = r {
+                if let Some(k) = k {
+                    kept.insert(k);
+                    live += 1;
+                }
+                exits.extend(exit);
             }
+        }
+        exits.sort_by_key(|e: &Envelope| e.timestamp.as_ref().map(|t| (t.seconds, t.nanos)));
+        if !exits.is_empty() {
+            log::info!(
+                "runtime: {} tasks exited while corrald was down; publishing their exits",
+                exits.len()
+            );
+        }
+        for e in exits {
+            self.events.forward(e);
         }
         let live_pids: HashSet<u32> = self
             .tasks
@@ -601,13 +627,15 @@ impl Manager {
         live
     }
 
-    /// Loads one bundle; true if a task (live or dead) was registered for it.
+    /// Loads one bundle; true if a task (live or dead) was registered for it, and the exit
+    /// to publish if its process exited after `outage_since`.
     async fn load_one(
         self: &Arc<Self>,
         ns: String,
         id: String,
         container: Option<Container>,
-    ) -> bool {
+        outage_since: Option<std::time::SystemTime>,
+    ) -> (bool, Option<Envelope>) {
         let bundle = self.bundle(&ns, &id);
         let key = (ns.clone(), id.clone());
         if let Some(exit) = bundle.exit() {
@@ -615,7 +643,7 @@ impl Manager {
                 .lock()
                 .unwrap()
                 .insert(key, Entry::Dead(Arc::new(Dead { bundle, exit })));
-            return true;
+            return (true, None);
         }
         let binary = bundle.shim_binary().or_else(|| {
             container
@@ -625,14 +653,14 @@ impl Manager {
         let Some(binary) = binary else {
             log::warn!("bundle {ns}/{id}: no shim binary known; removing it");
             self.remove_bundle(bundle).await;
-            return false;
+            return (false, None);
         };
         let Some(address) = bundle.address() else {
             // The shim was never started (or its `start` was cut short): nothing to reach.
             log::info!("bundle {ns}/{id}: no shim address; cleaning up");
             binary::delete(&binary, &self.env, &bundle).await;
             self.remove_bundle(bundle).await;
-            return false;
+            return (false, None);
         };
         let timeout = self.resolver.load_timeout();
         // A shim blocked opening its log FIFO (no reader while corrald was down) answers only
@@ -678,14 +706,15 @@ impl Manager {
         }
         .await;
         match connected {
-            Ok((client, pid, Ok(_))) if container.is_some() => {
+            Ok((client, pid, Ok(state))) if container.is_some() => {
+                let exit = exit_during_outage(&ns, &id, &state, outage_since);
                 let shim = Arc::new(Shim::new(bundle, binary, client, pid, log));
                 self.tasks
                     .lock()
                     .unwrap()
                     .insert(key, Entry::Live(shim.clone()));
                 self.watch(shim);
-                true
+                (true, exit)
             }
             Ok((client, pid, state)) => {
                 // A shim without a task (corrald died between `start` and Create) or a task
@@ -719,7 +748,7 @@ impl Manager {
                 drop(s);
                 binary::delete(&binary, &self.env, &bundle).await;
                 self.remove_bundle(bundle).await;
-                false
+                (false, None)
             }
             Err(e) => {
                 log::warn!("task {ns}/{id}: shim unreachable ({e}); running its delete action");
@@ -727,7 +756,7 @@ impl Manager {
                 let exit = binary::delete(&binary, &self.env, &bundle).await;
                 if container.is_none() {
                     self.remove_bundle(bundle).await;
-                    return false;
+                    return (false, None);
                 }
                 self.bury(&bundle, exit).await;
                 self.tasks.lock().unwrap().insert(
@@ -738,8 +767,50 @@ impl Manager {
                     })),
                 );
                 self.publish_stopped(&bundle, exit);
-                true
+                (true, None)
             }
         }
     }
+}
+
+/// The /tasks/exit of a task its shim reports STOPPED with an exit after `since` (corrald was
+/// down then, so nobody may have got it), stamped with the exit's own time: as the shim
+/// publishes it, so that the exchange knows the shim's copy for the same exit.
+fn exit_during_outage(
+    ns: &str,
+    id: &str,
+    state: &api::StateResponse,
+    since: Option<std::time::SystemTime>,
+) -> Option<Envelope> {
+    use protocol::grpc::containerd::events::TaskExit;
+    let since = since?;
+    if state.status.enum_value() != Ok(protocol::task::Status::STOPPED) {
+        return None;
+    }
+    let at = state.exited_at.as_ref()?;
+    let at = prost_types::Timestamp {
+        seconds: at.seconds,
+        nanos: at.nanos,
+    };
+    let since = since
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    if (at.seconds, at.nanos) <= (since.as_secs() as i64, since.subsec_nanos() as i32) {
+        return None;
+    }
+    Some(Envelope {
+        timestamp: Some(at),
+        namespace: ns.to_string(),
+        topic: "/tasks/exit".into(),
+        event: Some(any::pack(
+            any::TASK_EXIT,
+            &TaskExit {
+                container_id: id.to_string(),
+                id: id.to_string(),
+                pid: state.pid,
+                exit_status: state.exit_status,
+                exited_at: Some(at),
+            },
+        )),
+    })
 }

@@ -246,6 +246,14 @@ fn open_session(
         )),
         e => store_err(e),
     })?;
+    // As containerd: an ingest opened under a lease goes when the lease goes (deleted or
+    // expired), so a client that gives up, e.g. on a full disk, leaves no partial ingest.
+    if let Some(l) = &lease {
+        let tx = d.db.write().map_err(db_err)?;
+        tx.add_lease_resource(&ns, l, "ingests", &first.r#ref)
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+    }
     Ok(Session {
         ns,
         lease,
@@ -326,6 +334,18 @@ fn commit(d: &Daemon, s: &mut Session, labels: Labels) -> Result<(), RpcStatus> 
         return Err(already_exists(&digest));
     }
     Ok(())
+}
+
+/// Aborts the ingests `refs` (client refs) of `ns`, as the lease holding them is gone. One
+/// still being written is left to its writer.
+pub fn abort_ingests(d: &Daemon, ns: &str, refs: &[String]) {
+    for r in refs {
+        match d.content.abort(&store_ref(ns, r)) {
+            Ok(()) => log::debug!("ingest {ns}/{r}: aborted with its lease"),
+            Err(content::Error::RefNotFound(_)) => {}
+            Err(e) => log::warn!("ingest {ns}/{r}: its lease is gone, but: {e}"),
+        }
+    }
 }
 
 /// Removes the record of `digest` in `ns`, then the bytes if no namespace has them any more.
@@ -470,7 +490,10 @@ impl Content for ContentService {
             {
                 return Err(not_found(&name));
             }
-            d.content.reader_at(&digest).map_err(store_err)
+            d.content.reader_at(&digest).map_err(|e| match e {
+                content::Error::NotFound(_) => crate::integrity::missing(&d, &ns, &digest),
+                e => store_err(e),
+            })
         })
         .await?;
         let blob_size = reader.size();
@@ -486,8 +509,13 @@ impl Content for ContentService {
             blob_size
         };
         let (tx, rx) = mpsc::channel(4);
+        let d = self.daemon.clone();
         tokio::task::spawn_blocking(move || {
             let mut pos = offset;
+            // A read of the whole blob is checked against its digest: damage found at the end
+            // replaces the last chunk with DataLoss, so a client never gets wrong bytes as a
+            // complete blob. (A partial read cannot be checked.)
+            let mut hasher = (offset == 0 && end == blob_size).then(content::Digester::new);
             while pos < end {
                 let mut buf = vec![0u8; READ_CHUNK.min((end - pos) as usize)];
                 let msg = match reader.read_at(&mut buf, pos) {
@@ -496,12 +524,19 @@ impl Content for ContentService {
                     ))),
                     Ok(n) => {
                         buf.truncate(n);
-                        let m = ReadContentResponse {
-                            offset: pos as i64,
-                            data: buf.into(),
-                        };
+                        if let Some(h) = &mut hasher {
+                            h.update(&buf);
+                        }
                         pos += n as u64;
-                        Ok(m)
+                        match hasher.take_if(|_| pos == end).map(|h| h.digest()) {
+                            Some(actual) if actual != digest => {
+                                Err(crate::integrity::damaged(&d, &digest, actual))
+                            }
+                            _ => Ok(ReadContentResponse {
+                                offset: (pos - n as u64) as i64,
+                                data: buf.into(),
+                            }),
+                        }
                     }
                     Err(e) => Err(store_err(e)),
                 };

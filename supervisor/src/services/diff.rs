@@ -64,13 +64,19 @@ fn apply(
         return Err(not_found());
     }
     let reader = d.content.reader_at(&digest).map_err(|e| match e.code() {
-        Code::NotFound => not_found(),
+        // Recorded, but the file is gone.
+        Code::NotFound => crate::integrity::missing(d, ns, &digest),
         _ => store_err(e),
     })?;
     let reader = BlobReader::new(reader, 0).map_err(store_err)?;
+    let probe = reader.probe();
     let media_type = Some(desc.media_type.as_str()).filter(|m| !m.is_empty());
     let applied =
         snapshotter::apply::apply_to_mounts(&mounts, reader, media_type).map_err(|e| {
+            // A layer damaged on disk makes the apply fail in some way; say why.
+            if let Some(actual) = probe.damaged() {
+                return crate::integrity::damaged(d, &digest, actual);
+            }
             let s = apply_err(e);
             Status::new(
                 s.code(),

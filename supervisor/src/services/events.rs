@@ -70,7 +70,7 @@ impl Events for EventsService {
     }
 }
 
-/// Copies the held events the subscription claimed, then matching envelopes from the
+/// Copies the replayed events of the outage, then matching envelopes from the
 /// exchange, to one subscriber until it goes away.
 async fn feed(
     mut sub: Subscription,

@@ -132,10 +132,12 @@ impl Leases for LeasesService {
         let d = self.daemon.clone();
         blocking(move || {
             let tx = d.db.write().map_err(db_err)?;
-            if !tx.delete_lease(&ns, &id).map_err(db_err)? {
+            let Some(ingests) = tx.delete_lease(&ns, &id).map_err(db_err)? else {
                 return Err(lease_not_found(&id));
-            }
-            tx.commit().map_err(db_err)
+            };
+            tx.commit().map_err(db_err)?;
+            crate::services::content::abort_ingests(&d, &ns, &ingests);
+            Ok(())
         })
         .await?;
         // What the lease held may be garbage now. `sync` asks for it to be gone on return.
