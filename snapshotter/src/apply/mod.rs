@@ -121,7 +121,8 @@ pub fn stage_layer(
         WhiteoutMode::Delete
     };
     let extractor = extract::Extractor::new(dir.path(), mode)?;
-    let (implicit, digest) = stream::run(reader, media_type, |r| extractor.run(r))?;
+    let (implicit, digest) =
+        stream::run(reader, media_type, |r| extractor.run(r)).map_err(|e| e.under(dir.path()))?;
     Ok(crate::staging::StagedLayer {
         dir,
         implicit_dirs: implicit,
