@@ -736,6 +736,7 @@ pub fn block(cfg: &Config, report: &mut Report) {
     let options = CriOptions {
         log_level: cfg.cri.log_level,
         registry_hosts: critest.as_ref().map(|c| c.hosts_dir()),
+        ..CriOptions::default()
     };
     let nodes = [
         Node::Containerd(ContainerdCri::start_with(options.clone())),
