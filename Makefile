@@ -84,7 +84,8 @@ test: deps build
 
 ## critest: cri-tools' CRI validation suite against corral-cri on a private corrald, offline
 ## (look-alike images in a local registry, registry.k8s.io, gcr.io and k8s.gcr.io mirrored to
-## it); CRITEST_FLAGS adds critest flags, e.g. CRITEST_FLAGS='-ginkgo.focus=Networking'
+## it); the streaming tests (exec, attach, port-forward) run over SPDY, then again over
+## WebSocket; CRITEST_FLAGS adds critest flags, e.g. CRITEST_FLAGS='-ginkgo.focus=Networking'
 critest: deps build
 	CORRAL_SHIM_BIN=$(DEBUG_SHIM) CORRALD_BIN=$(TARGET_DIR)/debug/corrald \
 		CORRAL_CRI_BIN=$(TARGET_DIR)/debug/corral-cri \
