@@ -24,6 +24,7 @@
 //! the CRI log (`shim_writes_logs = false`) get no FIFOs and cannot be attached to.
 
 use std::collections::HashMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,9 @@ use crate::store::{Container, State};
 /// it loses output rather than have us buffer without bound.
 const BACKLOG: usize = 256;
 const BUF: usize = 32 * 1024;
+/// Reads of [`BUF`] that empty a pipe of the largest size an unprivileged process can set
+/// (1 MiB): output written before the first attacher came is not shown.
+const STALE_READS: usize = 32;
 
 impl Cri {
     /// The directory of a container's stdio FIFOs.
@@ -418,12 +422,22 @@ impl Outputs {
         for (name, stream) in [("stdout", Stream::Stdout), ("stderr", Stream::Stderr)] {
             let path = dir.join(name);
             if path.exists() {
-                let fifo = pipe::OpenOptions::new()
-                    .open_receiver(&path)
-                    .map_err(|e| std::io::Error::other(format!("open {}: {e}", path.display())))?;
+                let fail = |e| std::io::Error::other(format!("open {}: {e}", path.display()));
+                // Non-blocking: the open does not wait for a writer, nor a read for data.
+                let mut file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                    .open(&path)
+                    .map_err(fail)?;
+                // Emptied before tokio sees it (its first readiness is not known yet), of at
+                // most what a pipe holds: a container writing all along is not waited out.
                 let mut sink = vec![0u8; BUF];
-                while matches!(fifo.try_read(&mut sink), Ok(n) if n > 0) {}
-                fifos.push((fifo, stream));
+                for _ in 0..STALE_READS {
+                    if !matches!(std::io::Read::read(&mut file, &mut sink), Ok(n) if n > 0) {
+                        break;
+                    }
+                }
+                fifos.push((pipe::Receiver::from_file(file).map_err(fail)?, stream));
             }
         }
         let mut readers = lock(&self.readers);
