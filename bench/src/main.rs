@@ -36,6 +36,7 @@
 mod bigimage;
 mod cri;
 mod crifloor;
+mod cristream;
 mod critest;
 mod floor;
 mod host;
