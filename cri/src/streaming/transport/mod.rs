@@ -1,6 +1,37 @@
 //! The streaming transport: an HTTP/1.1 server whose requests upgrade to SPDY/3.1 or WebSocket
 //! and carry the streams of one exec, attach or port-forward. It knows nothing of containers:
 //! a [`Backend`] redeems the token in the URL and gets the streams.
+//!
+//! ```text
+//!  crictl / kubelet ── GET|POST /exec/<token> ──▶ http ── Backend::redeem ──▶ 404 if unknown
+//!      Upgrade: SPDY/3.1 + X-Stream-Protocol-Version    │ negotiate (negotiate.rs)
+//!      Upgrade: websocket + Sec-WebSocket-Protocol      ▼ 101 Switching Protocols
+//!                                    ┌──────────────────┴───────────────────┐
+//!                                spdy/ (frames, zlib headers,     websocket/ (frames, channel
+//!                                 stream assembly)                 bytes, v5 CLOSE; tunnel/ for
+//!                                    │                             SPDY inside WebSocket)
+//!                                    └────────── mux.rs: bounded stream buffers,
+//!                                                one writer task per connection
+//!                                                        │
+//!                      Backend::remote_command(RemoteCommand) / port_forward(PortForwardSession)
+//! ```
+//!
+//! Who owns what: the backend owns the handles it is given and ends streams by dropping them
+//! (or with [`StatusWriter::finish`]); the transport owns the connection and ends it when the
+//! remote command finishes, the port-forward backend returns, the client goes away, or the
+//! client breaks the protocol (GOAWAY / close frame with the reason, that connection only).
+
+mod http;
+mod mux;
+mod negotiate;
+mod resize;
+mod spdy;
+mod status;
+mod tls;
+mod websocket;
+
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::path::Path;
@@ -8,6 +39,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+
+use self::mux::Mux;
+use self::status::Version;
 
 /// Which URL path a request came in on: /exec/<token>, /attach/<token>, /portforward/<token>.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,23 +100,70 @@ pub enum Outcome {
     Error(String),
 }
 
+/// The error channel of a remote command. Dropping it without [`StatusWriter::finish`] ends
+/// the session without a status (the client reports an empty one as success on v1-v3 and as a
+/// protocol error on v4+), so backends should always finish.
 pub struct StatusWriter {
-    _private: (),
+    mux: Option<Arc<Mux>>,
+    error: u32,
+    outputs: Vec<u32>,
+    version: Version,
 }
 
 impl StatusWriter {
+    pub(crate) fn new(mux: Arc<Mux>, error: u32, outputs: Vec<u32>, version: Version) -> Self {
+        StatusWriter {
+            mux: Some(mux),
+            error,
+            outputs,
+            version,
+        }
+    }
+
     /// Flushes stdout/stderr written so far, writes the outcome, and ends the session cleanly.
-    pub async fn finish(self, _outcome: Outcome) -> std::io::Result<()> {
-        Err(building())
+    ///
+    /// Waits while the client is slow to take the output; returns BrokenPipe if the client is
+    /// gone. Further writes to stdout/stderr fail.
+    pub async fn finish(mut self, outcome: Outcome) -> std::io::Result<()> {
+        let mux = self.mux.take().expect("finish consumes the writer");
+        for id in &self.outputs {
+            mux.finish_outbound(*id);
+        }
+        mux.wait_drained(&self.outputs).await;
+        let bytes = status::encode(&outcome, self.version);
+        let written = if bytes.is_empty() {
+            Ok(())
+        } else {
+            mux.write_now(self.error, &bytes)
+        };
+        mux.finish_outbound(self.error);
+        mux.close_ok();
+        written
     }
 }
 
+impl Drop for StatusWriter {
+    fn drop(&mut self) {
+        if let Some(mux) = self.mux.take() {
+            mux.close_ok();
+        }
+    }
+}
+
+/// Resolves when the client connection is gone (closed, reset, or ended for a protocol error).
 pub struct Closed {
-    _private: (),
+    rx: watch::Receiver<bool>,
 }
 
 impl Closed {
-    pub async fn wait(&mut self) {}
+    pub(crate) fn new(rx: watch::Receiver<bool>) -> Self {
+        Closed { rx }
+    }
+
+    pub async fn wait(&mut self) {
+        // An error means the connection's state is gone, which is the same news.
+        let _ = self.rx.wait_for(|closed| *closed).await;
+    }
 }
 
 /// One port-forward stream pair the client opened (SPDY: a data and an error stream with the same
@@ -95,13 +177,13 @@ pub struct PortForwardStream {
 }
 
 pub struct PortForwardSession {
-    _private: (),
+    rx: mpsc::Receiver<PortForwardStream>,
 }
 
 impl PortForwardSession {
     /// The next stream pair; None once the connection has ended.
     pub async fn next(&mut self) -> Option<PortForwardStream> {
-        None
+        self.rx.recv().await
     }
 }
 
@@ -123,22 +205,18 @@ pub trait Backend: Send + Sync + 'static {
 
 /// Serves HTTP/1.1 (TLS when `tls` is Some) on `listener` until `shutdown` fires; each
 /// connection on its own task. Upgrades: SPDY/3.1 and WebSocket (see the issue for subprotocols).
+///
+/// Shutdown stops accepting; sessions already running end with their connections.
 pub async fn serve<B: Backend>(
-    _listener: tokio::net::TcpListener,
-    _tls: Option<Arc<rustls::ServerConfig>>,
-    _backend: Arc<B>,
-    _shutdown: tokio::sync::watch::Receiver<bool>,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    backend: Arc<B>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    Err(building())
+    http::serve(listener, tls, backend, shutdown).await
 }
 
 /// Loads a TLS config from PEM cert and key files, with errors naming the file.
-pub fn load_tls(_cert: &Path, _key: &Path) -> std::io::Result<Arc<rustls::ServerConfig>> {
-    Err(building())
-}
-
-/// Placeholder while the transport is being built, so that the backends can compile against
-/// the seam meanwhile.
-fn building() -> std::io::Error {
-    std::io::Error::other("the streaming transport is still being built on branch stream-transport")
+pub fn load_tls(cert: &Path, key: &Path) -> std::io::Result<Arc<rustls::ServerConfig>> {
+    tls::load(cert, key)
 }
