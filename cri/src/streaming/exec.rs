@@ -231,17 +231,23 @@ async fn start(cri: &Cri, r: &ExecRequest, exec_id: &str, dir: &Path) -> Result<
             )),
         })
         .await?;
-    // The shim holds the read end of stdin now, so this open does not fail with ENXIO.
+    cri.corrald.start(id, exec_id).await?;
+    // The shim opens the process's stdio at Start, and keeps a writer of its own on stdin
+    // until CloseIO, so nothing the client sends is lost by opening ours only now. No reader
+    // left (ENXIO): the process is gone already, and so is the point of its stdin.
     let stdin = if r.stdin {
-        Some(
-            pipe::OpenOptions::new()
-                .open_sender(dir.join("stdin"))
-                .map_err(|e| fifo("stdin", e))?,
-        )
+        match pipe::OpenOptions::new().open_sender(dir.join("stdin")) {
+            Ok(s) => Some(s),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => None,
+            Err(e) => {
+                // Started, but without the stdin the client asked for: not to be left running.
+                let _ = cri.corrald.kill(id, exec_id, SIGKILL, false).await;
+                return Err(fifo("stdin", e));
+            }
+        }
     } else {
         None
     };
-    cri.corrald.start(id, exec_id).await?;
     Ok(Pipes {
         stdin,
         stdout,
