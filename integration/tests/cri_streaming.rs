@@ -298,6 +298,31 @@ fn exec_with_a_terminal_resizes_and_is_killed_when_the_client_goes() {
     }
     let st = node.container_status(&id);
     assert_eq!(st["state"], "CONTAINER_RUNNING", "{st}");
+
+    // corral-cri dies with an exec running: its client loses the stream, and the next
+    // corral-cri kills what nobody can see or end any more.
+    let mut node = node;
+    let orphan = Background::spawn(c.command(&["exec", &id, "sh", "-c", "sleep 4343"]));
+    wait_until("the exec runs", T, || {
+        c.ok(&["exec", "-s", &id, "ps", "-o", "args"])
+            .contains("sleep 4343")
+            .then_some(())
+    });
+    node.kill_9();
+    // The stream is cut (crictl then reports success: an error stream that closes without
+    // a status is one, in client-go).
+    orphan.wait();
+    node.restart();
+    wait_until("the orphaned exec is killed", T, || {
+        (!c.ok(&["exec", "-s", &id, "ps", "-o", "args"])
+            .contains("sleep 4343"))
+        .then_some(())
+    });
+    assert_eq!(node.container_status(&id)["state"], "CONTAINER_RUNNING");
+    let left = std::fs::read_dir(node.root().join("exec"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "exec FIFOs left behind");
 }
 
 #[test]
@@ -357,6 +382,28 @@ fn attach_to_a_logging_container_shares_it_follows_rotation_and_survives_restart
     drop(after);
     let logs = c.ok(&["logs", &id]);
     assert!(logs.contains("after-restart"), "{logs}");
+
+    // A container started before corral-cri had attach has no stdin FIFO: attaching its
+    // stdin is refused with the reason; its output can still be attached to.
+    let fifo = node.root().join("io").join(&id).join("stdin");
+    let hidden = fifo.with_file_name("stdin.hidden");
+    std::fs::rename(&fifo, &hidden).unwrap();
+    let out = c.run(&["attach", "-i", &id]);
+    assert!(!out.success(), "{}", out.describe());
+    assert!(out.stderr.contains("no stdin pipe"), "{}", out.describe());
+    let watch = Background::spawn(c.command(&["attach", &id]));
+    // The container's stdin, written to behind corral-cri's back, makes it print.
+    wait_until("output to an attacher without stdin", T, || {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&hidden)
+            .unwrap();
+        f.write_all(b"echo via-fifo\n").unwrap();
+        drop(f);
+        integration::try_wait_until(Duration::from_millis(500), || {
+            watch.stdout().contains("via-fifo").then_some(())
+        })
+    });
 }
 
 #[test]
