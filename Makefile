@@ -158,7 +158,8 @@ image: deps
 
 ## bench: corral beside containerd 1.6 on this machine (run latency, 50 containers: start time,
 ## shim and daemon memory, restart after kill -9, teardown; image pull; corral-cri beside
-## containerd's CRI plugin: pod start, ExecSync, 30 pods, memory), written to
+## containerd's CRI plugin: pod start, ExecSync, crictl exec and port-forward over SPDY and
+## WebSocket, 30 pods, memory), written to
 ## bench/results/<date>.md; then content ingest and layer apply. Benchmarks are never tests.
 ## `make bench BENCH_ONLY=cri` (or run,fifty,pull) runs only those blocks, without the last two.
 bench: deps release

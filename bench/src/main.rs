@@ -13,8 +13,9 @@
 //!    daemon ([`PULLS`]): `ctr images pull --plain-http`, and `corral pull` into corrald once the
 //!    `corral` CLI and corrald's `corral.services.transfer.v1.Transfer/Pull` exist.
 //! 6. Kubernetes CRI (issue 11, [`cri`]): corral-cri + corrald beside containerd's own CRI
-//!    plugin, both driven through the CRI API: pod start, ExecSync, P (30) pods at once, memory
-//!    with P pods and after their teardown.
+//!    plugin, both driven through the CRI API: pod start, ExecSync, `crictl exec` and
+//!    `crictl port-forward` over SPDY and WebSocket, P (30) pods at once, memory with P pods
+//!    and after their teardown.
 //!
 //! Both daemons log at `info` (the test harness uses `debug`). Results: a Markdown report
 //! printed and written to `bench/results/<YYYY-MM-DD>.md` (`<YYYY-MM-DD>-<blocks>.md` when
