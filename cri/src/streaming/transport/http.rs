@@ -269,7 +269,7 @@ fn handle<B: Backend>(mut req: Request<Incoming>, backend: Arc<B>) -> Response<B
     resp
 }
 
-async fn run_spdy<B: Backend>(
+pub(super) async fn run_spdy<B: Backend>(
     mux: Arc<super::mux::Mux>,
     ready: spdy::Ready,
     backend: Arc<B>,

@@ -100,9 +100,9 @@ pub enum Outcome {
     Error(String),
 }
 
-/// The error channel of a remote command. Dropping it without [`StatusWriter::finish`] ends
-/// the session without a status (the client reports an empty one as success on v1-v3 and as a
-/// protocol error on v4+), so backends should always finish.
+/// The error channel of a remote command. Dropping it without [`StatusWriter::finish`] (a
+/// backend that panicked or forgot) reports an error outcome and ends the session: an empty
+/// error stream would read as success to every client version.
 pub struct StatusWriter {
     mux: Option<Arc<Mux>>,
     error: u32,
@@ -130,6 +130,12 @@ impl StatusWriter {
             mux.finish_outbound(*id);
         }
         mux.wait_drained(&self.outputs).await;
+        if !mux.is_open() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the client connection is gone; the outcome was not delivered",
+            ));
+        }
         let bytes = status::encode(&outcome, self.version);
         let written = if bytes.is_empty() {
             Ok(())
@@ -145,6 +151,9 @@ impl StatusWriter {
 impl Drop for StatusWriter {
     fn drop(&mut self) {
         if let Some(mux) = self.mux.take() {
+            let outcome = Outcome::Error("the streaming backend ended without an outcome".into());
+            let _ = mux.write_now(self.error, &status::encode(&outcome, self.version));
+            mux.finish_outbound(self.error);
             mux.close_ok();
         }
     }

@@ -46,7 +46,7 @@ pub(crate) const INITIAL_WINDOW: i64 = 64 << 10;
 /// Control frames queued for the writer before the reader loop waits (PING floods, RSTs).
 const CONTROL_QUEUE: usize = 256;
 /// Bytes the writer task gathers before writing them to the socket in one call.
-const BATCH: usize = 128 << 10;
+const BATCH: usize = 64 << 10;
 /// Announce consumed SPDY window once this much has been read.
 const CREDIT_THRESHOLD: u32 = 16 << 10;
 /// After our last frame went out, how long we keep reading (and discarding) so the peer sees
@@ -608,7 +608,8 @@ impl Mux {
 
     /// Runs until the connection is closed or dead: the only code that writes the socket.
     pub(crate) async fn run_writer<W: AsyncWrite + Unpin>(self: Arc<Self>, mut w: W) {
-        let mut buf = Vec::with_capacity(BATCH + MAX_CHUNK + 64);
+        // Grows to one batch on first use; idle connections hold nothing.
+        let mut buf = Vec::new();
         let mut failed = false;
         loop {
             let step = self.collect(&mut buf);

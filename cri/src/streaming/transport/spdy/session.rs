@@ -3,10 +3,11 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::frame::{self, Control, Head, goaway, rst};
 use super::headers::{HeaderDecoder, HeaderEncoder, Headers};

@@ -173,10 +173,14 @@ impl<R: AsyncRead + Unpin> SpdyReader<R> {
 
     /// The next frame; None at EOF.
     pub(crate) async fn next(&mut self) -> Option<Frame> {
+        within("SPDY frame", self.next_untimed()).await
+    }
+
+    /// [`Self::next`] without a deadline, for tests on tokio's paused clock.
+    pub(crate) async fn next_untimed(&mut self) -> Option<Frame> {
         let mut h = [0u8; 8];
-        match within("SPDY frame", self.r.read_exact(&mut h)).await {
-            Ok(_) => {}
-            Err(_) => return None,
+        if self.r.read_exact(&mut h).await.is_err() {
+            return None;
         }
         match frame::parse_head(h) {
             Head::Data { stream, flags, len } => {

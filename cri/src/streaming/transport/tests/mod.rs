@@ -2,6 +2,8 @@
 
 mod backpressure;
 mod client;
+mod crictl;
+mod deadlines;
 mod hostile;
 mod portforward;
 mod remotecommand;

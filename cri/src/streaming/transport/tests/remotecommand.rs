@@ -402,3 +402,52 @@ async fn client_going_away_is_seen_by_the_backend() {
             .unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_backend_that_drops_the_status_writer_reports_an_error() {
+    use crate::streaming::transport::{Backend, PortForwardSession, Purpose, RemoteCommand, Route};
+    struct Forgetful;
+    impl Backend for Forgetful {
+        type Ticket = ();
+        fn redeem(&self, _: Route, _: &str) -> Option<(Purpose, ())> {
+            Some((rc(false, true, false, false), ()))
+        }
+        async fn remote_command(&self, _: (), mut rc: RemoteCommand) {
+            rc.stdout
+                .as_mut()
+                .unwrap()
+                .write_all(b"partial")
+                .await
+                .unwrap();
+        }
+        async fn port_forward(&self, _: (), _: PortForwardSession) {}
+    }
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(crate::streaming::transport::serve(
+        l,
+        None,
+        std::sync::Arc::new(Forgetful),
+        stop_rx,
+    ));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client::request(
+        &mut s,
+        "POST",
+        "/exec/t",
+        &client::spdy_headers(&["v4.channel.k8s.io"]),
+    )
+    .await;
+    let (rd, wr) = tokio::io::split(s);
+    let (mut rd, mut wr) = (SpdyReader::new(rd), SpdyWriter::new(wr));
+    let error = wr.open(&[("streamType", "error")], false).await;
+    let stdout = wr.open(&[("streamType", "stdout")], false).await;
+    let c = rd.until_goaway().await;
+    assert_eq!(c.text(stdout), "partial");
+    assert!(
+        c.text(error).contains("ended without an outcome") && c.text(error).contains("Failure"),
+        "{}",
+        c.text(error)
+    );
+}
