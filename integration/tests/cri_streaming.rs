@@ -525,6 +525,20 @@ fn port_forward_into_a_pod_and_a_host_network_pod() {
     let cmd = httpd_command(8080);
     let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
     let (pod, _id) = run(&node, "web", &cmd, json!({}));
+    // Beside it, a server that answers once its client has finished sending (half-close).
+    let counter = node.container_config(
+        "wc",
+        &["nc", "-ll", "-p", "7000", "-e", "wc", "-c"],
+        json!({}),
+    );
+    let pod_cfg = node.pod_config("web", json!({}));
+    let wc = c.ok(&[
+        "create",
+        &pod,
+        counter.to_str().unwrap(),
+        pod_cfg.to_str().unwrap(),
+    ]);
+    c.ok(&["start", &wc]);
     // A host port nobody uses, for the host-network pod's server.
     let host_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -568,6 +582,22 @@ fn port_forward_into_a_pod_and_a_host_network_pod() {
             assert_eq!(bodies[0], bodies[2], "{t}");
             assert_eq!(bodies[0], bodies[4], "{t}");
         }
+
+        // The client's end of sending reaches the pod, whose answer still comes back.
+        let pf = Background::spawn(c.command(&["port-forward", "-r", t, &pod, "0:7000"]));
+        let local = forwarded_port(&pf);
+        let sent = noise(300_000, 7);
+        let counted = wait_until("the counter's answer", T, || {
+            let mut s = TcpStream::connect(("127.0.0.1", local)).ok()?;
+            s.set_read_timeout(Some(T)).ok()?;
+            s.write_all(&sent).ok()?;
+            s.shutdown(std::net::Shutdown::Write).ok()?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).ok()?;
+            (!answer.is_empty()).then_some(answer)
+        });
+        assert_eq!(counted.trim(), "300000", "{t}: {}", pf.describe());
+        drop(pf);
 
         // A port nobody listens on: the error stream says so, the client's connection ends.
         let pf = Background::spawn(c.command(&["port-forward", "-r", t, &pod, "0:9"]));
