@@ -91,7 +91,8 @@ soak: deps build
 
 ## critest: cri-tools' CRI validation suite against corral-cri on a private corrald, offline
 ## (look-alike images in a local registry, registry.k8s.io, gcr.io and k8s.gcr.io mirrored to
-## it); CRITEST_FLAGS adds critest flags, e.g. CRITEST_FLAGS='-ginkgo.focus=Networking'
+## it); the streaming tests (exec, attach, port-forward) run over SPDY, then again over
+## WebSocket; CRITEST_FLAGS adds critest flags, e.g. CRITEST_FLAGS='-ginkgo.focus=Networking'
 critest: deps build
 	CORRAL_SHIM_BIN=$(DEBUG_SHIM) CORRALD_BIN=$(TARGET_DIR)/debug/corrald \
 		CORRAL_CRI_BIN=$(TARGET_DIR)/debug/corral-cri \
@@ -164,8 +165,8 @@ image: deps
 
 ## bench: corral beside containerd 1.6 on this machine (run latency and its phases, 50
 ## containers: start time, shim and daemon memory, restart after kill -9, teardown; image pull
-## and import, root on disk and on tmpfs; corral-cri beside
-## containerd's CRI plugin: pod start, ExecSync, 30 pods, memory), written to
+## and import, root on disk and on tmpfs; corral-cri beside containerd's CRI plugin: pod start,
+## ExecSync, crictl exec and port-forward over SPDY and WebSocket, 30 pods, memory), written to
 ## bench/results/<date>.md; then content ingest and layer apply. Benchmarks are never tests.
 ## `make bench BENCH_ONLY=cri` (or run,fifty,pull) runs only those blocks, without the last two.
 bench: deps release

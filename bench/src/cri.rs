@@ -13,6 +13,8 @@
 //! - pod start: RunPodSandbox → CreateContainer → StartContainer → ContainerStatus says
 //!   RUNNING, one pod at a time (removed untimed after each), with the time of each call;
 //! - ExecSync of `/bin/true` into a running container, one at a time;
+//! - `crictl exec` of `/bin/true` and 64 MiB through `crictl port-forward`, over SPDY and
+//!   over WebSocket (`crate::cristream`);
 //! - P (30) pods started at once (P concurrent sequences of the three calls on the one
 //!   connection), wall time until all P containers are RUNNING; memory of the runtime's own
 //!   processes with P pods (daemons and shims; pause and `sleep` are the same on both sides and
@@ -44,13 +46,13 @@ const STATE_TIMEOUT: Duration = Duration::from_secs(60);
 const K8S_NS: &str = "k8s.io";
 
 /// One runtime under test.
-enum Node {
+pub(crate) enum Node {
     Containerd(ContainerdCri),
     Corral(CriNode),
 }
 
 impl Node {
-    fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Node::Containerd(_) => "containerd",
             Node::Corral(_) => "corral-cri",
@@ -64,10 +66,18 @@ impl Node {
         }
     }
 
-    fn log_dir(&self) -> PathBuf {
+    pub(crate) fn log_dir(&self) -> PathBuf {
         match self {
             Node::Containerd(n) => n.dir().join("logs"),
             Node::Corral(n) => n.dir().join("logs"),
+        }
+    }
+
+    /// crictl against this node.
+    pub(crate) fn crictl(&self) -> integration::Crictl {
+        match self {
+            Node::Containerd(n) => n.crictl(),
+            Node::Corral(n) => n.crictl(),
         }
     }
 
@@ -125,7 +135,7 @@ impl Node {
     }
 }
 
-fn side<'a>(row: &'a mut Row, node: &Node) -> &'a mut Samples {
+pub(crate) fn side<'a>(row: &'a mut Row, node: &Node) -> &'a mut Samples {
     match node {
         Node::Containerd(_) => &mut row.containerd,
         Node::Corral(_) => &mut row.corral,
@@ -143,9 +153,9 @@ fn status_err(what: &str, s: tonic::Status) -> String {
 }
 
 /// A started pod, and how long each step took.
-struct PodStart {
-    pod: String,
-    container: String,
+pub(crate) struct PodStart {
+    pub(crate) pod: String,
+    pub(crate) container: String,
     run_pod: Duration,
     create: Duration,
     start: Duration,
@@ -183,7 +193,7 @@ fn pod_config(name: &str, log_dir: &std::path::Path) -> api::PodSandboxConfig {
     }
 }
 
-fn container_config() -> api::ContainerConfig {
+fn container_config(command: &[&str]) -> api::ContainerConfig {
     api::ContainerConfig {
         metadata: Some(api::ContainerMetadata {
             name: "app".to_string(),
@@ -193,7 +203,7 @@ fn container_config() -> api::ContainerConfig {
             image: IMAGE_REF.to_string(),
             ..Default::default()
         }),
-        command: vec!["sleep".into(), "3600".into()],
+        command: command.iter().map(|c| c.to_string()).collect(),
         log_path: "app/0.log".to_string(),
         labels: [("app".to_string(), "bench".to_string())].into(),
         linux: Some(api::LinuxContainerConfig {
@@ -212,7 +222,7 @@ fn container_config() -> api::ContainerConfig {
 
 /// A CRI client of one node.
 #[derive(Clone)]
-struct Client(RuntimeServiceClient<Channel>);
+pub(crate) struct Client(RuntimeServiceClient<Channel>);
 
 impl Client {
     async fn connect(node: &Node) -> Result<Client, String> {
@@ -235,6 +245,17 @@ impl Client {
 
     /// RunPodSandbox → CreateContainer → StartContainer → ContainerStatus until RUNNING.
     async fn start_pod(&self, name: &str, log_dir: &std::path::Path) -> Result<PodStart, String> {
+        self.start_pod_running(name, log_dir, &["sleep", "3600"])
+            .await
+    }
+
+    /// [`Client::start_pod`] with the container running `command`.
+    pub(crate) async fn start_pod_running(
+        &self,
+        name: &str,
+        log_dir: &std::path::Path,
+        command: &[&str],
+    ) -> Result<PodStart, String> {
         let mut c = self.0.clone();
         let config = pod_config(name, log_dir);
         let t0 = Instant::now();
@@ -251,7 +272,7 @@ impl Client {
         let container = c
             .create_container(request(api::CreateContainerRequest {
                 pod_sandbox_id: pod.clone(),
-                config: Some(container_config()),
+                config: Some(container_config(command)),
                 sandbox_config: Some(config),
             }))
             .await
@@ -303,7 +324,7 @@ impl Client {
     }
 
     /// StopPodSandbox + RemovePodSandbox, as kubelet ends a pod.
-    async fn remove_pod(&self, pod: &str) -> Result<(), String> {
+    pub(crate) async fn remove_pod(&self, pod: &str) -> Result<(), String> {
         let mut c = self.0.clone();
         c.stop_pod_sandbox(request(api::StopPodSandboxRequest {
             pod_sandbox_id: pod.to_string(),
@@ -369,7 +390,7 @@ impl Client {
     }
 }
 
-fn next_name(prefix: &str) -> String {
+pub(crate) fn next_name(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!("{prefix}-{}", N.fetch_add(1, Ordering::Relaxed))
 }
@@ -397,6 +418,8 @@ struct Rows {
     cri_rss: Samples,
     corrald_after: Samples,
     cri_after: Samples,
+    /// `crictl exec` and port-forward (`crate::cristream`).
+    streaming: crate::cristream::Rows,
     /// The floor: CNI ADDs, one runc create + start, and a pod's sum of them.
     floor_cni: Samples,
     floor_runc: Samples,
@@ -466,6 +489,7 @@ impl Rows {
             cri_rss: Samples::default(),
             corrald_after: Samples::default(),
             cri_after: Samples::default(),
+            streaming: crate::cristream::Rows::new(),
             floor_cni: Samples::default(),
             floor_runc: Samples::default(),
             floor_pod: Samples::default(),
@@ -681,6 +705,8 @@ async fn run(cfg: &Config, nodes: &[Node; 2], report: &mut Report) -> Result<Row
         client.remove_pod(&p.pod).await?;
     }
 
+    crate::cristream::run(cfg, nodes, &clients, &mut rows.streaming, report).await?;
+
     println!(
         "  {} pods at once, memory, teardown ({} rounds)",
         cfg.cri.pods, cfg.rounds
@@ -736,6 +762,7 @@ pub fn block(cfg: &Config, report: &mut Report) {
     let options = CriOptions {
         log_level: cfg.cri.log_level,
         registry_hosts: critest.as_ref().map(|c| c.hosts_dir()),
+        ..CriOptions::default()
     };
     let nodes = [
         Node::Containerd(ContainerdCri::start_with(options.clone())),
@@ -771,17 +798,14 @@ pub fn block(cfg: &Config, report: &mut Report) {
         cri_rss,
         corrald_after,
         cri_after,
+        streaming,
         floor_cni,
         floor_runc,
         floor_pod,
     } = rows;
-    let all = vec![
-        start,
-        run_pod,
-        create,
-        start_call,
-        until_running,
-        exec,
+    let mut all = vec![start, run_pod, create, start_call, until_running, exec];
+    all.extend(streaming.into_rows());
+    all.extend([
         many,
         many_teardown,
         rss_total,
@@ -792,7 +816,7 @@ pub fn block(cfg: &Config, report: &mut Report) {
         shims,
         after_rss,
         after_pss,
-    ];
+    ]);
     println!("{}", crate::cri_table(&all));
     report.cri.extend(all);
     let p = cfg.cri.pods;

@@ -16,8 +16,9 @@
 //!    root on the disk and on a tmpfs: `ctr images pull --plain-http` and `ctr images import`
 //!    into each daemon, `corral pull` and `corral images import` into corrald.
 //! 6. Kubernetes CRI (issue 11, [`cri`]): corral-cri + corrald beside containerd's own CRI
-//!    plugin, both driven through the CRI API: pod start, ExecSync, P (30) pods at once, memory
-//!    with P pods and after their teardown.
+//!    plugin, both driven through the CRI API: pod start, ExecSync, `crictl exec` and
+//!    `crictl port-forward` over SPDY and WebSocket, P (30) pods at once, memory with P pods
+//!    and after their teardown.
 //!
 //! Both daemons log at `info` (the test harness uses `debug`). Results: a Markdown report
 //! printed and written to `bench/results/<YYYY-MM-DD>.md` (`<YYYY-MM-DD>-<blocks>.md` when
@@ -39,6 +40,7 @@
 mod bigimage;
 mod cri;
 mod crifloor;
+mod cristream;
 mod critest;
 mod floor;
 mod host;

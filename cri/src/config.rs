@@ -74,10 +74,15 @@ pub struct Cni {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Streaming {
-    /// Address the streaming server (exec, attach, port-forward) listens on.
+    /// The IP address the streaming server (exec, attach, port-forward) listens on; the URLs
+    /// given to clients name it.
     pub address: String,
     /// Its port; 0 picks a free one.
     pub port: u16,
+    /// A PEM certificate (chain) for serving HTTPS; empty: plain HTTP. Needs `tls_key_file`.
+    pub tls_cert_file: PathBuf,
+    /// The PEM private key of `tls_cert_file`.
+    pub tls_key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,6 +147,8 @@ impl Default for Streaming {
         Streaming {
             address: "127.0.0.1".into(),
             port: 0,
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
         }
     }
 }
@@ -206,6 +213,21 @@ impl Config {
         }
         if self.namespace.is_empty() {
             return Err("namespace is empty".into());
+        }
+        let s = &self.streaming;
+        if s.address.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!(
+                "[streaming] address {:?} is not an IP address",
+                s.address
+            ));
+        }
+        match (
+            s.tls_cert_file.as_os_str().is_empty(),
+            s.tls_key_file.as_os_str().is_empty(),
+        ) {
+            (true, true) | (false, false) => {}
+            (false, true) => return Err("[streaming] tls_cert_file needs tls_key_file".into()),
+            (true, false) => return Err("[streaming] tls_key_file needs tls_cert_file".into()),
         }
         for (what, p) in [
             ("root", &self.root),
@@ -281,6 +303,15 @@ mod tests {
             ("root = \"rel\"\n", "rel"),
             ("[runtimes.x]\nshim_writes_logs = true\n", "runtimes.x"),
             ("default_runtime = \"\"\n", "default_runtime"),
+            ("[streaming]\naddress = \"localhost\"\n", "localhost"),
+            (
+                "[streaming]\ntls_cert_file = \"/c.pem\"\n",
+                "tls_cert_file needs tls_key_file",
+            ),
+            (
+                "[streaming]\ntls_key_file = \"/k.pem\"\n",
+                "tls_key_file needs tls_cert_file",
+            ),
         ] {
             std::fs::write(&p, text).unwrap();
             let e = Config::load(&p, true).unwrap_err();

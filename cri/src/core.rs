@@ -24,6 +24,8 @@ pub struct Cri {
     pub stats: crate::stats::CpuSamples,
     /// What the specs depend on about this node (capabilities, cgroups, our OOM score).
     pub node: Node,
+    /// Tokens of Exec, Attach and PortForward answers, and the streaming server's URL.
+    pub streaming: crate::streaming::Streaming,
 }
 
 impl Cri {
@@ -42,6 +44,7 @@ impl Cri {
             events: Events::default(),
             stats: Default::default(),
             node: crate::host::node(),
+            streaming: Default::default(),
             cfg,
         }
     }
@@ -60,7 +63,7 @@ impl Cri {
         self.cfg.root.join("sandboxes")
     }
 
-    /// FIFOs of ExecSync calls in flight.
+    /// FIFOs of ExecSync and Exec calls in flight.
     pub fn exec_dir(&self) -> PathBuf {
         self.cfg.root.join("exec")
     }

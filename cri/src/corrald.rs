@@ -416,6 +416,41 @@ impl Corrald {
         Ok(())
     }
 
+    /// Sets the window size of a process's terminal (the init process when `exec_id` is "").
+    pub async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        self.client
+            .tasks()
+            .resize_pty(self.req(
+                tasks::ResizePtyRequest {
+                    container_id: id.to_string(),
+                    exec_id: exec_id.to_string(),
+                    width,
+                    height,
+                },
+                QUICK,
+            ))
+            .await
+            .with_context(|| format!("resize the terminal of {id} {exec_id}"))?;
+        Ok(())
+    }
+
+    /// Closes a process's stdin: it reads end of file once no writer of its FIFO is left.
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
+        self.client
+            .tasks()
+            .close_io(self.req(
+                tasks::CloseIoRequest {
+                    container_id: id.to_string(),
+                    exec_id: exec_id.to_string(),
+                    stdin: true,
+                },
+                QUICK,
+            ))
+            .await
+            .with_context(|| format!("close the stdin of {id} {exec_id}"))?;
+        Ok(())
+    }
+
     pub async fn update_task(
         &self,
         id: &str,

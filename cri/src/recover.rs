@@ -8,8 +8,9 @@
 //!    (exited, status unknown).
 //! 3. On disk: network namespaces and pod directories that no pod record accounts for (a
 //!    RunPodSandbox cut short before its record existed) are torn down — CNI DEL from the
-//!    cached result, namespace unmounted, /dev/shm unmounted — and exec FIFOs of calls that
-//!    died with us are removed.
+//!    cached result, namespace unmounted, /dev/shm unmounted — exec processes of calls that
+//!    died with us are killed and their FIFOs removed, and stdio FIFOs of containers that no
+//!    longer exist are removed.
 //!
 //! Nothing is served before this completes: an empty view would tell kubelet its pods are gone.
 
@@ -183,12 +184,51 @@ impl Cri {
                 }
             }
         }
+        // Execs whose client went with the corral-cri that ran them: nobody sees their output
+        // or can end them any more.
+        if let Ok(mut dirs) = tokio::fs::read_dir(self.exec_dir()).await {
+            while let Ok(Some(e)) = dirs.next_entry().await {
+                let exec_id = e.file_name().to_string_lossy().into_owned();
+                let file = e.path().join(crate::streaming::exec::CONTAINER_FILE);
+                if let Ok(id) = tokio::fs::read_to_string(&file).await {
+                    self.kill_orphaned_exec(&id, &exec_id).await;
+                }
+            }
+        }
         match tokio::fs::remove_dir_all(self.exec_dir()).await {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 log::warn!("remove {}: {e}", self.exec_dir().display())
             }
             _ => {}
         }
+        let known: HashSet<String> = self.store.containers().into_iter().map(|c| c.id).collect();
+        if let Ok(mut dirs) = tokio::fs::read_dir(self.cfg.root.join("io")).await {
+            while let Ok(Some(e)) = dirs.next_entry().await {
+                let id = e.file_name().to_string_lossy().into_owned();
+                if !known.contains(&id) {
+                    log::info!("container {id}: stdio FIFOs without a record; removing them");
+                    self.remove_io_dir(&id).await;
+                }
+            }
+        }
         Ok(())
+    }
+
+    async fn kill_orphaned_exec(&self, id: &str, exec_id: &str) {
+        const SIGKILL: u32 = 9;
+        match self.corrald.kill(id, exec_id, SIGKILL, false).await {
+            Ok(true) => {
+                log::info!("container {id}: killing exec {exec_id}, whose client is gone");
+                let _ = self
+                    .corrald
+                    .wait(id, exec_id, std::time::Duration::from_secs(10))
+                    .await;
+            }
+            Ok(false) => {}
+            Err(e) => log::warn!("container {id}: kill orphaned exec {exec_id}: {e}"),
+        }
+        if let Err(e) = self.corrald.delete_process(id, exec_id).await {
+            log::warn!("container {id}: delete orphaned exec {exec_id}: {e}");
+        }
     }
 }

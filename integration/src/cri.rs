@@ -50,6 +50,9 @@ pub struct CriOptions {
     /// corrald's `[registry] config_path`, or containerd's CRI `registry.config_path`. None:
     /// each daemon's default.
     pub registry_hosts: Option<PathBuf>,
+    /// A certificate and key (PEM files) for corral-cri's streaming server, which then serves
+    /// HTTPS. None: plain HTTP. containerd's node ignores it.
+    pub streaming_tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for CriOptions {
@@ -57,6 +60,7 @@ impl Default for CriOptions {
         CriOptions {
             log_level: "debug",
             registry_hosts: None,
+            streaming_tls: None,
         }
     }
 }
@@ -66,6 +70,7 @@ pub struct CriNode {
     dir: PathBuf,
     net: CniNetwork,
     log_level: &'static str,
+    streaming_tls: Option<(PathBuf, PathBuf)>,
     // Dropped last: the daemon and its directory outlive corral-cri.
     corrald: Corrald,
     _tmp: tempfile::TempDir,
@@ -114,6 +119,7 @@ impl CriNode {
             dir,
             net,
             log_level: options.log_level,
+            streaming_tls: options.streaming_tls.clone(),
             corrald,
             _tmp: tmp,
         };
@@ -125,10 +131,17 @@ impl CriNode {
     }
 
     fn write_files(&self) {
-        let config = format!(
+        let mut config = format!(
             "sandbox_image = {PAUSE_REF:?}\n\n[cni]\nconf_dir = {:?}\nbin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\"]\n",
             self.net.conf_dir().display()
         );
+        if let Some((cert, key)) = &self.streaming_tls {
+            config.push_str(&format!(
+                "\n[streaming]\ntls_cert_file = {:?}\ntls_key_file = {:?}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
         fs::write(self.dir.join("cri.toml"), config).unwrap();
         write_crictl_config(&self.dir.join("crictl.yaml"), &self.socket());
     }

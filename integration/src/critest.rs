@@ -27,6 +27,9 @@
 //!                  -ginkgo.skip AppArmor -ginkgo.json-report report.json ──► Report
 //! ```
 //!
+//! With [`Options::websocket_streaming`], critest then runs its streaming tests again over
+//! WebSocket instead of SPDY, against the same node.
+//!
 //! [`run`] does all of it; `corral-critest` (the binary behind `make critest`) and the
 //! `critest` integration test call it.
 
@@ -199,7 +202,17 @@ pub struct Options {
     pub log: Option<PathBuf>,
     /// Where ginkgo's JSON report is kept; a temp file when `None`.
     pub report: Option<PathBuf>,
+    /// Run critest's streaming tests a second time over WebSocket (`-websocket-exec`,
+    /// `-websocket-attach`, `-websocket-portforward`; the first run uses SPDY, kubelet's
+    /// default), against the same node. Their results join the report with
+    /// [`WEBSOCKET_SUFFIX`] after their names.
+    pub websocket_streaming: bool,
 }
+
+/// What the names of the WebSocket run's tests end with in the report.
+pub const WEBSOCKET_SUFFIX: &str = " [websocket]";
+/// The tests the WebSocket run repeats.
+pub const STREAMING_FOCUS: &str = "Streaming";
 
 /// The result of [`run`].
 pub struct Run {
@@ -221,7 +234,7 @@ pub fn run(options: &Options) -> Run {
         .report
         .clone()
         .unwrap_or_else(|| setup.dir().join("report.json"));
-    let (status, critest_time, daemon_log) = match options.target {
+    let (status, critest_time, report, daemon_log) = match options.target {
         Target::Corral => {
             let node = CriNode::start_with(CriOptions {
                 registry_hosts: Some(setup.hosts_dir()),
@@ -230,30 +243,23 @@ pub fn run(options: &Options) -> Run {
             if options.preload {
                 setup.preload(&node.corrald().ctr_in(crate::cri::K8S_NAMESPACE));
             }
-            let (status, time) = critest(&node.socket(), &setup, options, &report_path);
+            let (status, time, report) = passes(&node.socket(), &setup, options, &report_path);
             let log = format!(
                 "--- corral-cri ---\n{}\n--- corrald ---\n{}",
                 node.log_tail(80),
                 node.corrald().log_tail(80)
             );
-            (status, time, log)
+            (status, time, report, log)
         }
         Target::Containerd => {
             let node = ContainerdCri::start(&setup);
             if options.preload {
                 setup.preload(&node.ctr());
             }
-            let (status, time) = critest(&node.socket(), &setup, options, &report_path);
-            (status, time, node.log_tail(120))
+            let (status, time, report) = passes(&node.socket(), &setup, options, &report_path);
+            (status, time, report, node.log_tail(120))
         }
     };
-    let json = fs::read(&report_path).unwrap_or_else(|e| {
-        panic!(
-            "critest wrote no report at {} ({e}); it exited with {status}",
-            report_path.display()
-        )
-    });
-    let report = Report::parse(&json).unwrap_or_else(|e| panic!("{}: {e}", report_path.display()));
     Run {
         report,
         status,
@@ -261,6 +267,56 @@ pub fn run(options: &Options) -> Run {
         critest_time,
         daemon_log,
     }
+}
+
+/// critest once as `options` say, then (with `websocket_streaming`) its streaming tests over
+/// WebSocket; the status is the first failure's, the report both runs'.
+fn passes(
+    socket: &Path,
+    setup: &Setup,
+    options: &Options,
+    report_path: &Path,
+) -> (ExitStatus, Duration, Report) {
+    let (status, mut time) = critest(socket, setup, options, report_path);
+    let mut report = read_report(report_path, status);
+    if !options.websocket_streaming {
+        return (status, time, report);
+    }
+    let mut ws = options.clone();
+    ws.flags.extend(
+        [
+            &format!("-ginkgo.focus={STREAMING_FOCUS}"),
+            "-websocket-exec",
+            "-websocket-attach",
+            "-websocket-portforward",
+        ]
+        .map(String::from),
+    );
+    ws.log = options
+        .log
+        .as_ref()
+        .map(|l| l.with_extension("websocket.log"));
+    let ws_report = report_path.with_extension("websocket.json");
+    let (ws_status, ws_time) = critest(socket, setup, &ws, &ws_report);
+    time += ws_time;
+    for mut spec in read_report(&ws_report, ws_status).specs {
+        if spec.outcome != Outcome::NotRun {
+            spec.name.push_str(WEBSOCKET_SUFFIX);
+            report.specs.push(spec);
+        }
+    }
+    let status = if status.success() { ws_status } else { status };
+    (status, time, report)
+}
+
+fn read_report(path: &Path, status: ExitStatus) -> Report {
+    let json = fs::read(path).unwrap_or_else(|e| {
+        panic!(
+            "critest wrote no report at {} ({e}); it exited with {status}",
+            path.display()
+        )
+    });
+    Report::parse(&json).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The critest command line for a CRI socket.

@@ -151,6 +151,30 @@ impl PtySession {
         self.master.write_all(bytes)
     }
 
+    /// Changes the terminal's size, as a terminal window does; the kernel tells the command's
+    /// foreground process group with SIGWINCH.
+    pub fn resize(&mut self, rows: u16, cols: u16) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize struct that lives across the call.
+        if unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Whether the command has exited (without waiting).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
     /// Waits for the command to exit and for its terminal to close; the command is killed if it
     /// has not exited within `timeout`.
     pub fn finish(mut self, timeout: Duration) -> io::Result<PtyOutput> {

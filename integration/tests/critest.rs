@@ -9,6 +9,9 @@
 //! - [`KNOWN_FAILURES`]: what corral-cri fails today;
 //! - [`RACY`]: tests whose outcome is a race today (a bug each), accepted either way.
 //!
+//! The streaming tests (exec, attach, port-forward) run twice: over SPDY with the rest, then
+//! over WebSocket (their names end in `critest::WEBSOCKET_SUFFIX` in the report).
+//!
 //! [`SKIP`] and [`KNOWN_FAILURES`] are checked exactly: a listed test that passes fails this
 //! test (take it off the list), and so does a test that fails without being listed. critest's
 //! output and JSON report are kept in `target/critest/` (`corral-cri.log`,
@@ -38,28 +41,7 @@ const NOT_RUN: &[(&str, &str)] = &[
 
 /// Run, but not expected to pass: each for a reason outside what corral-cri can do now.
 const SKIP: &[(&str, &str)] = &[
-    // Streaming (Exec, Attach, PortForward answer with the URL of a streaming server): the
-    // protocol is the next issue; until then corral-cri answers Unimplemented.
-    (
-        "[k8s.io] Streaming runtime should support streaming interfaces runtime should support exec with tty=false and stdin=false [Conformance]",
-        "streaming issue",
-    ),
-    (
-        "[k8s.io] Streaming runtime should support streaming interfaces runtime should support exec with tty=true and stdin=true [Conformance]",
-        "streaming issue",
-    ),
-    (
-        "[k8s.io] Streaming runtime should support streaming interfaces runtime should support attach [Conformance]",
-        "streaming issue",
-    ),
-    (
-        "[k8s.io] Streaming runtime should support streaming interfaces runtime should support portforward [Conformance]",
-        "streaming issue",
-    ),
-    (
-        "[k8s.io] Streaming runtime should support streaming interfaces runtime should support portforward in host network",
-        "streaming issue",
-    ),
+    // None today: the streaming tests, the last ones here, pass since issue 15.
 ];
 
 /// What corral-cri fails today (issue 11), by cause as critest reports it. Fix one, and take it
@@ -95,6 +77,7 @@ fn critest_passes_against_corral_cri() {
         flags,
         log: Some(out.join("corral-cri.log")),
         report: Some(out.join("corral-cri-report.json")),
+        websocket_streaming: true,
     });
     let report = &run.report;
     println!("{}", report.details());

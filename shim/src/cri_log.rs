@@ -20,6 +20,9 @@
 //!   `max_container_log_line_size`, and it splits the same way.
 //! - Bytes left without a newline when the stream closes are written as one `P` record, as
 //!   containerd's CRI logger does at EOF; kubelet then shows them without a newline.
+//! - So are bytes left without a newline when the stream pauses (see
+//!   `io::PARTIAL_LINE_WAIT`), so that a prompt reaches whoever follows the log; containerd
+//!   holds them until the newline.
 //! - Content is passed through byte for byte (invalid UTF-8, NUL, escape sequences); it can
 //!   never contain `\n`, so a record is always exactly one line of the file.
 //!
@@ -154,6 +157,25 @@ impl LineSplitter {
         if !self.pending.is_empty() {
             write_record(out, now, self.stream, b'P', &self.pending);
             self.pending.clear();
+        }
+    }
+
+    /// Whether part of a line waits for the rest that [`LineSplitter::flush`] would write.
+    pub fn has_pending(&self) -> bool {
+        self.pending.len() > usize::from(self.pending.last() == Some(&b'\r'))
+    }
+
+    /// Writes the unfinished line so far as a partial record, as if the stream had paused
+    /// for good: a reader following the log (attach, `kubectl logs -f`) then sees a prompt
+    /// that waits for input without waiting itself for a newline that comes only after the
+    /// input. kubelet joins partial records with what follows, so `kubectl logs` shows the
+    /// same text. A `\r` at the end stays: it may be the first half of a `\r\n`.
+    pub fn flush(&mut self, now: SystemTime, out: &mut Vec<u8>) {
+        let keep = usize::from(self.pending.last() == Some(&b'\r'));
+        let n = self.pending.len() - keep;
+        if n > 0 {
+            write_record(out, now, self.stream, b'P', &self.pending[..n]);
+            self.pending.drain(..n);
         }
     }
 
@@ -389,6 +411,31 @@ mod tests {
                 (y + 1, 1, 1)
             };
         }
+    }
+
+    #[test]
+    fn a_pause_writes_the_line_so_far_as_a_partial_record() {
+        let mut s = LineSplitter::new(Stream::Stdout);
+        let mut out = Vec::new();
+        s.push(b"/ # ", at(0, 0), &mut out);
+        assert!(out.is_empty() && s.has_pending());
+        s.flush(at(0, 0), &mut out);
+        assert!(!s.has_pending());
+        s.push(b"ls\r", at(0, 0), &mut out);
+        s.flush(at(0, 0), &mut out);
+        // The `\r` waits: with the `\n` that follows it ends the line.
+        assert!(!s.has_pending());
+        s.push(b"\nbin\n", at(0, 0), &mut out);
+        s.flush(at(0, 0), &mut out);
+        assert_eq!(
+            parse(&out),
+            [
+                rec("stdout", 'P', b"/ # "),
+                rec("stdout", 'P', b"ls"),
+                rec("stdout", 'F', b""),
+                rec("stdout", 'F', b"bin"),
+            ]
+        );
     }
 
     #[test]

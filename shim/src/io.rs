@@ -761,6 +761,11 @@ async fn copy_to_log(src: OwnedFd, log: Arc<std::sync::Mutex<CappedLog>>, _done:
     }
 }
 
+/// How long a line without its newline waits for more output before what there is of it is
+/// written as a partial record: long enough that a line written in pieces stays one record,
+/// short enough that a prompt shows at once to an attached terminal.
+const PARTIAL_LINE_WAIT: Duration = Duration::from_millis(100);
+
 /// How much of a read is turned into records before they are written: bounds the records
 /// buffered from one read (an input of only newlines makes a record of every byte).
 const CRI_SLICE: usize = 4096;
@@ -775,7 +780,19 @@ async fn copy_to_cri_log(src: OwnedFd, stream: Stream, log: CriLogFile, _done: m
         let src = async_fd(src)?;
         let mut buf = vec![0u8; BUF];
         loop {
-            let n = read_some(&src, &mut buf).await?;
+            let n = if lines.has_pending() {
+                match tokio::time::timeout(PARTIAL_LINE_WAIT, read_some(&src, &mut buf)).await {
+                    Ok(n) => n?,
+                    Err(_paused) => {
+                        lines.flush(std::time::SystemTime::now(), &mut records);
+                        log.write(&records);
+                        records.clear();
+                        continue;
+                    }
+                }
+            } else {
+                read_some(&src, &mut buf).await?
+            };
             if n == 0 {
                 return Ok::<_, io::Error>(());
             }

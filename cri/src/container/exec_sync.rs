@@ -47,8 +47,11 @@ impl Cri {
         let exec_id = crate::ids::new_id();
         let dir = self.exec_dir().join(&exec_id);
         let d = dir.clone();
+        let owner = c.id.clone();
         crate::sandbox::stop::blocking(move || {
             std::fs::create_dir_all(&d)?;
+            // Whose exec it is, for a start-up after a crash to kill it.
+            std::fs::write(d.join(crate::streaming::exec::CONTAINER_FILE), owner)?;
             for f in ["stdout", "stderr"] {
                 nix::unistd::mkfifo(&d.join(f), nix::sys::stat::Mode::from_bits_truncate(0o600))
                     .map_err(std::io::Error::from)?;

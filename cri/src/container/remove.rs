@@ -31,6 +31,7 @@ impl Cri {
         self.corrald.delete_task(id).await.map_err(fail)?;
         self.corrald.delete_container(id).await.map_err(fail)?;
         self.corrald.remove_snapshot(id).await.map_err(fail)?;
+        self.remove_io_dir(id).await;
         self.emit_container(id, ContainerEventType::ContainerDeletedEvent);
         self.store.remove_container(id);
         Ok(())

@@ -63,8 +63,21 @@ impl Cri {
                 ))
             })?;
         let runtime = self.cfg.runtime(&sandbox.record.runtime_handler).cloned();
+        let shim_writes_logs = runtime.as_ref().is_some_and(|r| r.shim_writes_logs);
         let config = c.record.config.clone().unwrap_or_default();
-        let (stdout, stderr) = if c.record.log_path.is_empty() {
+        // FIFOs attach needs: stdin if asked for, and the output when there is no log.
+        let (stdin, fifo_outputs) = self
+            .prepare_stdio(
+                &c.id,
+                &config,
+                !c.record.log_path.is_empty(),
+                shim_writes_logs,
+            )
+            .await
+            .map_err(|e| e.context(format!("start container {}", c.id)))?;
+        let (stdout, stderr) = if let Some(outputs) = fifo_outputs {
+            outputs
+        } else if c.record.log_path.is_empty() {
             (String::new(), String::new())
         } else {
             let path = std::path::PathBuf::from(&c.record.log_path);
@@ -73,7 +86,7 @@ impl Cri {
                     Error::internal(format!("create log directory {}: {e}", dir.display()))
                 })?;
             }
-            if runtime.as_ref().is_some_and(|r| r.shim_writes_logs) {
+            if shim_writes_logs {
                 let uri = cri_log_uri(&c.record.log_path);
                 (uri.clone(), uri)
             } else {
@@ -86,6 +99,7 @@ impl Cri {
             self.corrald
                 .create_task(CreateTaskRequest {
                     container_id: c.id.clone(),
+                    stdin,
                     stdout,
                     stderr,
                     terminal: config.tty,

@@ -1,6 +1,7 @@
 //! The CRI socket: start-up (view recovered from corrald before anything is served), the
-//! RuntimeService, ImageService and gRPC health services on a unix socket (mode 0660), and a
-//! clean stop on SIGTERM/SIGINT that leaves every pod running.
+//! RuntimeService, ImageService and gRPC health services on a unix socket (mode 0660), the
+//! streaming server (exec, attach, port-forward; `crate::streaming`) on TCP, and a clean stop
+//! on SIGTERM/SIGINT that leaves every pod running.
 
 mod image;
 mod runtime;
@@ -48,7 +49,14 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
     }
     tokio::spawn(crate::monitor::run(cri.clone()));
 
-    let listener = bind(&listen)?;
+    let streaming = crate::streaming::start(cri.clone()).await?;
+    let listener = match bind(&listen) {
+        Ok(l) => l,
+        Err(e) => {
+            streaming.stop().await;
+            return Err(e);
+        }
+    };
     let (health, serving) = protocol::grpc::health::Health::new(&[
         "runtime.v1.RuntimeService",
         "runtime.v1.ImageService",
@@ -74,6 +82,9 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         .serve_with_incoming_shutdown(protocol::grpc::unix::incoming(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(&listen);
+    // Ends the streams in flight, never a container; an exec a stream leaves behind is killed
+    // at the next start-up (`recover.rs`).
+    streaming.stop().await;
     served.map_err(|e| format!("serve: {e}"))
 }
 

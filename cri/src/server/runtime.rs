@@ -242,25 +242,19 @@ impl RuntimeService for Runtime {
         answer("status", self.0.status(r.into_inner()).await)
     }
 
-    async fn exec(&self, _: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        Err(Status::unimplemented(
-            "Exec needs corral-cri's streaming server, which is not built yet; use ExecSync",
-        ))
+    async fn exec(&self, r: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        answer("exec", self.0.exec(r.into_inner()).await)
     }
 
-    async fn attach(&self, _: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
-        Err(Status::unimplemented(
-            "Attach needs corral-cri's streaming server, which is not built yet",
-        ))
+    async fn attach(&self, r: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
+        answer("attach", self.0.attach(r.into_inner()).await)
     }
 
     async fn port_forward(
         &self,
-        _: Request<PortForwardRequest>,
+        r: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
-        Err(Status::unimplemented(
-            "PortForward needs corral-cri's streaming server, which is not built yet",
-        ))
+        answer("port_forward", self.0.port_forward(r.into_inner()).await)
     }
 
     async fn checkpoint_container(

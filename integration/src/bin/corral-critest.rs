@@ -1,4 +1,4 @@
-//! `corral-critest [--containerd] [--preload] [--report FILE] [CRITEST FLAGS...]`: runs
+//! `corral-critest [--containerd] [--preload] [--spdy-only] [--report FILE] [CRITEST FLAGS...]`: runs
 //! critest (cri-tools' CRI validation suite) against corral-cri on a private corrald, offline:
 //! look-alike test images in a local registry, registry.k8s.io, gcr.io and k8s.gcr.io mirrored
 //! to it (see `integration::critest`). `make critest` runs it.
@@ -8,6 +8,9 @@
 //! - `--preload`: import every image into the runtime first, so that tests which do not pull
 //!   themselves run even when the daemon cannot pull through the mirrors.
 //! - `--report FILE`: keep ginkgo's JSON report there.
+//! - `--spdy-only`: run the streaming tests over SPDY only; by default they run a second time
+//!   over WebSocket (`-websocket-exec -websocket-attach -websocket-portforward`), reported
+//!   with ` [websocket]` after their names.
 //! - Anything else is passed to critest: `-ginkgo.focus REGEX`, `-ginkgo.v`, …
 //!
 //! critest's output goes to the terminal; then a summary (passed, failed, skipped, with the
@@ -24,12 +27,14 @@ fn main() -> ExitCode {
         flags: Vec::new(),
         log: None,
         report: None,
+        websocket_streaming: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--containerd" => options.target = Target::Containerd,
             "--preload" => options.preload = true,
+            "--spdy-only" => options.websocket_streaming = false,
             "--report" => match args.next() {
                 Some(p) => options.report = Some(p.into()),
                 None => {
@@ -39,7 +44,7 @@ fn main() -> ExitCode {
             },
             "-h" | "--help" => {
                 println!(
-                    "usage: corral-critest [--containerd] [--preload] [--report FILE] [CRITEST FLAGS...]"
+                    "usage: corral-critest [--containerd] [--preload] [--spdy-only] [--report FILE] [CRITEST FLAGS...]"
                 );
                 return ExitCode::SUCCESS;
             }
