@@ -21,7 +21,10 @@
 //! The FIFOs are named by the container id, so a restarted corral-cri finds them. They are
 //! removed with the container; containers started before corral-cri had attach have none, and
 //! attaching to their stdin is refused with a clear error. Runtimes whose shim does not write
-//! the CRI log (`shim_writes_logs = false`) get no FIFOs and cannot be attached to.
+//! the CRI log (`shim_writes_logs = false`, containerd's runc shim) get no FIFOs and cannot be
+//! attached to: such a shim keeps no writer of its own on stdin (containerd holds one in its
+//! daemon), so one would have to live in corral-cri, and a restart of ours would end the
+//! container's stdin. Exec works with every runtime.
 
 use std::collections::HashMap;
 use std::os::unix::fs::OpenOptionsExt;
