@@ -802,3 +802,43 @@ fn exec_over_tls() {
         assert_eq!(out.stdout, "secure\n", "{t}");
     }
 }
+
+#[test]
+fn exec_in_a_pod_of_containerds_shim_and_no_attach_there() {
+    if !require_root() {
+        return;
+    }
+    let node = CriNode::start();
+    let c = node.crictl();
+    // The `runc` handler: containerd's containerd-shim-runc-v2, which writes no CRI log.
+    let pod_cfg = node.pod_config("runc", json!({}));
+    let ctr_cfg = node.container_config("runc", &["sleep", "1000"], json!({}));
+    let pod = c.ok(&["runp", "--runtime", "runc", pod_cfg.to_str().unwrap()]);
+    let id = c.ok(&[
+        "create",
+        &pod,
+        ctr_cfg.to_str().unwrap(),
+        pod_cfg.to_str().unwrap(),
+    ]);
+    c.ok(&["start", &id]);
+    node.wait_container_state(&id, "CONTAINER_RUNNING");
+    for t in TRANSPORTS {
+        let mut cmd = c.command(&["exec", "-i", "-r", t, &id, "sh", "-c", "wc -c; echo $0"]);
+        let out = integration::cmd::output_with_input(&mut cmd, &noise(100_000, 3), T).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            ["100000", "sh"],
+            "{t}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = c.run(&["attach", "-r", t, &id]);
+        assert!(!out.success(), "{t}: {}", out.describe());
+        assert!(
+            out.stderr.contains("shim_writes_logs"),
+            "{t}: {}",
+            out.describe()
+        );
+    }
+}

@@ -21,7 +21,10 @@
 //! The FIFOs are named by the container id, so a restarted corral-cri finds them. They are
 //! removed with the container; containers started before corral-cri had attach have none, and
 //! attaching to their stdin is refused with a clear error. Runtimes whose shim does not write
-//! the CRI log (`shim_writes_logs = false`) get no FIFOs and cannot be attached to.
+//! the CRI log (`shim_writes_logs = false`, containerd's runc shim) get no FIFOs and cannot be
+//! attached to: such a shim keeps no writer of its own on stdin (containerd holds one in its
+//! daemon), so one would have to live in corral-cri, and a restart of ours would end the
+//! container's stdin. Exec works with every runtime.
 
 use std::collections::HashMap;
 use std::os::unix::fs::OpenOptionsExt;
@@ -549,5 +552,76 @@ async fn resize_loop(cri: Arc<Cri>, id: String, mut rx: tokio::sync::mpsc::Recei
         {
             log::debug!("container {id}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn recv_now(rx: &mut broadcast::Receiver<Chunk>) -> Option<(Stream, Vec<u8>)> {
+        match rx.try_recv() {
+            Ok(c) => Some((c.stream, c.data.to_vec())),
+            Err(_) => None,
+        }
+    }
+
+    async fn next(rx: &mut broadcast::Receiver<Chunk>) -> Option<(Stream, Vec<u8>)> {
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+            .await
+            .expect("no output within 10 s");
+        got.ok().map(|c| (c.stream, c.data.to_vec()))
+    }
+
+    #[tokio::test]
+    async fn output_fifos_fan_out_to_every_attacher_from_now_on_and_end_with_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
+        for name in ["stdout", "stderr"] {
+            nix::unistd::mkfifo(&dir.path().join(name), mode).unwrap();
+        }
+        // The shim's side: read-write, so its writes never fail for want of a reader.
+        let open = |name: &str| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(dir.path().join(name))
+                .unwrap()
+        };
+        let (mut out, mut err) = (open("stdout"), open("stderr"));
+        out.write_all(b"before anyone attached\n").unwrap();
+
+        let outputs = Outputs::default();
+        let mut a = outputs.subscribe("c1", dir.path()).unwrap();
+        let mut b = outputs.subscribe("c1", dir.path()).unwrap();
+        assert_eq!(lock(&outputs.readers).len(), 1, "one reader per container");
+
+        out.write_all(b"hello\n").unwrap();
+        assert_eq!(
+            next(&mut a).await,
+            Some((Stream::Stdout, b"hello\n".to_vec()))
+        );
+        assert_eq!(
+            next(&mut b).await,
+            Some((Stream::Stdout, b"hello\n".to_vec()))
+        );
+        err.write_all(b"oops\n").unwrap();
+        assert_eq!(
+            next(&mut a).await,
+            Some((Stream::Stderr, b"oops\n".to_vec()))
+        );
+        assert_eq!(
+            next(&mut b).await,
+            Some((Stream::Stderr, b"oops\n".to_vec()))
+        );
+
+        // The container ends: the shim closes its FIFOs, attachers see the end, the reader goes.
+        drop(out);
+        drop(err);
+        assert_eq!(next(&mut a).await, None);
+        assert_eq!(next(&mut b).await, None);
+        assert!(recv_now(&mut a).is_none());
+        assert!(lock(&outputs.readers).is_empty());
     }
 }
