@@ -208,37 +208,8 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     served.map_err(|e| format!("serve: {e}"))
 }
 
-/// Logs to stderr, logrus-style, at `level`.
+/// Logs corrald's lines (and other crates' warnings) to stderr at `level`, in containerd's
+/// format ([`protocol::logfmt`]).
 pub fn init_logging(level: &str) {
-    struct Stderr;
-    impl log::Log for Stderr {
-        fn enabled(&self, m: &log::Metadata) -> bool {
-            m.level() <= log::max_level()
-        }
-        fn log(&self, r: &log::Record) {
-            if self.enabled(r.metadata()) && r.target().starts_with("supervisor")
-                || r.level() <= log::Level::Warn
-            {
-                let t = crate::metadata::Time::now();
-                eprintln!(
-                    "time={}.{:09} level={} msg={:?}",
-                    t.seconds,
-                    t.nanos,
-                    r.level().as_str().to_lowercase(),
-                    r.args().to_string()
-                );
-            }
-        }
-        fn flush(&self) {}
-    }
-    let filter = match level {
-        "trace" => log::LevelFilter::Trace,
-        "debug" => log::LevelFilter::Debug,
-        "warn" | "warning" => log::LevelFilter::Warn,
-        "error" => log::LevelFilter::Error,
-        _ => log::LevelFilter::Info,
-    };
-    if log::set_boxed_logger(Box::new(Stderr)).is_ok() {
-        log::set_max_level(filter);
-    }
+    protocol::logfmt::Logger::new(&["supervisor"]).install(protocol::logfmt::parse_level(level));
 }

@@ -112,39 +112,10 @@ async fn wait_for_signal() {
     }
 }
 
-/// Logs to stderr, logrus-style, at `level`.
+/// Logs corral-cri's lines (and other crates' warnings) to stderr at `level`, in
+/// containerd's format ([`protocol::logfmt`]).
 pub fn init_logging(level: &str) {
-    struct Stderr;
-    impl log::Log for Stderr {
-        fn enabled(&self, m: &log::Metadata) -> bool {
-            m.level() <= log::max_level()
-        }
-        fn log(&self, r: &log::Record) {
-            if self.enabled(r.metadata()) && r.target().starts_with("cri")
-                || r.level() <= log::Level::Warn
-            {
-                let now = crate::corrald::now_nanos();
-                eprintln!(
-                    "time={}.{:09} level={} msg={:?}",
-                    now / 1_000_000_000,
-                    now % 1_000_000_000,
-                    r.level().as_str().to_lowercase(),
-                    r.args().to_string()
-                );
-            }
-        }
-        fn flush(&self) {}
-    }
-    let filter = match level {
-        "trace" => log::LevelFilter::Trace,
-        "debug" => log::LevelFilter::Debug,
-        "warn" | "warning" => log::LevelFilter::Warn,
-        "error" => log::LevelFilter::Error,
-        _ => log::LevelFilter::Info,
-    };
-    if log::set_boxed_logger(Box::new(Stderr)).is_ok() {
-        log::set_max_level(filter);
-    }
+    protocol::logfmt::Logger::new(&["cri"]).install(protocol::logfmt::parse_level(level));
 }
 
 /// The client's deadline for this call (its `grpc-timeout`: up to 8 digits and a unit).
