@@ -1,6 +1,22 @@
 //! The event exchange: everything published in corrald (its own events and those shims
-//! forward) fans out to every Subscribe stream. Slow subscribers lose the oldest events
-//! (a bounded broadcast channel) rather than slow the daemon down.
+//! forward) fans out to every subscription whose filters match it.
+//!
+//! Each subscription has its own bounded outbox ([`SUBSCRIBER_BACKLOG`] events and
+//! [`SUBSCRIBER_BACKLOG_BYTES`] bytes): publishing never waits for a subscriber. A subscriber
+//! whose outbox overflows (a client that stopped reading) is dropped: its outbox is freed, it
+//! gets no more events, and its stream ends with ResourceExhausted saying so, so that it
+//! subscribes again and lists the current state instead of silently missing events. containerd
+//! queues without bound for such a client (its exchange's per-subscriber queue), which grows
+//! the daemon's memory for as long as events flow. Events are shared (`Arc`) between outboxes:
+//! 200 subscribers cost 200 pointers per event, not 200 copies.
+//!
+//! ```text
+//!  publish / forward ──► Exchange ──(filters match)──► outbox A ──► Subscribe stream A
+//!                            │                        outbox B ──► Subscribe stream B
+//!                            │                          (full: B dropped, stream ends with
+//!                            │                           ResourceExhausted)
+//!                            └── held task events (after a restart, see below)
+//! ```
 //!
 //! After a restart that found tasks again, task events nobody subscribed to are held for a
 //! while ([`Exchange::hold_unclaimed_task_events`]) and handed to the first subscriber whose
@@ -22,15 +38,22 @@ use protocol::grpc::containerd::services::events::v1::Envelope;
 use protocol::grpc::containerd::services::images::v1 as images;
 use protocol::grpc::prost::Message;
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
-
-use tokio::sync::{broadcast, watch};
 
 use crate::metadata::Time;
 use protocol::filters::{Fields, Filters};
 
-const BACKLOG: usize = 4096;
+/// Events a subscriber may have waiting (published, matched, not yet taken by its stream)
+/// before it is dropped. A client that reads keeps its outbox near empty; this is room for
+/// bursts (a wave of 50 containers starting and stopping is about 600 events).
+pub const SUBSCRIBER_BACKLOG: usize = 4096;
+/// Bytes (encoded envelopes) a subscriber may have waiting before it is dropped: what bounds a
+/// stalled subscriber's memory when events are large (Publish takes up to the message limit).
+/// One event larger than this still goes to a subscriber whose outbox is empty.
+pub const SUBSCRIBER_BACKLOG_BYTES: usize = 16 << 20;
 /// At most this many unclaimed task events are held; past it the oldest go.
 const HOLD_MAX: usize = 1024;
 /// How long after start-up unclaimed task events are held: well past the reconnect backoff of
@@ -38,14 +61,10 @@ const HOLD_MAX: usize = 1024;
 /// about 15 s).
 pub const HOLD_WINDOW: Duration = Duration::from_secs(60);
 
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Exchange {
-    tx: broadcast::Sender<Envelope>,
-    /// Set at shutdown: subscriptions end, so that the server's graceful shutdown, which
-    /// waits for open streams, is not held up by `ctr events`.
-    closed: Arc<watch::Sender<bool>>,
-    /// Subscribe streams' filters and the held events. Sending happens under this lock, so a
-    /// new subscriber gets each event exactly once: replayed from the held ones, or live.
+    /// The subscribers and the held events. Sending happens under this lock, so a new
+    /// subscriber gets each event exactly once: replayed from the held ones, or live.
     clients: Arc<Mutex<Clients>>,
     /// OOM kills shims missed (see [`crate::oom`]).
     oom: Arc<crate::oom::OomCheck>,
@@ -53,9 +72,19 @@ pub struct Exchange {
 
 #[derive(Default)]
 struct Clients {
-    filters: HashMap<u64, Filters>,
+    subscribers: HashMap<u64, Subscriber>,
     next: u64,
     hold: Option<Held>,
+    /// Set at shutdown: subscriptions end (so that the server's graceful shutdown, which waits
+    /// for open streams, is not held up by `ctr events`) and new ones end at once.
+    closed: bool,
+}
+
+struct Subscriber {
+    filters: Filters,
+    /// What the client asked for, for the log line when it is dropped.
+    desc: String,
+    outbox: Arc<Mutex<Outbox>>,
 }
 
 struct Held {
@@ -81,35 +110,163 @@ impl Clients {
     }
 }
 
-impl Default for Exchange {
-    fn default() -> Self {
-        Exchange {
-            tx: broadcast::channel(BACKLOG).0,
-            closed: Arc::new(watch::channel(false).0),
-            clients: Arc::default(),
-            oom: Arc::default(),
+/// Why a subscription ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Ended {
+    /// The subscriber did not take its events and its outbox overflowed.
+    #[error(
+        "event subscriber dropped: {events} events ({bytes} bytes) were waiting, past the \
+         backlog of {SUBSCRIBER_BACKLOG} events or {SUBSCRIBER_BACKLOG_BYTES} bytes; read \
+         faster, or subscribe again and list the current state"
+    )]
+    Overflowed { events: usize, bytes: usize },
+    /// The daemon is shutting down.
+    #[error("the event exchange is closed (daemon shutting down)")]
+    Closed,
+}
+
+impl Ended {
+    pub fn code(&self) -> Code {
+        match self {
+            Ended::Overflowed { .. } => Code::ResourceExhausted,
+            Ended::Closed => Code::Unavailable,
         }
     }
 }
 
-/// A Subscribe stream's view of the exchange: the held events it claimed, then everything
-/// published from its subscription on. Dropping it unregisters its filters.
+/// One subscriber's events between the exchange and its stream.
+#[derive(Default)]
+struct Outbox {
+    /// Envelopes and their encoded sizes.
+    events: VecDeque<(Arc<Envelope>, usize)>,
+    bytes: usize,
+    ended: Option<Ended>,
+    waker: Option<Waker>,
+}
+
+impl Outbox {
+    /// Queues `env` (`size` bytes encoded); false if that overflows the backlog, which ends
+    /// the subscription and frees what was queued.
+    fn push(&mut self, env: Arc<Envelope>, size: usize) -> bool {
+        if self.ended.is_some() {
+            return true;
+        }
+        let full = self.events.len() >= SUBSCRIBER_BACKLOG
+            || (!self.events.is_empty() && self.bytes + size > SUBSCRIBER_BACKLOG_BYTES);
+        if full {
+            self.end(Ended::Overflowed {
+                events: self.events.len(),
+                bytes: self.bytes,
+            });
+            return false;
+        }
+        self.events.push_back((env, size));
+        self.bytes += size;
+        self.wake();
+        true
+    }
+
+    fn end(&mut self, why: Ended) {
+        if self.ended.is_none() {
+            if matches!(why, Ended::Overflowed { .. }) {
+                self.events = VecDeque::new();
+                self.bytes = 0;
+            }
+            self.ended = Some(why);
+        }
+        self.wake();
+    }
+
+    fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn pop(&mut self) -> Option<Arc<Envelope>> {
+        let (env, size) = self.events.pop_front()?;
+        self.bytes -= size;
+        Some(env)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A subscriber's view of the exchange: the held events it claimed, then everything published
+/// from its subscription on that its filters match. A stream of envelopes that ends with
+/// `Err(Ended::Overflowed)` when the subscriber fell too far behind, or without error at
+/// shutdown. Dropping it unsubscribes.
 pub struct Subscription {
-    pub replay: Vec<Envelope>,
-    pub rx: broadcast::Receiver<Envelope>,
-    pub filters: Filters,
     id: u64,
+    outbox: Arc<Mutex<Outbox>>,
     clients: Arc<Mutex<Clients>>,
+    /// The stream has yielded its end.
+    done: bool,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        lock(&self.clients).filters.remove(&self.id);
+        lock(&self.clients).subscribers.remove(&self.id);
     }
 }
 
-fn lock(m: &Mutex<Clients>) -> std::sync::MutexGuard<'_, Clients> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+impl Subscription {
+    /// The next event; Err once the subscription has ended (and on every call after).
+    pub async fn recv(&mut self) -> Result<Envelope, Ended> {
+        std::future::poll_fn(|cx| {
+            let mut outbox = lock(&self.outbox);
+            if let Some(env) = outbox.pop() {
+                return Poll::Ready(Ok(Arc::unwrap_or_clone(env)));
+            }
+            if let Some(why) = &outbox.ended {
+                return Poll::Ready(Err(why.clone()));
+            }
+            outbox.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The next event if one is waiting: None if none is, Some(Err) once ended.
+    pub fn try_recv(&mut self) -> Option<Result<Envelope, Ended>> {
+        let mut outbox = lock(&self.outbox);
+        match outbox.pop() {
+            Some(env) => Some(Ok(Arc::unwrap_or_clone(env))),
+            None => outbox.ended.clone().map(Err),
+        }
+    }
+}
+
+impl tokio_stream::Stream for Subscription {
+    type Item = Result<Envelope, Ended>;
+
+    /// Events in order; then one `Err(Overflowed)` if the subscriber was dropped, or nothing
+    /// at shutdown.
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let mut outbox = lock(&self.outbox);
+        if let Some(env) = outbox.pop() {
+            return Poll::Ready(Some(Ok(Arc::unwrap_or_clone(env))));
+        }
+        match outbox.ended.clone() {
+            Some(why) => {
+                drop(outbox);
+                self.done = true;
+                Poll::Ready(match why {
+                    Ended::Overflowed { .. } => Some(Err(why)),
+                    Ended::Closed => None,
+                })
+            }
+            None => {
+                outbox.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
 }
 
 impl Exchange {
@@ -131,19 +288,47 @@ impl Exchange {
     /// outside the daemon go through [`validate_envelope`] first.
     pub fn forward(&self, env: Envelope) {
         log::debug!("event {} {}", env.namespace, env.topic);
+        let size = env.encoded_len();
+        let fields = EnvelopeFields(&env);
         let mut clients = lock(&self.clients);
-        if env.topic.starts_with("/tasks/") {
-            let fields = EnvelopeFields(&env);
-            let claimed = clients.filters.values().any(|f| f.matches(&fields));
-            if !claimed && let Some(held) = clients.held() {
-                if held.events.len() == HOLD_MAX {
-                    held.events.pop_front();
+        let matching: Vec<u64> = clients
+            .subscribers
+            .iter()
+            .filter(|(_, s)| s.filters.matches(&fields))
+            .map(|(id, _)| *id)
+            .collect();
+        if env.topic.starts_with("/tasks/")
+            && matching.is_empty()
+            && let Some(held) = clients.held()
+        {
+            if held.events.len() == HOLD_MAX {
+                held.events.pop_front();
+            }
+            held.events.push_back(env.clone());
+        }
+        if matching.is_empty() {
+            // No subscriber is not an error.
+            return;
+        }
+        let env = Arc::new(env);
+        for id in matching {
+            let Some(sub) = clients.subscribers.get(&id) else {
+                continue;
+            };
+            let mut outbox = lock(&sub.outbox);
+            if !outbox.push(env.clone(), size) {
+                let why = outbox.ended.clone();
+                drop(outbox);
+                let desc = clients
+                    .subscribers
+                    .remove(&id)
+                    .map(|s| s.desc)
+                    .unwrap_or_default();
+                if let Some(why) = why {
+                    log::warn!("events: subscriber {id} (filters {desc}) not reading: {why}");
                 }
-                held.events.push_back(env.clone());
             }
         }
-        // No subscriber is not an error.
-        let _ = self.tx.send(env);
     }
 
     /// Passes on an envelope a shim forwarded, preceded by a /tasks/oom for an OOM kill the
@@ -160,9 +345,9 @@ impl Exchange {
         self.oom.set_tasks_dir(dir);
     }
 
-    /// From now until `window` has passed, task events that no Subscribe stream's filters
-    /// match are kept for the first stream that subscribes with matching filters (see the
-    /// module docs). Called at start-up when tasks were found again.
+    /// From now until `window` has passed, task events that no subscriber's filters match
+    /// are kept for the first one that subscribes with matching filters (see the module docs).
+    /// Called at start-up when tasks were found again.
     pub fn hold_unclaimed_task_events(&self, window: Duration) {
         lock(&self.clients).hold = Some(Held {
             until: Instant::now() + window,
@@ -175,56 +360,63 @@ impl Exchange {
         lock(&self.clients).hold = None;
     }
 
-    /// A new receiver for the daemon's own use, seeing what is published from now on. A
-    /// receiver that falls more than the backlog behind gets `RecvError::Lagged` and skips
-    /// ahead.
-    pub fn subscribe(&self) -> broadcast::Receiver<Envelope> {
-        self.tx.subscribe()
+    /// A subscription to every event, for the daemon's own use (and tests).
+    pub fn subscribe(&self) -> Subscription {
+        self.subscribe_filtered(Filters::default(), "")
     }
 
-    /// A client's subscription with `filters`: it claims the held events its filters match
-    /// (in the order they came) and sees everything published from now on.
-    pub fn subscribe_filtered(&self, filters: Filters) -> Subscription {
+    /// A client's subscription with `filters` (`desc`: as the client wrote them, for the
+    /// log): it claims the held events its filters match (in the order they came) and sees
+    /// everything published from now on that they match.
+    pub fn subscribe_filtered(&self, filters: Filters, desc: &str) -> Subscription {
+        let mut outbox = Outbox::default();
         let mut clients = lock(&self.clients);
-        let rx = self.tx.subscribe();
-        let mut replay = Vec::new();
+        if clients.closed {
+            outbox.ended = Some(Ended::Closed);
+        }
+        let mut replayed = 0;
         if let Some(held) = clients.held() {
             let (mine, rest): (VecDeque<Envelope>, VecDeque<Envelope>) = held
                 .events
                 .drain(..)
                 .partition(|e| filters.matches(&EnvelopeFields(e)));
             held.events = rest;
-            replay = mine.into();
+            replayed = mine.len();
+            for env in mine {
+                let size = env.encoded_len();
+                outbox.events.push_back((Arc::new(env), size));
+                outbox.bytes += size;
+            }
         }
         let id = clients.next;
         clients.next += 1;
-        clients.filters.insert(id, filters.clone());
+        let outbox = Arc::new(Mutex::new(outbox));
+        clients.subscribers.insert(
+            id,
+            Subscriber {
+                filters,
+                desc: desc.to_string(),
+                outbox: outbox.clone(),
+            },
+        );
         drop(clients);
-        if !replay.is_empty() {
-            log::info!(
-                "events: {} task events held since start-up go to a new subscriber",
-                replay.len()
-            );
+        if replayed > 0 {
+            log::info!("events: {replayed} task events held since start-up go to a new subscriber");
         }
         Subscription {
-            replay,
-            rx,
-            filters,
             id,
+            outbox,
             clients: self.clients.clone(),
+            done: false,
         }
     }
 
-    /// Ends every subscription (daemon shutdown).
+    /// Ends every subscription (daemon shutdown); later ones end at once.
     pub fn close(&self) {
-        self.closed.send_replace(true);
-    }
-
-    /// Resolves once [`Exchange::close`] was called.
-    pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.closed.subscribe();
-        async move {
-            let _ = rx.wait_for(|c| *c).await;
+        let mut clients = lock(&self.clients);
+        clients.closed = true;
+        for s in clients.subscribers.values() {
+            lock(&s.outbox).end(Ended::Closed);
         }
     }
 }
@@ -650,65 +842,70 @@ mod tests {
             .collect()
     }
 
+    /// The events waiting in `s`'s outbox now.
+    fn waiting(s: &mut Subscription) -> Vec<Envelope> {
+        std::iter::from_fn(|| s.try_recv().and_then(Result::ok)).collect()
+    }
+
+    fn sub(x: &Exchange, f: &[&str]) -> Subscription {
+        x.subscribe_filtered(filters(f), &format!("{f:?}"))
+    }
+
     #[tokio::test]
     async fn unclaimed_task_events_go_to_the_first_matching_subscriber() {
         let x = Exchange::default();
         x.hold_unclaimed_task_events(Duration::from_secs(60));
-        let other = x.subscribe_filtered(filters(&["namespace==plugins.moby"]));
+        let mut other = sub(&x, &["namespace==plugins.moby"]);
         x.forward(exit_of("moby", "a"));
         x.forward(exit_of("k8s.io", "k"));
         x.forward(exit_of("moby", "b"));
         // Not a task event: never held.
         x.publish("moby", "/containers/delete", Any::default());
-        assert!(other.replay.is_empty());
+        assert!(waiting(&mut other).is_empty());
 
         // dockerd's filter (one alternative; the list's entries are alternatives).
-        let mut dockerd = x.subscribe_filtered(filters(&[r#"namespace==moby,topic~="^/tasks/""#]));
-        assert_eq!(ids(&dockerd.replay), ["a", "b"], "held, in order");
+        let mut dockerd = sub(&x, &[r#"namespace==moby,topic~="^/tasks/""#]);
+        assert_eq!(ids(&waiting(&mut dockerd)), ["a", "b"], "held, in order");
         // Events published before the subscription are not also seen live.
         x.forward(exit_of("moby", "c"));
-        assert_eq!(ids(&[dockerd.rx.recv().await.unwrap()]), ["c"]);
+        assert_eq!(ids(&[dockerd.recv().await.unwrap()]), ["c"]);
+        assert!(dockerd.try_recv().is_none());
 
         // Claimed once: a second subscriber gets only what nobody matched.
-        let again = x.subscribe_filtered(filters(&["namespace==moby"]));
-        assert!(again.replay.is_empty());
-        let all = x.subscribe_filtered(Filters::default());
-        assert_eq!(ids(&all.replay), ["k"]);
+        let mut again = sub(&x, &["namespace==moby"]);
+        assert!(waiting(&mut again).is_empty());
+        let mut all = x.subscribe();
+        assert_eq!(ids(&waiting(&mut all)), ["k"]);
     }
 
     #[tokio::test]
     async fn events_a_subscriber_matched_are_not_held() {
         let x = Exchange::default();
         x.hold_unclaimed_task_events(Duration::from_secs(60));
-        let live = x.subscribe_filtered(filters(&["namespace==moby"]));
+        let live = sub(&x, &["namespace==moby"]);
         x.forward(exit_of("moby", "a"));
         drop(live);
         x.forward(exit_of("moby", "b"));
-        let late = x.subscribe_filtered(filters(&["namespace==moby"]));
-        assert_eq!(ids(&late.replay), ["b"]);
+        let mut late = sub(&x, &["namespace==moby"]);
+        assert_eq!(ids(&waiting(&mut late)), ["b"]);
     }
 
     #[tokio::test]
     async fn nothing_is_held_without_a_restart_or_after_the_window() {
         let fresh = Exchange::default();
         fresh.forward(exit_of("moby", "a"));
-        assert!(
-            fresh
-                .subscribe_filtered(Filters::default())
-                .replay
-                .is_empty()
-        );
+        assert!(waiting(&mut fresh.subscribe()).is_empty());
 
         let x = Exchange::default();
         x.hold_unclaimed_task_events(Duration::ZERO);
         x.forward(exit_of("moby", "a"));
-        assert!(x.subscribe_filtered(Filters::default()).replay.is_empty());
+        assert!(waiting(&mut x.subscribe()).is_empty());
 
         let y = Exchange::default();
         y.hold_unclaimed_task_events(Duration::from_secs(60));
         y.forward(exit_of("moby", "a"));
         y.stop_holding();
-        assert!(y.subscribe_filtered(Filters::default()).replay.is_empty());
+        assert!(waiting(&mut y.subscribe()).is_empty());
     }
 
     #[tokio::test]
@@ -718,22 +915,84 @@ mod tests {
         for i in 0..HOLD_MAX + 3 {
             x.forward(exit_of("moby", &format!("c{i}")));
         }
-        let s = x.subscribe_filtered(Filters::default());
-        assert_eq!(s.replay.len(), HOLD_MAX);
-        assert_eq!(ids(&s.replay[..1]), ["c3"], "the oldest went");
+        let got = waiting(&mut x.subscribe());
+        assert_eq!(got.len(), HOLD_MAX);
+        assert_eq!(ids(&got[..1]), ["c3"], "the oldest went");
     }
 
     #[tokio::test]
-    async fn a_lagging_subscriber_skips_ahead() {
+    async fn a_subscriber_that_does_not_read_is_dropped_and_others_keep_theirs() {
+        use tokio_stream::StreamExt;
         let x = Exchange::default();
-        let mut slow = x.subscribe();
-        for i in 0..(BACKLOG + 5) {
+        let mut stalled = x.subscribe();
+        let mut reader = sub(&x, &["namespace==ns"]);
+        let mut unmatched = sub(&x, &["namespace==elsewhere"]);
+        for i in 0..SUBSCRIBER_BACKLOG {
             x.publish("ns", &format!("/t/{i}"), Any::default());
+            // The reader keeps up.
+            assert_eq!(reader.recv().await.unwrap().topic, format!("/t/{i}"));
         }
-        match slow.recv().await {
-            Err(broadcast::error::RecvError::Lagged(n)) => assert_eq!(n, 5),
-            other => panic!("expected a lag, got {other:?}"),
+        assert_eq!(lock(&x.clients).subscribers.len(), 3);
+        // One past the backlog: dropped, and what it had is freed.
+        x.publish("ns", "/t/last", Any::default());
+        assert_eq!(lock(&x.clients).subscribers.len(), 2);
+        assert_eq!(lock(&stalled.outbox).events.len(), 0);
+        let end = stalled.next().await.expect("the stream ends with an error");
+        let why = end.unwrap_err();
+        assert!(
+            matches!(why, Ended::Overflowed { events, .. } if events == SUBSCRIBER_BACKLOG),
+            "{why:?}"
+        );
+        assert_eq!(why.code(), Code::ResourceExhausted);
+        assert!(why.to_string().contains("subscribe again"), "{why}");
+        assert!(stalled.next().await.is_none(), "nothing after the error");
+        // The others are unaffected; nothing more goes to the dropped one.
+        assert_eq!(reader.recv().await.unwrap().topic, "/t/last");
+        x.publish("ns", "/t/after", Any::default());
+        assert_eq!(reader.recv().await.unwrap().topic, "/t/after");
+        assert!(unmatched.try_recv().is_none());
+        assert_eq!(stalled.try_recv(), Some(Err(why)));
+    }
+
+    #[tokio::test]
+    async fn large_events_are_bounded_by_bytes() {
+        let x = Exchange::default();
+        let mut stalled = x.subscribe();
+        let big = |n: usize| Any {
+            type_url: "example.Big".into(),
+            value: vec![7; n],
+        };
+        // One event larger than the byte backlog still goes to an empty outbox.
+        x.publish("ns", "/big/0", big(SUBSCRIBER_BACKLOG_BYTES + 1));
+        assert_eq!(stalled.recv().await.unwrap().topic, "/big/0");
+        let chunk = SUBSCRIBER_BACKLOG_BYTES / 4;
+        for i in 0..3 {
+            x.publish("ns", &format!("/big/{i}"), big(chunk));
         }
-        assert_eq!(slow.recv().await.unwrap().topic, "/t/5");
+        assert!(lock(&stalled.outbox).bytes > 3 * chunk);
+        x.publish("ns", "/big/3", big(chunk));
+        match stalled.try_recv() {
+            Some(Err(Ended::Overflowed { events: 3, bytes })) => assert!(bytes > 3 * chunk),
+            other => panic!("expected an overflow, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn close_ends_every_subscription_without_error() {
+        use tokio_stream::StreamExt;
+        let x = Exchange::default();
+        let mut a = x.subscribe();
+        x.publish("ns", "/t/1", Any::default());
+        let waiter = tokio::spawn(async move {
+            let first = a.next().await;
+            (first, a.next().await)
+        });
+        x.close();
+        let (first, end) = waiter.await.unwrap();
+        assert_eq!(first.unwrap().unwrap().topic, "/t/1", "queued events first");
+        assert!(end.is_none());
+        let mut late = x.subscribe();
+        assert!(late.next().await.is_none(), "subscribed after close");
+        assert_eq!(late.recv().await.unwrap_err(), Ended::Closed);
     }
 }

@@ -468,7 +468,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::NotFound);
-        let topics: Vec<String> = std::iter::from_fn(|| events.try_recv().ok())
+        let topics: Vec<String> = std::iter::from_fn(|| events.try_recv().and_then(Result::ok))
             .map(|e| e.topic)
             .collect();
         assert_eq!(
