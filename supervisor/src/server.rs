@@ -17,9 +17,6 @@ use crate::events::Exchange;
 use crate::metadata::Db;
 use crate::services::{Daemon, diff, images, introspection, namespaces, snapshots, version};
 
-/// ctr sends and accepts messages up to 16 MiB.
-const MAX_MESSAGE: usize = 16 << 20;
-
 pub async fn run(cfg: Config) -> Result<(), String> {
     let _lock = crate::daemon::lock_root(&cfg.root)?;
     std::fs::create_dir_all(&cfg.state)
@@ -116,72 +113,58 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     // SERVING from here until shutdown begins: dockerd and containerd's Go client poll it
     // before they subscribe to events again after a daemon restart.
     let (health, serving) = protocol::grpc::health::Health::new(&[]);
+    let limits = cfg.message_limits()?;
+    // Every service with the configured message limits (containerd's `[grpc]` keys).
+    macro_rules! limited {
+        ($server:expr) => {
+            $server
+                .max_decoding_message_size(limits.recv)
+                .max_encoding_message_size(limits.send)
+        };
+    }
     let router = tonic::transport::Server::builder()
+        // Past a limit: ResourceExhausted with grpc-go's message, as containerd answers.
+        .layer(protocol::grpc::limits::SizeErrorLayer)
         .add_service(health.server())
-        .add_service(VersionServer::new(version::VersionService))
-        .add_service(
-            crate::services::content::server(daemon.clone())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            crate::services::leases::server(daemon.clone())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            SnapshotsServer::new(snapshots::SnapshotsService::new(daemon.clone()))
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            DiffServer::new(diff::DiffService {
-                daemon: daemon.clone(),
-            })
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            crate::services::tasks::server(daemon.clone(), runtime.clone())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            crate::services::containers::server(daemon.clone())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            ImagesServer::new(images::ImagesService {
-                daemon: daemon.clone(),
-            })
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(crate::services::transfer::server(
+        .add_service(limited!(VersionServer::new(version::VersionService)))
+        .add_service(limited!(crate::services::content::server(daemon.clone())))
+        .add_service(limited!(crate::services::leases::server(daemon.clone())))
+        .add_service(limited!(SnapshotsServer::new(
+            snapshots::SnapshotsService::new(daemon.clone())
+        )))
+        .add_service(limited!(DiffServer::new(diff::DiffService {
+            daemon: daemon.clone(),
+        })))
+        .add_service(limited!(crate::services::tasks::server(
+            daemon.clone(),
+            runtime.clone()
+        )))
+        .add_service(limited!(crate::services::containers::server(
+            daemon.clone()
+        )))
+        .add_service(limited!(ImagesServer::new(images::ImagesService {
+            daemon: daemon.clone(),
+        })))
+        .add_service(limited!(crate::services::transfer::server(
             daemon.clone(),
             cfg.registry.settings(),
-        ))
-        .add_service(IntrospectionServer::new(
+        )))
+        .add_service(limited!(IntrospectionServer::new(
             introspection::IntrospectionService {
                 daemon: daemon.clone(),
                 default_runtime: cfg.runtime.default.clone(),
             },
-        ))
-        .add_service(
-            NamespacesServer::new(namespaces::NamespacesService {
+        )))
+        .add_service(limited!(NamespacesServer::new(
+            namespaces::NamespacesService {
                 daemon: daemon.clone(),
-            })
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            EventsServer::new(crate::services::events::EventsService {
+            }
+        )))
+        .add_service(limited!(EventsServer::new(
+            crate::services::events::EventsService {
                 daemon: daemon.clone(),
-            })
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE),
-        );
+            }
+        )));
 
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;

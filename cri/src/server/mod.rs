@@ -17,9 +17,6 @@ use tokio::net::UnixListener;
 use crate::config::Config;
 use crate::core::Cri;
 
-/// kubelet's (and ctr's) message limit.
-const MAX_MESSAGE: usize = 16 << 20;
-
 pub async fn serve(cfg: Config) -> Result<(), String> {
     for dir in [
         cfg.root.clone(),
@@ -31,6 +28,7 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
     std::fs::set_permissions(&cfg.root, std::fs::Permissions::from_mode(0o711))
         .map_err(|e| format!("chmod {}: {e}", cfg.root.display()))?;
     let listen = cfg.listen.clone();
+    let limits = cfg.message_limits()?;
     let cri = Arc::new(Cri::new(cfg));
 
     // An empty view would tell kubelet its pods are gone: wait for corrald instead.
@@ -60,15 +58,17 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
     };
     log::info!("serving CRI on {}", listen.display());
     let served = Server::builder()
+        // Past a limit: ResourceExhausted with grpc-go's message, as containerd answers.
+        .layer(protocol::grpc::limits::SizeErrorLayer)
         .add_service(
             RuntimeServiceServer::new(runtime::Runtime(cri.clone()))
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+                .max_decoding_message_size(limits.recv)
+                .max_encoding_message_size(limits.send),
         )
         .add_service(
             ImageServiceServer::new(image::Images(cri.clone()))
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+                .max_decoding_message_size(limits.recv)
+                .max_encoding_message_size(limits.send),
         )
         .add_service(health.server())
         .serve_with_incoming_shutdown(protocol::grpc::unix::incoming(listener), shutdown)
