@@ -17,7 +17,12 @@ use crate::events::Exchange;
 use crate::metadata::Db;
 use crate::services::{Daemon, diff, images, introspection, namespaces, snapshots, version};
 
-pub async fn run(cfg: Config) -> Result<(), String> {
+/// Serves until SIGTERM or SIGINT. `notifier`: systemd's, told READY=1 once the socket serves
+/// and STOPPING=1 at shutdown (units ordered after corrald start on READY=1).
+pub async fn run(
+    cfg: Config,
+    notifier: Option<protocol::sd_notify::Notifier>,
+) -> Result<(), String> {
     let _lock = crate::daemon::lock_root(&cfg.root)?;
     std::fs::create_dir_all(&cfg.state)
         .map_err(|e| format!("create state {}: {e}", cfg.state.display()))?;
@@ -169,10 +174,14 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let events = daemon.events.clone();
+    let stopping = notifier.clone();
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => log::info!("SIGTERM: shutting down"),
             _ = int.recv() => log::info!("SIGINT: shutting down"),
+        }
+        if let Some(n) = &stopping {
+            n.tell("STOPPING=1");
         }
         serving.send_replace(false);
         events.close();
@@ -183,6 +192,11 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         cfg.root.display(),
         cfg.state.display()
     );
+    // The socket has been listening since it was bound (connections wait in its backlog),
+    // start-up is over: ready.
+    if let Some(n) = &notifier {
+        n.tell("READY=1");
+    }
     let served = router
         .serve_with_incoming_shutdown(protocol::grpc::unix::incoming(listener), shutdown)
         .await;

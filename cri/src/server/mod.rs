@@ -17,7 +17,12 @@ use tokio::net::UnixListener;
 use crate::config::Config;
 use crate::core::Cri;
 
-pub async fn serve(cfg: Config) -> Result<(), String> {
+/// Serves until SIGTERM or SIGINT. `notifier`: systemd's, told READY=1 once pods are
+/// recovered and the socket serves, STOPPING=1 at shutdown.
+pub async fn serve(
+    cfg: Config,
+    notifier: Option<protocol::sd_notify::Notifier>,
+) -> Result<(), String> {
     for dir in [
         cfg.root.clone(),
         cfg.root.join("netns"),
@@ -51,12 +56,19 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         "runtime.v1.RuntimeService",
         "runtime.v1.ImageService",
     ]);
+    let stopping = notifier.clone();
     let shutdown = async move {
         wait_for_signal().await;
         log::info!("shutting down; pods and containers keep running");
+        if let Some(n) = &stopping {
+            n.tell("STOPPING=1");
+        }
         serving.send_replace(false);
     };
     log::info!("serving CRI on {}", listen.display());
+    if let Some(n) = &notifier {
+        n.tell("READY=1");
+    }
     let served = Server::builder()
         // Past a limit: ResourceExhausted with grpc-go's message, as containerd answers.
         .layer(protocol::grpc::limits::SizeErrorLayer)
