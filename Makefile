@@ -41,7 +41,7 @@ DEB_SRC_LIST := /etc/apt/sources.list.d/debian-src.sources
 # Extra critest flags for `make critest`, e.g. CRITEST_FLAGS='-ginkgo.focus=Networking'.
 CRITEST_FLAGS ?=
 
-.PHONY: all build release test lint fmt install install-units deps run image bench clean critest critest-containerd
+.PHONY: all build release test soak lint fmt install install-units deps run image bench clean critest critest-containerd
 
 all: build
 
@@ -85,6 +85,15 @@ test: deps build
 	CORRAL_SHIM_BIN=$(DEBUG_SHIM) CORRALD_BIN=$(TARGET_DIR)/debug/corrald \
 		CORRAL_BIN=$(TARGET_DIR)/debug/corral CORRAL_CRI_BIN=$(TARGET_DIR)/debug/corral-cri \
 		$(CARGO) test --workspace --no-fail-fast
+
+## soak: load and long runs, not part of `make test`: every integration test file soak_*
+## (ignored by `make test`), one at a time, printing its figures. 1,000 containers in waves
+## of 50 (SOAK_CONTAINERS, SOAK_WAVE); 200 clients while containers churn (SOAK_CLIENTS,
+## SOAK_CHURN, SOAK_CHURN_WAVE, SOAK_ROUNDS, SOAK_CLIENT_PERIOD_MS)
+soak: deps build
+	CORRAL_SHIM_BIN=$(DEBUG_SHIM) CORRALD_BIN=$(TARGET_DIR)/debug/corrald \
+		CORRAL_BIN=$(TARGET_DIR)/debug/corral CORRAL_CRI_BIN=$(TARGET_DIR)/debug/corral-cri \
+		$(CARGO) test -p integration --test 'soak_*' -- --include-ignored --nocapture --test-threads=1
 
 ## critest: cri-tools' CRI validation suite against corral-cri on a private corrald, offline
 ## (look-alike images in a local registry, registry.k8s.io, gcr.io and k8s.gcr.io mirrored to
