@@ -66,6 +66,7 @@ pub async fn run(
         root: cfg.root.clone(),
         content: Arc::new(content),
         snapshotters,
+        gc: Default::default(),
     });
     let runtime = Arc::new(crate::runtime::Manager::new(
         &cfg.root,

@@ -657,6 +657,7 @@ mod tests {
             root: dir.to_path_buf(),
             content: std::sync::Arc::new(content::LocalStore::open(dir.join("content")).unwrap()),
             snapshotters: Default::default(),
+            gc: Default::default(),
         }
     }
 
