@@ -100,7 +100,7 @@ async fn client(
     exits_seen: Arc<AtomicUsize>,
     mut stop: watch::Receiver<bool>,
 ) -> Report {
-    let filters = if n % 2 == 0 {
+    let filters = if n.is_multiple_of(2) {
         vec![]
     } else {
         vec![r#"topic=="/tasks/exit""#.to_string()]
@@ -146,7 +146,7 @@ async fn client(
                         .await
                         .map(drop),
                 ));
-                if pick % 4 == 0 {
+                if pick.is_multiple_of(4) {
                     // Asks every shim for its state: a quarter of the rounds.
                     outcomes.push((
                         "list tasks",
