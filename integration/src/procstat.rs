@@ -9,18 +9,42 @@ use std::fs;
 pub struct ProcStats {
     /// `VmRSS`, in KiB.
     pub rss_kib: u64,
+    /// Of which `RssAnon` (heap, stacks): what a leak grows. The rest is mostly the binary's
+    /// pages (`RssFile`), which grow as more of its code runs.
+    pub anon_kib: u64,
     /// Entries of `/proc/<pid>/fd`.
     pub fds: u64,
     /// `Threads`.
     pub threads: u64,
 }
 
+impl ProcStats {
+    /// All zero: no slack in [`within`].
+    pub const ZERO: ProcStats = ProcStats {
+        rss_kib: 0,
+        anon_kib: 0,
+        fds: 0,
+        threads: 0,
+    };
+
+    /// The larger of each figure (a peak over readings).
+    pub fn max(self, other: ProcStats) -> ProcStats {
+        ProcStats {
+            rss_kib: self.rss_kib.max(other.rss_kib),
+            anon_kib: self.anon_kib.max(other.anon_kib),
+            fds: self.fds.max(other.fds),
+            threads: self.threads.max(other.threads),
+        }
+    }
+}
+
 impl fmt::Display for ProcStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "RSS {:.1} MiB, {} fds, {} threads",
+            "RSS {:.1} MiB ({:.1} MiB anonymous), {} fds, {} threads",
             self.rss_kib as f64 / 1024.0,
+            self.anon_kib as f64 / 1024.0,
             self.fds,
             self.threads
         )
@@ -43,6 +67,7 @@ pub fn of(pid: u32) -> Option<ProcStats> {
     let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
     Some(ProcStats {
         rss_kib: status_field(&status, "VmRSS:")?,
+        anon_kib: status_field(&status, "RssAnon:")?,
         fds,
         threads: status_field(&status, "Threads:")?,
     })
@@ -71,6 +96,7 @@ mod tests {
     fn within_percent_or_slack() {
         let s = |rss_kib, fds, threads| ProcStats {
             rss_kib,
+            anon_kib: 0,
             fds,
             threads,
         };

@@ -257,11 +257,7 @@ fn round(n: usize, d: &Containerd, load: &Load) {
             r.unwrap_or_else(|e| panic!("round {n}: churn after {} containers: {e}", churned.len()));
             churned.extend(ids);
             let now = stats();
-            peak = ProcStats {
-                rss_kib: peak.rss_kib.max(now.rss_kib),
-                fds: peak.fds.max(now.fds),
-                threads: peak.threads.max(now.threads),
-            };
+            peak = peak.max(now);
             eprintln!(
                 "soak: round {n}: {}/{} churned ({:.1} s for this wave) under {} clients; corrald {now}",
                 churned.len(),
@@ -355,11 +351,7 @@ fn two_hundred_clients_while_containers_churn() {
     round(1, &d, &load);
     let start = churn::settled(&stats, None);
     eprintln!("soak: corrald after the warm-up round: {start}");
-    let none = ProcStats {
-        rss_kib: 0,
-        fds: 0,
-        threads: 0,
-    };
+    let none = ProcStats::ZERO;
     let mut end = start;
     for n in 2..=rounds {
         round(n, &d, &load);

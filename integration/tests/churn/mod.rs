@@ -433,11 +433,7 @@ const STEADY: Duration = Duration::from_secs(12);
 /// tokio's 10 s keep-alive of idle blocking threads) and, given `start`, are within 10 % of
 /// it; for at most [`SETTLE`]. The last reading either way.
 pub fn settled(stats: &dyn Fn() -> ProcStats, start: Option<ProcStats>) -> ProcStats {
-    let none = ProcStats {
-        rss_kib: 0,
-        fds: 0,
-        threads: 0,
-    };
+    let none = ProcStats::ZERO;
     let mut last = stats();
     let mut since = Instant::now();
     let _ = try_wait_until(SETTLE, || {
