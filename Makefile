@@ -88,7 +88,7 @@ test: deps build
 
 ## soak: load and long runs, not part of `make test`: every integration test file soak_*
 ## (ignored by `make test`), one at a time, printing its figures. 1,000 containers in waves
-## of 50 (SOAK_CONTAINERS, SOAK_WAVE); 200 clients while containers churn (SOAK_CLIENTS,
+## of 50 (SOAK_CONTAINERS, SOAK_WAVE, SOAK_WARMUP_WAVES); 200 clients while containers churn (SOAK_CLIENTS,
 ## SOAK_CHURN, SOAK_CHURN_WAVE, SOAK_ROUNDS, SOAK_CLIENT_PERIOD_MS)
 soak: deps build
 	CORRAL_SHIM_BIN=$(DEBUG_SHIM) CORRALD_BIN=$(TARGET_DIR)/debug/corrald \
