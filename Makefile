@@ -16,13 +16,17 @@ PAUSE_TAR := $(TARGET_DIR)/pause-image.tar
 CORRALD_SOCK := /run/corral/corral.sock
 CRI_SOCK := /run/corral/cri.sock
 CNI_CONF_DIR := /etc/cni/net.d
+# systemd units go where systemd looks for units installed under $(PREFIX).
+SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
+UNITS := corrald corral-cri
 
 # Debian packages the tests and `make run` need. Installed only when something is missing.
 # python3-venv: the tests install grpcio (grpc C-core's Python client, from PyPI) into a venv.
+# systemd: systemd-analyze checks our units (the tests); systemd need not be running.
 PACKAGES := runc containerd busybox-static docker-registry containernetworking-plugins iproute2 iptables \
-	gcc libc6-dev docker.io openssl python3-venv
+	gcc libc6-dev docker.io openssl python3-venv systemd
 NEEDED_COMMANDS := runc containerd ctr containerd-shim-runc-v2 busybox docker-registry ip iptables cc \
-	dockerd docker openssl
+	dockerd docker openssl systemd-analyze
 # Files of packages that install no command (the CNI plugins corral-cri runs).
 NEEDED_FILES := /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/loopback /usr/lib/cni/portmap
 # Python modules of packages that install no command (python3-venv's ensurepip).
@@ -37,7 +41,7 @@ DEB_SRC_LIST := /etc/apt/sources.list.d/debian-src.sources
 # Extra critest flags for `make critest`, e.g. CRITEST_FLAGS='-ginkgo.focus=Networking'.
 CRITEST_FLAGS ?=
 
-.PHONY: all build release test soak lint fmt install deps run image bench clean critest critest-containerd
+.PHONY: all build release test soak lint fmt install install-units deps run image bench clean critest critest-containerd
 
 all: build
 
@@ -82,12 +86,18 @@ test: deps build
 		CORRAL_BIN=$(TARGET_DIR)/debug/corral CORRAL_CRI_BIN=$(TARGET_DIR)/debug/corral-cri \
 		$(CARGO) test --workspace --no-fail-fast
 
-## soak: long runs kept out of `make test` (the tests marked #[ignore]): corrald down for 5
-## minutes while 20 containers exit, with each shim (`make test` runs the same for 25 s)
+## soak: load and long runs, not part of `make test`, printing their figures, one at a time:
+## corrald down for 5 minutes while 20 containers exit, with each shim (`make test` runs the
+## same for 25 s); then every integration test file soak_*: 1,000 containers in waves of 50
+## (SOAK_CONTAINERS, SOAK_WAVE, SOAK_WARMUP_WAVES); 200 clients while containers churn
+## (SOAK_CLIENTS, SOAK_CHURN, SOAK_CHURN_WAVE, SOAK_ROUNDS, SOAK_CLIENT_PERIOD_MS)
 soak: deps build
 	CORRAL_SHIM_BIN=$(DEBUG_SHIM) CORRALD_BIN=$(TARGET_DIR)/debug/corrald \
 		CORRAL_BIN=$(TARGET_DIR)/debug/corral \
 		$(CARGO) test -p integration --test faults_events -- --ignored
+	CORRAL_SHIM_BIN=$(DEBUG_SHIM) CORRALD_BIN=$(TARGET_DIR)/debug/corrald \
+		CORRAL_BIN=$(TARGET_DIR)/debug/corral CORRAL_CRI_BIN=$(TARGET_DIR)/debug/corral-cri \
+		$(CARGO) test -p integration --test 'soak_*' -- --include-ignored --nocapture --test-threads=1
 
 ## critest: cri-tools' CRI validation suite against corral-cri on a private corrald, offline
 ## (look-alike images in a local registry, registry.k8s.io, gcr.io and k8s.gcr.io mirrored to
@@ -111,12 +121,25 @@ fmt:
 	$(CARGO) fmt --all
 
 ## install: the shim, corrald, corral-cri and corral into $(PREFIX)/bin (corrald and
-## containerd find the shim there)
-install: release
+## containerd find the shim there), and the systemd units (see install-units)
+install: release install-units
 	install -D -m 0755 $(RELEASE_SHIM) $(DESTDIR)$(PREFIX)/bin/containerd-shim-corral-v1
 	install -D -m 0755 $(RELEASE_CORRALD) $(DESTDIR)$(PREFIX)/bin/corrald
 	install -D -m 0755 $(RELEASE_CORRAL) $(DESTDIR)$(PREFIX)/bin/corral
 	install -D -m 0755 $(RELEASE_CRI) $(DESTDIR)$(PREFIX)/bin/corral-cri
+
+## install-units: systemd units for corrald and corral-cri into $(SYSTEMD_UNIT_DIR), starting
+## $(PREFIX)/bin's binaries; neither enabled nor started (systemctl daemon-reload, then
+## systemctl enable --now corral-cri, which brings corrald up first)
+install-units:
+	install -d $(DESTDIR)$(SYSTEMD_UNIT_DIR)
+	for u in $(UNITS); do \
+		sed -e 's|/usr/local/bin/|$(PREFIX)/bin/|g' systemd/$$u.service > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/$$u.service && \
+		chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/$$u.service || exit 1; \
+	done
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
+		echo "units installed in $(SYSTEMD_UNIT_DIR): systemctl daemon-reload && systemctl enable --now corral-cri"; \
+	fi
 
 ## run: install what is missing, build, install, and start corrald on its default paths
 ## (/var/lib/corral, /run/corral, socket $(CORRALD_SOCK)); it runs containers with our shim

@@ -72,6 +72,7 @@ const BENCH_OPTIONS: Options = Options {
     runc_v2_is_corral: false,
     runc_timeout: None,
     cri_plugin: false,
+    message_limits: None,
 };
 /// Deadline of the restart block's wait for all tasks RUNNING.
 const RESTART_TIMEOUT: Duration = Duration::from_secs(120);

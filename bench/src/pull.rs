@@ -302,6 +302,7 @@ fn options() -> Options {
         runc_v2_is_corral: false,
         runc_timeout: None,
         cri_plugin: false,
+        message_limits: None,
     }
 }
 

@@ -42,7 +42,30 @@ pub struct Config {
     pub runtimes: BTreeMap<String, Runtime>,
     pub cni: Cni,
     pub streaming: Streaming,
+    pub grpc: Grpc,
     pub debug: Debug,
+}
+
+/// The CRI socket's gRPC settings, with containerd's keys (its `[grpc]` section, which its
+/// CRI plugin shares).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Grpc {
+    /// The largest request message accepted, in bytes (16 MiB, kubelet's own limit; 0 means
+    /// the default). A larger one fails with ResourceExhausted.
+    pub max_recv_message_size: usize,
+    /// The largest answer sent, in bytes (as above): a ListContainers past it fails with
+    /// ResourceExhausted.
+    pub max_send_message_size: usize,
+}
+
+impl Default for Grpc {
+    fn default() -> Grpc {
+        Grpc {
+            max_recv_message_size: protocol::grpc::limits::DEFAULT_MAX_MESSAGE,
+            max_send_message_size: protocol::grpc::limits::DEFAULT_MAX_MESSAGE,
+        }
+    }
 }
 
 /// One runtime handler.
@@ -127,6 +150,7 @@ impl Default for Config {
             runtimes,
             cni: Cni::default(),
             streaming: Streaming::default(),
+            grpc: Grpc::default(),
             debug: Debug::default(),
         }
     }
@@ -229,6 +253,7 @@ impl Config {
             (false, true) => return Err("[streaming] tls_cert_file needs tls_key_file".into()),
             (true, false) => return Err("[streaming] tls_key_file needs tls_cert_file".into()),
         }
+        self.message_limits()?;
         for (what, p) in [
             ("root", &self.root),
             ("listen", &self.listen),
@@ -239,6 +264,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The CRI server's message limits (`[grpc]`).
+    pub fn message_limits(&self) -> Result<protocol::grpc::limits::MessageLimits, String> {
+        protocol::grpc::limits::MessageLimits::from_config(
+            self.grpc.max_recv_message_size,
+            self.grpc.max_send_message_size,
+        )
     }
 
     /// The runtime of a CRI handler name ("" is the default handler).
@@ -270,6 +303,25 @@ mod tests {
         assert!(text.contains("[cni]"), "{text}");
         assert!(text.contains("[streaming]"), "{text}");
         assert!(text.contains("[runtimes.corral]"), "{text}");
+        assert!(text.contains("max_recv_message_size = 16777216"), "{text}");
+    }
+
+    #[test]
+    fn message_limits_are_configurable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[grpc]\nmax_send_message_size = 4096\n").unwrap();
+        let l = Config::load(&p, true).unwrap().message_limits().unwrap();
+        assert_eq!((l.recv, l.send), (16 << 20, 4096));
+        std::fs::write(&p, "[grpc]\nmax_recv_message_size = 99999999999\n").unwrap();
+        let e = Config::load(&p, true).unwrap_err();
+        assert!(e.contains("grpc.max_recv_message_size"), "{e}");
+        std::fs::write(&p, "[grpc]\nmax_recv_msg_size = 1\n").unwrap();
+        assert!(
+            Config::load(&p, true)
+                .unwrap_err()
+                .contains("max_recv_msg_size")
+        );
     }
 
     #[test]

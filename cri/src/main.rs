@@ -48,6 +48,8 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: the first thing in main; no other thread exists yet.
+    let notifier = unsafe { protocol::sd_notify::Notifier::from_env() };
     let cli = Cli::parse();
     if let Some(Command::Config {
         what: ConfigCommand::Default,
@@ -95,7 +97,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(cri::server::serve(cfg)) {
+    match rt.block_on(cri::server::serve(cfg, notifier)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");

@@ -61,6 +61,9 @@ pub struct Options {
     /// daemon socket, as a Kubernetes node's containerd does; see [`crate::cri::ContainerdCri`],
     /// which writes the network and imports the images. Pods live in namespace `k8s.io`.
     pub cri_plugin: bool,
+    /// `[grpc] max_recv_message_size` and `max_send_message_size` (the same keys in both
+    /// daemons' configs); None: their defaults (16 MiB each way).
+    pub message_limits: Option<(usize, usize)>,
 }
 
 impl Default for Options {
@@ -71,6 +74,7 @@ impl Default for Options {
             runc_v2_is_corral: false,
             runc_timeout: None,
             cri_plugin: false,
+            message_limits: None,
         }
     }
 }
@@ -175,15 +179,22 @@ impl Containerd {
             std::os::unix::fs::symlink(&shim, path.join("bin").join(Runtime::Corral.binary_name()))
                 .expect("cannot link the corral shim");
         }
+        let limits = match options.message_limits {
+            Some((recv, send)) => {
+                format!("max_recv_message_size = {recv}\nmax_send_message_size = {send}\n")
+            }
+            None => String::new(),
+        };
         let mut config = format!(
             "version = 2\n\
              root = \"{root}\"\n\
              state = \"{state}\"\n\
              {disabled}\
              \n\
-             [grpc]\n  address = \"{sock}\"\n\
+             [grpc]\n  address = \"{sock}\"\n{limits}\
              \n\
              [debug]\n  level = \"{level}\"\n",
+            limits = limits,
             level = options.log_level,
             root = path.join("root").display(),
             state = path.join("state").display(),
@@ -203,7 +214,7 @@ impl Containerd {
              root = \"{root}\"\n\
              state = \"{state}\"\n\
              \n\
-             [grpc]\naddress = \"{sock}\"\n\
+             [grpc]\naddress = \"{sock}\"\n{limits}\
              \n\
              [debug]\nlevel = \"{level}\"\n\
              \n\
@@ -214,6 +225,7 @@ impl Containerd {
             level = options.log_level,
             corral = Runtime::Corral.name(),
             shim = shim.display(),
+            limits = limits,
         );
         if options.runc_v2_is_corral {
             corrald_config.push_str(&format!(

@@ -597,6 +597,7 @@ impl ContainerdCri {
                 runc_v2_is_corral: false,
                 runc_timeout: None,
                 cri_plugin: true,
+                message_limits: None,
             },
         );
         let dir = containerd.dir().to_path_buf();

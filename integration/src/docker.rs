@@ -178,6 +178,7 @@ impl Docker {
                 runc_v2_is_corral: shim == Runtime::Corral,
                 runc_timeout: None,
                 cri_plugin: false,
+                message_limits: None,
             },
         );
         let dir = tempfile::Builder::new()

@@ -45,6 +45,7 @@ pub mod events;
 pub mod grpcio;
 pub mod image;
 pub mod leaks;
+pub mod procstat;
 pub mod pty;
 pub mod registry;
 

@@ -4,7 +4,9 @@
 //! supervisor speak, compiled at build time. Same package names, message names and field
 //! numbers as containerd 1.6, so the real containerd, ctr and `containerd-shim-runc-v2`
 //! interoperate with us. This crate holds no behaviour beyond the [`Code`] mapping, the names
-//! of corral's own [`annotations`] and small helpers to pack messages into `Any`.
+//! of corral's own [`annotations`], small helpers to pack messages into `Any`, the log
+//! line format ([`logfmt`]) that corrald, corral-cri and the shim share with containerd, and
+//! systemd's readiness protocol ([`sd_notify`]) that both daemons speak.
 //!
 //! Two code families, one per feature, generated from the same files where they overlap:
 //!
@@ -26,7 +28,9 @@ pub mod filters;
 pub mod grpc;
 #[cfg(feature = "image")]
 pub mod image;
+pub mod logfmt;
 pub mod oci;
+pub mod sd_notify;
 #[cfg(feature = "ttrpc")]
 pub mod ttrpc_gen;
 

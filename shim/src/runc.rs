@@ -112,6 +112,10 @@ pub struct CreateOpts<'a> {
 impl Runc {
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.binary);
+        // Inherited from a daemon run by systemd (containerd keeps it), NOTIFY_SOCKET makes
+        // runc pass the socket into the container and `runc start` wait until the container
+        // reports ready, which an ordinary container never does. go-runc drops it too.
+        cmd.env_remove("NOTIFY_SOCKET");
         cmd.arg("--root").arg(&self.root);
         cmd.arg("--log")
             .arg(&self.log)

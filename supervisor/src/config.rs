@@ -73,6 +73,12 @@ pub struct Grpc {
     pub address: PathBuf,
     /// Group allowed to use the socket (mode 0660); 0 is root only.
     pub gid: u32,
+    /// The largest request message accepted, in bytes (containerd's key and default, 16 MiB;
+    /// 0 means the default). A larger one fails with ResourceExhausted.
+    pub max_recv_message_size: usize,
+    /// The largest answer sent, in bytes (as above). An answer that would be larger fails the
+    /// call with ResourceExhausted.
+    pub max_send_message_size: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,6 +162,8 @@ impl Default for Grpc {
         Grpc {
             address: "/run/corral/corral.sock".into(),
             gid: 0,
+            max_recv_message_size: protocol::grpc::limits::DEFAULT_MAX_MESSAGE,
+            max_send_message_size: protocol::grpc::limits::DEFAULT_MAX_MESSAGE,
         }
     }
 }
@@ -193,7 +201,18 @@ impl Config {
                 cfg.version
             ));
         }
+        cfg.message_limits()
+            .map_err(|e| format!("config {}: {e}", path.display()))?;
         Ok(cfg)
+    }
+
+    /// The gRPC server's message limits (`[grpc] max_recv_message_size`,
+    /// `max_send_message_size`).
+    pub fn message_limits(&self) -> Result<protocol::grpc::limits::MessageLimits, String> {
+        protocol::grpc::limits::MessageLimits::from_config(
+            self.grpc.max_recv_message_size,
+            self.grpc.max_send_message_size,
+        )
     }
 
     pub fn to_toml(&self) -> String {
@@ -242,6 +261,36 @@ mod tests {
             Config::default()
         );
         assert!(Config::load(&dir.path().join("none.toml"), true).is_err());
+    }
+
+    #[test]
+    fn message_limits_as_containerds_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        assert_eq!(
+            Config::default().message_limits().unwrap(),
+            protocol::grpc::limits::MessageLimits {
+                recv: 16 << 20,
+                send: 16 << 20
+            }
+        );
+        std::fs::write(
+            &p,
+            "version = 1\n[grpc]\nmax_recv_message_size = 1024\nmax_send_message_size = 0\n",
+        )
+        .unwrap();
+        let l = Config::load(&p, true).unwrap().message_limits().unwrap();
+        assert_eq!((l.recv, l.send), (1024, 16 << 20));
+        std::fs::write(
+            &p,
+            "version = 1\n[grpc]\nmax_recv_message_size = 4294967296\n",
+        )
+        .unwrap();
+        let e = Config::load(&p, true).unwrap_err();
+        assert!(
+            e.contains("max_recv_message_size") && e.contains("c.toml"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,6 +1,22 @@
 //! The event exchange: everything published in corrald (its own events and those shims
-//! forward) fans out to every Subscribe stream. Slow subscribers lose the oldest events
-//! (a bounded broadcast channel) rather than slow the daemon down.
+//! forward) fans out to every subscription whose filters match it.
+//!
+//! Each subscription has its own bounded outbox ([`SUBSCRIBER_BACKLOG`] events and
+//! [`SUBSCRIBER_BACKLOG_BYTES`] bytes): publishing never waits for a subscriber. A subscriber
+//! whose outbox overflows (a client that stopped reading) is dropped: its outbox is freed, it
+//! gets no more events, and its stream ends with ResourceExhausted saying so, so that it
+//! subscribes again and lists the current state instead of silently missing events. containerd
+//! queues without bound for such a client (its exchange's per-subscriber queue), which grows
+//! the daemon's memory for as long as events flow. Events are shared (`Arc`) between outboxes:
+//! 200 subscribers cost 200 pointers per event, not 200 copies.
+//!
+//! ```text
+//!  publish / forward ──► Exchange ──(filters match)──► outbox A ──► Subscribe stream A
+//!                            │                        outbox B ──► Subscribe stream B
+//!                            │                          (full: B dropped, stream ends with
+//!                            │                           ResourceExhausted)
+//!                            └── held task events of an outage (after a restart, see below)
+//! ```
 //!
 //! After a restart that found tasks again, the task events of the outage are held for a while
 //! ([`Exchange::hold_outage_events`]) and replayed to every client that subscribes in that
@@ -31,16 +47,23 @@ use protocol::grpc::containerd::events as ev;
 use protocol::grpc::containerd::services::events::v1::Envelope;
 use protocol::grpc::containerd::services::images::v1 as images;
 use protocol::grpc::prost::Message;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
-
-use tokio::sync::{broadcast, watch};
 
 use crate::metadata::Time;
 use protocol::filters::{Fields, Filters};
 
-const BACKLOG: usize = 4096;
+/// Events a subscriber may have waiting (published, matched, not yet taken by its stream)
+/// before it is dropped. A client that reads keeps its outbox near empty; this is room for
+/// bursts (a wave of 50 containers starting and stopping is about 600 events).
+pub const SUBSCRIBER_BACKLOG: usize = 4096;
+/// Bytes (encoded envelopes) a subscriber may have waiting before it is dropped: what bounds a
+/// stalled subscriber's memory when events are large (Publish takes up to the message limit).
+/// One event larger than this still goes to a subscriber whose outbox is empty.
+pub const SUBSCRIBER_BACKLOG_BYTES: usize = 16 << 20;
 /// At most this many task events of the outage are held; past it the oldest go.
 const HOLD_MAX: usize = 1024;
 /// How long after start-up the task events of the outage are replayed to new subscribers:
@@ -50,14 +73,10 @@ pub const HOLD_WINDOW: Duration = Duration::from_secs(60);
 /// How many recent exits are remembered to drop a second copy of one.
 const RECENT_EXITS: usize = 4096;
 
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Exchange {
-    tx: broadcast::Sender<Envelope>,
-    /// Set at shutdown: subscriptions end, so that the server's graceful shutdown, which
-    /// waits for open streams, is not held up by `ctr events`.
-    closed: Arc<watch::Sender<bool>>,
-    /// Subscribe streams' filters and the held events. Sending happens under this lock, so a
-    /// new subscriber gets each event exactly once: replayed from the held ones, or live.
+    /// The subscribers and the held events. Sending happens under this lock, so a new
+    /// subscriber gets each event exactly once: replayed from the held ones, or live.
     clients: Arc<Mutex<Clients>>,
     /// OOM kills shims missed (see [`crate::oom`]).
     oom: Arc<crate::oom::OomCheck>,
@@ -65,8 +84,20 @@ pub struct Exchange {
 
 #[derive(Default)]
 struct Clients {
+    subscribers: HashMap<u64, Subscriber>,
+    next: u64,
     hold: Option<Held>,
     exits: RecentExits,
+    /// Set at shutdown: subscriptions end (so that the server's graceful shutdown, which waits
+    /// for open streams, is not held up by `ctr events`) and new ones end at once.
+    closed: bool,
+}
+
+struct Subscriber {
+    filters: Filters,
+    /// What the client asked for, for the log line when it is dropped.
+    desc: String,
+    outbox: Arc<Mutex<Outbox>>,
 }
 
 struct Held {
@@ -126,6 +157,7 @@ fn stamp(env: &Envelope) -> (i64, i32) {
         .map_or((0, 0), |t| (t.seconds, t.nanos))
 }
 
+
 impl Clients {
     /// The held events, unless the window has passed (then they are dropped).
     fn held(&mut self) -> Option<&mut Held> {
@@ -144,27 +176,163 @@ impl Clients {
     }
 }
 
-impl Default for Exchange {
-    fn default() -> Self {
-        Exchange {
-            tx: broadcast::channel(BACKLOG).0,
-            closed: Arc::new(watch::channel(false).0),
-            clients: Arc::default(),
-            oom: Arc::default(),
+/// Why a subscription ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Ended {
+    /// The subscriber did not take its events and its outbox overflowed.
+    #[error(
+        "event subscriber dropped: {events} events ({bytes} bytes) were waiting, past the \
+         backlog of {SUBSCRIBER_BACKLOG} events or {SUBSCRIBER_BACKLOG_BYTES} bytes; read \
+         faster, or subscribe again and list the current state"
+    )]
+    Overflowed { events: usize, bytes: usize },
+    /// The daemon is shutting down.
+    #[error("the event exchange is closed (daemon shutting down)")]
+    Closed,
+}
+
+impl Ended {
+    pub fn code(&self) -> Code {
+        match self {
+            Ended::Overflowed { .. } => Code::ResourceExhausted,
+            Ended::Closed => Code::Unavailable,
         }
     }
 }
 
-/// A Subscribe stream's view of the exchange: the held events of the outage its filters
-/// match, then everything published from its subscription on.
-pub struct Subscription {
-    pub replay: Vec<Envelope>,
-    pub rx: broadcast::Receiver<Envelope>,
-    pub filters: Filters,
+/// One subscriber's events between the exchange and its stream.
+#[derive(Default)]
+struct Outbox {
+    /// Envelopes and their encoded sizes.
+    events: VecDeque<(Arc<Envelope>, usize)>,
+    bytes: usize,
+    ended: Option<Ended>,
+    waker: Option<Waker>,
 }
 
-fn lock(m: &Mutex<Clients>) -> std::sync::MutexGuard<'_, Clients> {
+impl Outbox {
+    /// Queues `env` (`size` bytes encoded); false if that overflows the backlog, which ends
+    /// the subscription and frees what was queued.
+    fn push(&mut self, env: Arc<Envelope>, size: usize) -> bool {
+        if self.ended.is_some() {
+            return true;
+        }
+        let full = self.events.len() >= SUBSCRIBER_BACKLOG
+            || (!self.events.is_empty() && self.bytes + size > SUBSCRIBER_BACKLOG_BYTES);
+        if full {
+            self.end(Ended::Overflowed {
+                events: self.events.len(),
+                bytes: self.bytes,
+            });
+            return false;
+        }
+        self.events.push_back((env, size));
+        self.bytes += size;
+        self.wake();
+        true
+    }
+
+    fn end(&mut self, why: Ended) {
+        if self.ended.is_none() {
+            if matches!(why, Ended::Overflowed { .. }) {
+                self.events = VecDeque::new();
+                self.bytes = 0;
+            }
+            self.ended = Some(why);
+        }
+        self.wake();
+    }
+
+    fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn pop(&mut self) -> Option<Arc<Envelope>> {
+        let (env, size) = self.events.pop_front()?;
+        self.bytes -= size;
+        Some(env)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A subscriber's view of the exchange: the held events it claimed, then everything published
+/// from its subscription on that its filters match. A stream of envelopes that ends with
+/// `Err(Ended::Overflowed)` when the subscriber fell too far behind, or without error at
+/// shutdown. Dropping it unsubscribes.
+pub struct Subscription {
+    id: u64,
+    outbox: Arc<Mutex<Outbox>>,
+    clients: Arc<Mutex<Clients>>,
+    /// The stream has yielded its end.
+    done: bool,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        lock(&self.clients).subscribers.remove(&self.id);
+    }
+}
+
+impl Subscription {
+    /// The next event; Err once the subscription has ended (and on every call after).
+    pub async fn recv(&mut self) -> Result<Envelope, Ended> {
+        std::future::poll_fn(|cx| {
+            let mut outbox = lock(&self.outbox);
+            if let Some(env) = outbox.pop() {
+                return Poll::Ready(Ok(Arc::unwrap_or_clone(env)));
+            }
+            if let Some(why) = &outbox.ended {
+                return Poll::Ready(Err(why.clone()));
+            }
+            outbox.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The next event if one is waiting: None if none is, Some(Err) once ended.
+    pub fn try_recv(&mut self) -> Option<Result<Envelope, Ended>> {
+        let mut outbox = lock(&self.outbox);
+        match outbox.pop() {
+            Some(env) => Some(Ok(Arc::unwrap_or_clone(env))),
+            None => outbox.ended.clone().map(Err),
+        }
+    }
+}
+
+impl tokio_stream::Stream for Subscription {
+    type Item = Result<Envelope, Ended>;
+
+    /// Events in order; then one `Err(Overflowed)` if the subscriber was dropped, or nothing
+    /// at shutdown.
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let mut outbox = lock(&self.outbox);
+        if let Some(env) = outbox.pop() {
+            return Poll::Ready(Some(Ok(Arc::unwrap_or_clone(env))));
+        }
+        match outbox.ended.clone() {
+            Some(why) => {
+                drop(outbox);
+                self.done = true;
+                Poll::Ready(match why {
+                    Ended::Overflowed { .. } => Some(Err(why)),
+                    Ended::Closed => None,
+                })
+            }
+            None => {
+                outbox.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
 }
 
 impl Exchange {
@@ -186,6 +354,7 @@ impl Exchange {
     /// outside the daemon go through [`validate_envelope`] first. A copy of an exit already
     /// passed on is dropped.
     pub fn forward(&self, env: Envelope) {
+        let size = env.encoded_len();
         let mut clients = lock(&self.clients);
         if !clients.exits.first_time(&env) {
             log::debug!(
@@ -207,8 +376,36 @@ impl Exchange {
             let i = held.events.partition_point(|e| stamp(e) <= at);
             held.events.insert(i, env.clone());
         }
-        // No subscriber is not an error.
-        let _ = self.tx.send(env);
+        let fields = EnvelopeFields(&env);
+        let matching: Vec<u64> = clients
+            .subscribers
+            .iter()
+            .filter(|(_, s)| s.filters.matches(&fields))
+            .map(|(id, _)| *id)
+            .collect();
+        if matching.is_empty() {
+            // No subscriber is not an error.
+            return;
+        }
+        let env = Arc::new(env);
+        for id in matching {
+            let Some(sub) = clients.subscribers.get(&id) else {
+                continue;
+            };
+            let mut outbox = lock(&sub.outbox);
+            if !outbox.push(env.clone(), size) {
+                let why = outbox.ended.clone();
+                drop(outbox);
+                let desc = clients
+                    .subscribers
+                    .remove(&id)
+                    .map(|s| s.desc)
+                    .unwrap_or_default();
+                if let Some(why) = why {
+                    log::warn!("events: subscriber {id} (filters {desc}) not reading: {why}");
+                }
+            }
+        }
     }
 
     /// Passes on an envelope a shim forwarded, preceded by a /tasks/oom for an OOM kill the
@@ -251,51 +448,63 @@ impl Exchange {
         lock(&self.clients).hold = None;
     }
 
-    /// A new receiver for the daemon's own use, seeing what is published from now on. A
-    /// receiver that falls more than the backlog behind gets `RecvError::Lagged` and skips
-    /// ahead.
-    pub fn subscribe(&self) -> broadcast::Receiver<Envelope> {
-        self.tx.subscribe()
+    /// A subscription to every event, for the daemon's own use (and tests).
+    pub fn subscribe(&self) -> Subscription {
+        self.subscribe_filtered(Filters::default(), "")
     }
 
-    /// A client's subscription with `filters`: it gets the held events of the outage its
-    /// filters match (in the order they happened), then everything published from now on.
-    pub fn subscribe_filtered(&self, filters: Filters) -> Subscription {
+    /// A client's subscription with `filters` (`desc`: as the client wrote them, for the
+    /// log): it gets the held events of the outage its filters match (in the order they
+    /// happened), then everything published from now on that they match.
+    pub fn subscribe_filtered(&self, filters: Filters, desc: &str) -> Subscription {
+        let mut outbox = Outbox::default();
         let mut clients = lock(&self.clients);
-        let rx = self.tx.subscribe();
-        let mut replay = Vec::new();
+        if clients.closed {
+            outbox.ended = Some(Ended::Closed);
+        }
+        let mut replayed = 0;
         if let Some(held) = clients.held() {
-            replay = held
+            let mine = held
                 .events
                 .iter()
                 .filter(|e| filters.matches(&EnvelopeFields(e)))
-                .cloned()
-                .collect();
+                .cloned();
+            for env in mine {
+                replayed += 1;
+                let size = env.encoded_len();
+                outbox.events.push_back((Arc::new(env), size));
+                outbox.bytes += size;
+            }
         }
+        let id = clients.next;
+        clients.next += 1;
+        let outbox = Arc::new(Mutex::new(outbox));
+        clients.subscribers.insert(
+            id,
+            Subscriber {
+                filters,
+                desc: desc.to_string(),
+                outbox: outbox.clone(),
+            },
+        );
         drop(clients);
-        if !replay.is_empty() {
-            log::info!(
-                "events: {} task events of the outage replayed to a new subscriber",
-                replay.len()
-            );
+        if replayed > 0 {
+            log::info!("events: {replayed} task events of the outage replayed to a new subscriber");
         }
         Subscription {
-            replay,
-            rx,
-            filters,
+            id,
+            outbox,
+            clients: self.clients.clone(),
+            done: false,
         }
     }
 
-    /// Ends every subscription (daemon shutdown).
+    /// Ends every subscription (daemon shutdown); later ones end at once.
     pub fn close(&self) {
-        self.closed.send_replace(true);
-    }
-
-    /// Resolves once [`Exchange::close`] was called.
-    pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.closed.subscribe();
-        async move {
-            let _ = rx.wait_for(|c| *c).await;
+        let mut clients = lock(&self.clients);
+        clients.closed = true;
+        for s in clients.subscribers.values() {
+            lock(&s.outbox).end(Ended::Closed);
         }
     }
 }
@@ -734,6 +943,15 @@ mod tests {
             .collect()
     }
 
+    /// The events waiting in `s`'s outbox now.
+    fn waiting(s: &mut Subscription) -> Vec<Envelope> {
+        std::iter::from_fn(|| s.try_recv().and_then(Result::ok)).collect()
+    }
+
+    fn sub(x: &Exchange, f: &[&str]) -> Subscription {
+        x.subscribe_filtered(filters(f), &format!("{f:?}"))
+    }
+
     /// The exits of an outage reach the exchange in whatever order the shims come back; every
     /// subscriber that comes after the restart gets each once, in the order they happened,
     /// whether it subscribed before they arrived (live) or after (replayed).
@@ -747,21 +965,26 @@ mod tests {
         // Not a task event: never held.
         x.publish("moby", "/containers/delete", Any::default());
         x.serving();
-        let mut early = x.subscribe_filtered(filters(&[r#"namespace==moby,topic~="^/tasks/""#]));
-        assert_eq!(ids(&early.replay), ["a", "b"], "in the order they happened");
+        let mut early = sub(&x, &[r#"namespace==moby,topic~="^/tasks/""#]);
+        assert_eq!(
+            ids(&waiting(&mut early)),
+            ["a", "b"],
+            "in the order they happened"
+        );
         // A shim that comes back late still delivers an exit of the outage: live to those
         // subscribed, held for those to come.
         x.forward(exit_at("moby", "c", 30));
-        assert_eq!(ids(&[early.rx.recv().await.unwrap()]), ["c"]);
+        assert_eq!(ids(&[early.recv().await.unwrap()]), ["c"]);
         // Something that happens now is not of the outage.
         let now = Time::now().seconds;
         x.forward(exit_at("moby", "new", now + 1));
-        assert_eq!(ids(&[early.rx.recv().await.unwrap()]), ["new"]);
+        assert_eq!(ids(&[early.recv().await.unwrap()]), ["new"]);
+        assert!(early.try_recv().is_none());
 
-        let late = x.subscribe_filtered(filters(&["namespace==moby"]));
-        assert_eq!(ids(&late.replay), ["a", "b", "c"]);
-        let all = x.subscribe_filtered(Filters::default());
-        assert_eq!(ids(&all.replay), ["a", "k", "b", "c"]);
+        let mut late = sub(&x, &["namespace==moby"]);
+        assert_eq!(ids(&waiting(&mut late)), ["a", "b", "c"]);
+        let mut all = x.subscribe();
+        assert_eq!(ids(&waiting(&mut all)), ["a", "k", "b", "c"]);
     }
 
     /// A second copy of an exit (start-up learned it from the shim's State, then the shim
@@ -777,38 +1000,33 @@ mod tests {
         // The same exit in another namespace is another exit.
         again.namespace = "other".into();
         x.forward(again);
-        let got: Vec<_> = (0..3)
-            .map(|_| rx.try_recv().unwrap())
-            .map(|e| (e.namespace.clone(), stamp(&e).0))
+        let got: Vec<_> = waiting(&mut rx)
+            .iter()
+            .map(|e| (e.namespace.clone(), stamp(e).0))
             .collect();
         assert_eq!(
             got,
-            [("ns".into(), 5), ("ns".into(), 6), ("other".into(), 6)]
+            [("ns".into(), 5), ("ns".into(), 6), ("other".into(), 6)],
+            "a copy went through, or an exit was lost"
         );
-        assert!(rx.try_recv().is_err(), "a copy went through");
     }
 
     #[tokio::test]
     async fn nothing_is_held_without_a_restart_or_after_the_window() {
         let fresh = Exchange::default();
         fresh.forward(exit_of("moby", "a"));
-        assert!(
-            fresh
-                .subscribe_filtered(Filters::default())
-                .replay
-                .is_empty()
-        );
+        assert!(waiting(&mut fresh.subscribe()).is_empty());
 
         let x = Exchange::default();
         x.hold_outage_events(Duration::ZERO);
         x.forward(exit_of("moby", "a"));
-        assert!(x.subscribe_filtered(Filters::default()).replay.is_empty());
+        assert!(waiting(&mut x.subscribe()).is_empty());
 
         let y = Exchange::default();
         y.hold_outage_events(Duration::from_secs(60));
         y.forward(exit_of("moby", "a"));
         y.stop_holding();
-        assert!(y.subscribe_filtered(Filters::default()).replay.is_empty());
+        assert!(waiting(&mut y.subscribe()).is_empty());
     }
 
     #[tokio::test]
@@ -818,22 +1036,84 @@ mod tests {
         for i in 0..HOLD_MAX + 3 {
             x.forward(exit_at("moby", &format!("c{i}"), i as i64 + 1));
         }
-        let s = x.subscribe_filtered(Filters::default());
-        assert_eq!(s.replay.len(), HOLD_MAX);
-        assert_eq!(ids(&s.replay[..1]), ["c3"], "the oldest went");
+        let got = waiting(&mut x.subscribe());
+        assert_eq!(got.len(), HOLD_MAX);
+        assert_eq!(ids(&got[..1]), ["c3"], "the oldest went");
     }
 
     #[tokio::test]
-    async fn a_lagging_subscriber_skips_ahead() {
+    async fn a_subscriber_that_does_not_read_is_dropped_and_others_keep_theirs() {
+        use tokio_stream::StreamExt;
         let x = Exchange::default();
-        let mut slow = x.subscribe();
-        for i in 0..(BACKLOG + 5) {
+        let mut stalled = x.subscribe();
+        let mut reader = sub(&x, &["namespace==ns"]);
+        let mut unmatched = sub(&x, &["namespace==elsewhere"]);
+        for i in 0..SUBSCRIBER_BACKLOG {
             x.publish("ns", &format!("/t/{i}"), Any::default());
+            // The reader keeps up.
+            assert_eq!(reader.recv().await.unwrap().topic, format!("/t/{i}"));
         }
-        match slow.recv().await {
-            Err(broadcast::error::RecvError::Lagged(n)) => assert_eq!(n, 5),
-            other => panic!("expected a lag, got {other:?}"),
+        assert_eq!(lock(&x.clients).subscribers.len(), 3);
+        // One past the backlog: dropped, and what it had is freed.
+        x.publish("ns", "/t/last", Any::default());
+        assert_eq!(lock(&x.clients).subscribers.len(), 2);
+        assert_eq!(lock(&stalled.outbox).events.len(), 0);
+        let end = stalled.next().await.expect("the stream ends with an error");
+        let why = end.unwrap_err();
+        assert!(
+            matches!(why, Ended::Overflowed { events, .. } if events == SUBSCRIBER_BACKLOG),
+            "{why:?}"
+        );
+        assert_eq!(why.code(), Code::ResourceExhausted);
+        assert!(why.to_string().contains("subscribe again"), "{why}");
+        assert!(stalled.next().await.is_none(), "nothing after the error");
+        // The others are unaffected; nothing more goes to the dropped one.
+        assert_eq!(reader.recv().await.unwrap().topic, "/t/last");
+        x.publish("ns", "/t/after", Any::default());
+        assert_eq!(reader.recv().await.unwrap().topic, "/t/after");
+        assert!(unmatched.try_recv().is_none());
+        assert_eq!(stalled.try_recv(), Some(Err(why)));
+    }
+
+    #[tokio::test]
+    async fn large_events_are_bounded_by_bytes() {
+        let x = Exchange::default();
+        let mut stalled = x.subscribe();
+        let big = |n: usize| Any {
+            type_url: "example.Big".into(),
+            value: vec![7; n],
+        };
+        // One event larger than the byte backlog still goes to an empty outbox.
+        x.publish("ns", "/big/0", big(SUBSCRIBER_BACKLOG_BYTES + 1));
+        assert_eq!(stalled.recv().await.unwrap().topic, "/big/0");
+        let chunk = SUBSCRIBER_BACKLOG_BYTES / 4;
+        for i in 0..3 {
+            x.publish("ns", &format!("/big/{i}"), big(chunk));
         }
-        assert_eq!(slow.recv().await.unwrap().topic, "/t/5");
+        assert!(lock(&stalled.outbox).bytes > 3 * chunk);
+        x.publish("ns", "/big/3", big(chunk));
+        match stalled.try_recv() {
+            Some(Err(Ended::Overflowed { events: 3, bytes })) => assert!(bytes > 3 * chunk),
+            other => panic!("expected an overflow, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn close_ends_every_subscription_without_error() {
+        use tokio_stream::StreamExt;
+        let x = Exchange::default();
+        let mut a = x.subscribe();
+        x.publish("ns", "/t/1", Any::default());
+        let waiter = tokio::spawn(async move {
+            let first = a.next().await;
+            (first, a.next().await)
+        });
+        x.close();
+        let (first, end) = waiter.await.unwrap();
+        assert_eq!(first.unwrap().unwrap().topic, "/t/1", "queued events first");
+        assert!(end.is_none());
+        let mut late = x.subscribe();
+        assert!(late.next().await.is_none(), "subscribed after close");
+        assert_eq!(late.recv().await.unwrap_err(), Ended::Closed);
     }
 }

@@ -60,6 +60,8 @@ enum ConfigCommand {
 const DEFAULT_CONFIG: &str = "/etc/corral/config.toml";
 
 fn main() -> ExitCode {
+    // SAFETY: the first thing in main; no other thread exists yet.
+    let notifier = unsafe { protocol::sd_notify::Notifier::from_env() };
     let cli = Cli::parse();
     if let Some(Command::Config {
         what: ConfigCommand::Default,
@@ -117,7 +119,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(server::run(cfg)) {
+    match rt.block_on(server::run(cfg, notifier)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");

@@ -17,10 +17,12 @@ use crate::events::Exchange;
 use crate::metadata::Db;
 use crate::services::{Daemon, diff, images, introspection, namespaces, snapshots, version};
 
-/// ctr sends and accepts messages up to 16 MiB.
-const MAX_MESSAGE: usize = 16 << 20;
-
-pub async fn run(cfg: Config) -> Result<(), String> {
+/// Serves until SIGTERM or SIGINT. `notifier`: systemd's, told READY=1 once the socket serves
+/// and STOPPING=1 at shutdown (units ordered after corrald start on READY=1).
+pub async fn run(
+    cfg: Config,
+    notifier: Option<protocol::sd_notify::Notifier>,
+) -> Result<(), String> {
     let _lock = crate::daemon::lock_root(&cfg.root)?;
     std::fs::create_dir_all(&cfg.state)
         .map_err(|e| format!("create state {}: {e}", cfg.state.display()))?;
@@ -82,6 +84,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         root: cfg.root.clone(),
         content: Arc::new(content),
         snapshotters,
+        gc: Default::default(),
     });
     let runtime = Arc::new(crate::runtime::Manager::new(
         &cfg.root,
@@ -170,80 +173,70 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     // SERVING from here until shutdown begins: dockerd and containerd's Go client poll it
     // before they subscribe to events again after a daemon restart.
     let (health, serving) = protocol::grpc::health::Health::new(&[]);
+    let limits = cfg.message_limits()?;
+    // Every service with the configured message limits (containerd's `[grpc]` keys).
+    macro_rules! limited {
+        ($server:expr) => {
+            $server
+                .max_decoding_message_size(limits.recv)
+                .max_encoding_message_size(limits.send)
+        };
+    }
     let router = tonic::transport::Server::builder()
+        // Past a limit: ResourceExhausted with grpc-go's message, as containerd answers.
+        .layer(protocol::grpc::limits::SizeErrorLayer)
         .add_service(health.server())
-        .add_service(VersionServer::new(version::VersionService))
-        .add_service(
-            crate::services::content::server(daemon.clone())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            crate::services::leases::server(daemon.clone())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            SnapshotsServer::new(snapshots::SnapshotsService::new(daemon.clone()))
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            DiffServer::new(diff::DiffService {
-                daemon: daemon.clone(),
-            })
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            crate::services::tasks::server(daemon.clone(), runtime.clone())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            crate::services::containers::server(daemon.clone())
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            ImagesServer::new(images::ImagesService {
-                daemon: daemon.clone(),
-            })
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(crate::services::transfer::server(
+        .add_service(limited!(VersionServer::new(version::VersionService)))
+        .add_service(limited!(crate::services::content::server(daemon.clone())))
+        .add_service(limited!(crate::services::leases::server(daemon.clone())))
+        .add_service(limited!(SnapshotsServer::new(
+            snapshots::SnapshotsService::new(daemon.clone())
+        )))
+        .add_service(limited!(DiffServer::new(diff::DiffService {
+            daemon: daemon.clone(),
+        })))
+        .add_service(limited!(crate::services::tasks::server(
+            daemon.clone(),
+            runtime.clone()
+        )))
+        .add_service(limited!(crate::services::containers::server(
+            daemon.clone()
+        )))
+        .add_service(limited!(ImagesServer::new(images::ImagesService {
+            daemon: daemon.clone(),
+        })))
+        .add_service(limited!(crate::services::transfer::server(
             daemon.clone(),
             cfg.registry.settings(),
-        ))
-        .add_service(IntrospectionServer::new(
+        )))
+        .add_service(limited!(IntrospectionServer::new(
             introspection::IntrospectionService {
                 daemon: daemon.clone(),
                 default_runtime: cfg.runtime.default.clone(),
             },
-        ))
-        .add_service(
-            NamespacesServer::new(namespaces::NamespacesService {
+        )))
+        .add_service(limited!(NamespacesServer::new(
+            namespaces::NamespacesService {
                 daemon: daemon.clone(),
-            })
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            EventsServer::new(crate::services::events::EventsService {
+            }
+        )))
+        .add_service(limited!(EventsServer::new(
+            crate::services::events::EventsService {
                 daemon: daemon.clone(),
-            })
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE),
-        );
+            }
+        )));
 
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let events = daemon.events.clone();
+    let stopping = notifier.clone();
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => log::info!("SIGTERM: shutting down"),
             _ = int.recv() => log::info!("SIGINT: shutting down"),
+        }
+        if let Some(n) = &stopping {
+            n.tell("STOPPING=1");
         }
         serving.send_replace(false);
         events.close();
@@ -254,6 +247,11 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         cfg.root.display(),
         cfg.state.display()
     );
+    // The socket has been listening since it was bound (connections wait in its backlog),
+    // start-up is over: ready.
+    if let Some(n) = &notifier {
+        n.tell("READY=1");
+    }
     let served = router
         .serve_with_incoming_shutdown(protocol::grpc::unix::incoming(listener), shutdown)
         .await;
@@ -277,37 +275,8 @@ fn snapshotter_refused(name: &str, root: &std::path::Path, e: snapshotter::Error
     }
 }
 
-/// Logs to stderr, logrus-style, at `level`.
+/// Logs corrald's lines (and other crates' warnings) to stderr at `level`, in containerd's
+/// format ([`protocol::logfmt`]).
 pub fn init_logging(level: &str) {
-    struct Stderr;
-    impl log::Log for Stderr {
-        fn enabled(&self, m: &log::Metadata) -> bool {
-            m.level() <= log::max_level()
-        }
-        fn log(&self, r: &log::Record) {
-            if self.enabled(r.metadata()) && r.target().starts_with("supervisor")
-                || r.level() <= log::Level::Warn
-            {
-                let t = crate::metadata::Time::now();
-                eprintln!(
-                    "time={}.{:09} level={} msg={:?}",
-                    t.seconds,
-                    t.nanos,
-                    r.level().as_str().to_lowercase(),
-                    r.args().to_string()
-                );
-            }
-        }
-        fn flush(&self) {}
-    }
-    let filter = match level {
-        "trace" => log::LevelFilter::Trace,
-        "debug" => log::LevelFilter::Debug,
-        "warn" | "warning" => log::LevelFilter::Warn,
-        "error" => log::LevelFilter::Error,
-        _ => log::LevelFilter::Info,
-    };
-    if log::set_boxed_logger(Box::new(Stderr)).is_ok() {
-        log::set_max_level(filter);
-    }
+    protocol::logfmt::Logger::new(&["supervisor"]).install(protocol::logfmt::parse_level(level));
 }

@@ -18,10 +18,12 @@ use tokio::net::UnixListener;
 use crate::config::Config;
 use crate::core::Cri;
 
-/// kubelet's (and ctr's) message limit.
-const MAX_MESSAGE: usize = 16 << 20;
-
-pub async fn serve(cfg: Config) -> Result<(), String> {
+/// Serves until SIGTERM or SIGINT. `notifier`: systemd's, told READY=1 once pods are
+/// recovered and the socket serves, STOPPING=1 at shutdown.
+pub async fn serve(
+    cfg: Config,
+    notifier: Option<protocol::sd_notify::Notifier>,
+) -> Result<(), String> {
     for dir in [
         cfg.root.clone(),
         cfg.root.join("netns"),
@@ -32,6 +34,7 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
     std::fs::set_permissions(&cfg.root, std::fs::Permissions::from_mode(0o711))
         .map_err(|e| format!("chmod {}: {e}", cfg.root.display()))?;
     let listen = cfg.listen.clone();
+    let limits = cfg.message_limits()?;
     let cri = Arc::new(Cri::new(cfg));
 
     // An empty view would tell kubelet its pods are gone: wait for corrald instead.
@@ -61,22 +64,31 @@ pub async fn serve(cfg: Config) -> Result<(), String> {
         "runtime.v1.RuntimeService",
         "runtime.v1.ImageService",
     ]);
+    let stopping = notifier.clone();
     let shutdown = async move {
         wait_for_signal().await;
         log::info!("shutting down; pods and containers keep running");
+        if let Some(n) = &stopping {
+            n.tell("STOPPING=1");
+        }
         serving.send_replace(false);
     };
     log::info!("serving CRI on {}", listen.display());
+    if let Some(n) = &notifier {
+        n.tell("READY=1");
+    }
     let served = Server::builder()
+        // Past a limit: ResourceExhausted with grpc-go's message, as containerd answers.
+        .layer(protocol::grpc::limits::SizeErrorLayer)
         .add_service(
             RuntimeServiceServer::new(runtime::Runtime(cri.clone()))
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+                .max_decoding_message_size(limits.recv)
+                .max_encoding_message_size(limits.send),
         )
         .add_service(
             ImageServiceServer::new(image::Images(cri.clone()))
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+                .max_decoding_message_size(limits.recv)
+                .max_encoding_message_size(limits.send),
         )
         .add_service(health.server())
         .serve_with_incoming_shutdown(protocol::grpc::unix::incoming(listener), shutdown)
@@ -123,39 +135,10 @@ async fn wait_for_signal() {
     }
 }
 
-/// Logs to stderr, logrus-style, at `level`.
+/// Logs corral-cri's lines (and other crates' warnings) to stderr at `level`, in
+/// containerd's format ([`protocol::logfmt`]).
 pub fn init_logging(level: &str) {
-    struct Stderr;
-    impl log::Log for Stderr {
-        fn enabled(&self, m: &log::Metadata) -> bool {
-            m.level() <= log::max_level()
-        }
-        fn log(&self, r: &log::Record) {
-            if self.enabled(r.metadata()) && r.target().starts_with("cri")
-                || r.level() <= log::Level::Warn
-            {
-                let now = crate::corrald::now_nanos();
-                eprintln!(
-                    "time={}.{:09} level={} msg={:?}",
-                    now / 1_000_000_000,
-                    now % 1_000_000_000,
-                    r.level().as_str().to_lowercase(),
-                    r.args().to_string()
-                );
-            }
-        }
-        fn flush(&self) {}
-    }
-    let filter = match level {
-        "trace" => log::LevelFilter::Trace,
-        "debug" => log::LevelFilter::Debug,
-        "warn" | "warning" => log::LevelFilter::Warn,
-        "error" => log::LevelFilter::Error,
-        _ => log::LevelFilter::Info,
-    };
-    if log::set_boxed_logger(Box::new(Stderr)).is_ok() {
-        log::set_max_level(filter);
-    }
+    protocol::logfmt::Logger::new(&["cri"]).install(protocol::logfmt::parse_level(level));
 }
 
 /// The client's deadline for this call (its `grpc-timeout`: up to 8 digits and a unit).

@@ -3,7 +3,7 @@
 percent-encoded, as :authority. Messages are encoded by hand (a few fields each) to need nothing
 but grpcio. Prints one JSON object with what came back.
 
-usage: client.py daemon SOCKET NAMESPACE | client.py cri SOCKET
+usage: client.py daemon SOCKET NAMESPACE | client.py cri SOCKET | client.py limits SOCKET NAMESPACE
 """
 
 import hashlib
@@ -161,11 +161,32 @@ def cri(channel):
     return out
 
 
+def limits(channel, namespace):
+    """Events.Publish of an event just under and just over the default 16 MiB message limit.
+    grpcio has no send limit of its own by default: what answers is the server's."""
+    md = (("containerd-namespace", namespace),)
+    publish = channel.unary_unary(
+        "/containerd.services.events.v1.Events/Publish",
+        request_serializer=raw,
+        response_deserializer=raw,
+    )
+    out = {}
+    for name, size in (("under", 15 << 20), ("over", 16 << 20)):
+        event = string_field(1, "corral.test/Blob") + string_field(2, b"\0" * size)
+        request = string_field(1, "/corral-test/limits") + string_field(2, event)
+        result = error_of(lambda: publish(request, metadata=md, timeout=60))
+        result["size"] = len(request)
+        out[name] = result
+    return out
+
+
 def main():
     mode, socket = sys.argv[1], sys.argv[2]
     with grpc.insecure_channel("unix://" + socket) as channel:
         if mode == "daemon":
             result = daemon(channel, sys.argv[3])
+        elif mode == "limits":
+            result = limits(channel, sys.argv[3])
         else:
             result = cri(channel)
     result["grpcio"] = grpc.__version__

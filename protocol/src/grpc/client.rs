@@ -27,7 +27,7 @@ pub const NAMESPACE_HEADER: &str = "containerd-namespace";
 /// The metadata key that puts what a request creates under a lease.
 pub const LEASE_HEADER: &str = "containerd-lease";
 /// ctr's message limit, both ways.
-pub const MAX_MESSAGE: usize = 16 << 20;
+pub const MAX_MESSAGE: usize = super::limits::DEFAULT_MAX_MESSAGE;
 
 /// One channel to the daemon, one namespace, at most one lease. Cheap to clone.
 #[derive(Clone, Debug)]

@@ -31,6 +31,7 @@ pub mod any;
 pub mod authority;
 pub mod client;
 pub mod health;
+pub mod limits;
 pub mod unix;
 
 pub use prost;

@@ -313,6 +313,7 @@ mod tests {
             root: dir.to_path_buf(),
             content: std::sync::Arc::new(::content::LocalStore::open(dir.join("content")).unwrap()),
             snapshotters: Default::default(),
+            gc: Default::default(),
         })
     }
 
@@ -468,7 +469,7 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::NotFound);
-        let topics: Vec<String> = std::iter::from_fn(|| events.try_recv().ok())
+        let topics: Vec<String> = std::iter::from_fn(|| events.try_recv().and_then(Result::ok))
             .map(|e| e.topic)
             .collect();
         assert_eq!(

@@ -627,8 +627,11 @@ impl Content for ContentService {
                         Ok(Some(r)) => r,
                         // The client closed its side: the ingest stays for a later resume.
                         Ok(None) => break,
+                        // A message past the limit, or a broken stream: the client is
+                        // told why (a client that went away does not mind).
                         Err(e) => {
                             log::debug!("content write: stream error: {e}");
+                            let _ = tx.send(Err(e)).await;
                             break;
                         }
                     },
@@ -689,6 +692,7 @@ mod tests {
             root: dir.to_path_buf(),
             content: std::sync::Arc::new(content::LocalStore::open(dir.join("content")).unwrap()),
             snapshotters: Default::default(),
+            gc: Default::default(),
         }
     }
 

@@ -268,6 +268,7 @@ mod tests {
             root: dir.to_path_buf(),
             content: Arc::new(content::LocalStore::open(dir.join("content")).unwrap()),
             snapshotters: Default::default(),
+            gc: Default::default(),
         }
     }
 

@@ -32,6 +32,8 @@ pub struct Daemon {
     /// Snapshotters by name (`overlayfs`, the default, and `native`); keys are namespaced in
     /// `db` and map to backend keys.
     pub snapshotters: std::collections::BTreeMap<String, Arc<dyn snapshotter::Snapshotter>>,
+    /// Garbage collections asked for and running (see [`crate::gc::trigger`]).
+    pub gc: crate::gc::Scheduler,
 }
 
 pub type Shared = Arc<Daemon>;
