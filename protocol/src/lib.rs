@@ -22,8 +22,12 @@ mod code;
 #[cfg(all(feature = "grpc", feature = "ttrpc"))]
 pub mod convert;
 pub mod filters;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 #[cfg(feature = "grpc")]
 pub mod grpc;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod hostile;
 #[cfg(feature = "image")]
 pub mod image;
 pub mod oci;
@@ -31,6 +35,11 @@ pub mod oci;
 pub mod ttrpc_gen;
 
 pub use code::Code;
+
+// The unit tests' hostile-input cases check the largest allocation (see `fuzzing`).
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: fuzzing::CountingAlloc = fuzzing::CountingAlloc;
 #[cfg(feature = "ttrpc")]
 pub use ttrpc_gen::*;
 
