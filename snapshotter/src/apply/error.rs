@@ -27,6 +27,15 @@ pub enum ApplyError {
         target: String,
         reason: String,
     },
+    /// The kernel refuses an extended attribute the layer carries (a malformed
+    /// `security.capability` or ACL, an overlong name or value).
+    #[error("xattr {key:?} of {path:?} in layer: {source}")]
+    BadXattr {
+        path: String,
+        key: String,
+        #[source]
+        source: io::Error,
+    },
     /// Creating this entry needs privileges we do not have.
     #[error("{what} {path:?} requires running as root")]
     NeedsRoot { what: &'static str, path: String },
@@ -77,6 +86,7 @@ impl ApplyError {
             | ApplyError::SymlinkInPath { .. }
             | ApplyError::NotADirectory { .. }
             | ApplyError::BadHardlink { .. }
+            | ApplyError::BadXattr { .. }
             | ApplyError::MediaTypeMismatch { .. }
             | ApplyError::Corrupt { .. }
             | ApplyError::BadMounts { .. } => Code::InvalidArgument,

@@ -433,6 +433,19 @@ impl Extractor {
                 log::warn!("skipping xattr {} on {:?}: {e}", lossy(key), lossy(rel));
                 Ok(())
             }
+            // The value or the name, as the layer gives it, is what the kernel refuses.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::ERANGE | libc::E2BIG)
+                ) =>
+            {
+                Err(ApplyError::BadXattr {
+                    path: lossy(rel),
+                    key: lossy(key),
+                    source: e,
+                })
+            }
             Err(e) => Err(ApplyError::io("setxattr", rel, e)),
         }
     }
