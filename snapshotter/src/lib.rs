@@ -34,3 +34,8 @@ pub use mount::{Mount, MountError, MountGuard};
 pub use native::NativeSnapshotter;
 pub use overlay::OverlaySnapshotter;
 pub use snapshotter::{Filter, Info, Kind, Labels, MAX_LABEL_SIZE, Snapshotter, Usage};
+
+// The unit tests' hostile-input cases check the largest allocation (see `protocol::fuzzing`).
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: protocol::fuzzing::CountingAlloc = protocol::fuzzing::CountingAlloc;
