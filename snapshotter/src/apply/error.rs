@@ -95,6 +95,10 @@ impl ApplyError {
                 Code::Unimplemented
             }
             ApplyError::Read(_) | ApplyError::Write(_) => Code::Unavailable,
+            // A layer that fills the disk: the caller may free space and retry.
+            ApplyError::Io { source, .. } if crate::error::out_of_space(source) => {
+                Code::ResourceExhausted
+            }
             ApplyError::Io { source, .. } => match source.kind() {
                 io::ErrorKind::NotFound => Code::NotFound,
                 io::ErrorKind::AlreadyExists => Code::AlreadyExists,
@@ -114,3 +118,20 @@ impl ApplyError {
 
 /// Shorthand for results of this module.
 pub type Result<T, E = ApplyError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the layer fuzz target: a layer that filled the disk was answered Internal.
+    #[test]
+    fn a_full_disk_is_resource_exhausted() {
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let e = ApplyError::io("write", "big", io::Error::from_raw_os_error(errno));
+            assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+            assert!(e.to_string().contains("\"big\""), "{e}");
+        }
+        let other = ApplyError::io("write", "f", io::Error::from_raw_os_error(libc::EIO));
+        assert_eq!(other.code(), Code::Internal);
+    }
+}
