@@ -18,6 +18,8 @@
 pub mod apply;
 pub mod diff;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod hostile;
 mod metadata;
 pub mod mount;
 pub mod native;
