@@ -171,6 +171,9 @@ pub fn run(target: &Target<'_>, mut property: impl FnMut(&[u8])) {
     let mut m = Mutator::new(seed, target.dict);
     let mut pool = seeds.clone();
     for i in 0..seeds.len() + cases {
+        // The whole case, mutation included, runs alone: another target's mutator growing a
+        // 1 MiB input would otherwise count as this case's allocation.
+        let _one = ONE_CASE.lock().unwrap_or_else(|e| e.into_inner());
         let input = if i < seeds.len() {
             seeds[i].clone()
         } else {
@@ -182,7 +185,6 @@ pub fn run(target: &Target<'_>, mut property: impl FnMut(&[u8])) {
             let _ = std::fs::write(p, &input);
         }
         let outcome = {
-            let _one = ONE_CASE.lock().unwrap_or_else(|e| e.into_inner());
             reset_largest_allocation();
             let r = catch_unwind(AssertUnwindSafe(|| property(&input)));
             (r, largest_allocation())
