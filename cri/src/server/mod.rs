@@ -139,7 +139,7 @@ pub fn init_logging(level: &str) {
         "trace" => log::LevelFilter::Trace,
         "debug" => log::LevelFilter::Debug,
         "warn" | "warning" => log::LevelFilter::Warn,
-        "error" => log::LevelFilter::Error,
+        "error" | "fatal" | "panic" => log::LevelFilter::Error,
         _ => log::LevelFilter::Info,
     };
     if log::set_boxed_logger(Box::new(Stderr)).is_ok() {
