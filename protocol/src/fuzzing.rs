@@ -557,3 +557,207 @@ mod tests {
         assert_eq!(find(b"a", b"ab"), None);
     }
 }
+
+/// ttrpc on the wire, for the targets that write raw frames at our ttrpc servers (the shim's
+/// Task service, corrald's event socket).
+#[cfg(feature = "ttrpc")]
+pub mod ttrpc_wire {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use protobuf::Message;
+    use ttrpc::proto::{Request, Response};
+
+    use crate::Code;
+
+    const HEADER: usize = 10;
+    /// ttrpc's own limit on a frame's payload (`ttrpc::proto::MESSAGE_LENGTH_MAX`).
+    pub const MAX_FRAME: usize = 4 << 20;
+    pub const REQUEST: u8 = 1;
+    pub const RESPONSE: u8 = 2;
+
+    /// One frame: header fields and payload.
+    #[derive(Debug)]
+    pub struct Frame {
+        pub length: u32,
+        pub stream: u32,
+        pub kind: u8,
+        pub flags: u8,
+        pub payload: Vec<u8>,
+    }
+
+    /// The frames of a byte stream, as far as they are complete.
+    pub fn frames(mut bytes: &[u8]) -> Vec<Frame> {
+        let mut out = Vec::new();
+        while bytes.len() >= HEADER {
+            let length = u32::from_be_bytes(bytes[0..4].try_into().expect("4 bytes"));
+            let stream = u32::from_be_bytes(bytes[4..8].try_into().expect("4 bytes"));
+            let (kind, flags) = (bytes[8], bytes[9]);
+            let end = HEADER.saturating_add(length as usize);
+            let payload = bytes.get(HEADER..end.min(bytes.len())).unwrap_or(&[]);
+            out.push(Frame {
+                length,
+                stream,
+                kind,
+                flags,
+                payload: payload.to_vec(),
+            });
+            if bytes.len() < end {
+                break;
+            }
+            bytes = &bytes[end..];
+        }
+        out
+    }
+
+    /// A request frame for `service`/`method` with an encoded `payload`.
+    pub fn request(stream: u32, service: &str, method: &str, payload: &[u8]) -> Vec<u8> {
+        let mut r = Request::new();
+        r.service = service.into();
+        r.method = method.into();
+        r.payload = payload.to_vec();
+        let body = r.write_to_bytes().expect("encode a request");
+        let mut out = Vec::with_capacity(HEADER + body.len());
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(&[REQUEST, 0]);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// The stream of the request [`exchange`] appends to learn that the server has read the
+    /// input and is still answering.
+    pub const SENTINEL_STREAM: u32 = 0x7fff_fff1;
+
+    /// Writes `input` on a new connection to `socket` and returns what the server answers.
+    ///
+    /// ttrpc servers drop the answers still in flight when the client closes its half of the
+    /// connection, so when `input` ends on a frame boundary a `sentinel` request (stream
+    /// [`SENTINEL_STREAM`]) follows it, and the writing half is closed only once the sentinel
+    /// is answered: the server must answer it, which shows it survived the input. Otherwise
+    /// (the input ends inside a frame) the writing half is closed at once and the server must
+    /// close the connection. Either must happen within `deadline`.
+    pub fn exchange(socket: &Path, input: &[u8], sentinel: &[u8], deadline: Duration) -> Vec<u8> {
+        // Whole frames, nothing after them: the server then waits for the next header.
+        let consumed: usize = frames(input).iter().map(|f| HEADER + f.payload.len()).sum();
+        let complete = consumed == input.len()
+            && frames(input)
+                .last()
+                .is_none_or(|f| f.payload.len() == f.length as usize);
+        let mut conn = UnixStream::connect(socket)
+            .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+        conn.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("read timeout");
+        let mut writer = conn.try_clone().expect("clone the connection");
+        let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+        let mut bytes = input.to_vec();
+        if complete {
+            bytes.extend_from_slice(sentinel);
+        }
+        // Written from another thread: a server answering while we write must find a reader.
+        let w = std::thread::spawn(move || {
+            let _ = writer.write_all(&bytes);
+            if complete {
+                // Until the sentinel's answer (or the end of the exchange).
+                let _ = close_rx.recv();
+            }
+            let _ = writer.shutdown(std::net::Shutdown::Write);
+        });
+        let start = Instant::now();
+        let mut out = Vec::new();
+        let mut close_tx = Some(close_tx);
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                // The server may reset a connection it gave up on.
+                Err(_) => break,
+            }
+            if close_tx.is_some()
+                && frames(&out)
+                    .iter()
+                    .any(|f| f.stream == SENTINEL_STREAM && f.payload.len() == f.length as usize)
+            {
+                close_tx = None;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "the server neither answered {} nor closed the connection in {deadline:?}",
+                if complete { "the sentinel" } else { "anything" }
+            );
+            assert!(
+                out.len() <= 64 << 20,
+                "the server answered {} bytes",
+                out.len()
+            );
+        }
+        drop(close_tx);
+        let _ = w.join();
+        if complete {
+            assert!(
+                frames(&out).iter().any(|f| f.stream == SENTINEL_STREAM),
+                "the server closed the connection without answering the sentinel request"
+            );
+        }
+        out
+    }
+
+    /// Checks what a ttrpc server answered to `input`: well-formed response frames, each to a
+    /// request stream the input opened, carrying a decodable status whose code is one of
+    /// `allowed` (OK included). Returns the codes seen.
+    pub fn check_responses(input: &[u8], output: &[u8], allowed: &[Code]) -> Vec<Code> {
+        let mut sent: Vec<u32> = frames(input).iter().map(|f| f.stream).collect();
+        sent.push(SENTINEL_STREAM);
+        let mut codes = Vec::new();
+        for f in frames(output) {
+            assert!(
+                f.payload.len() == f.length as usize,
+                "a truncated response frame: {f:?}"
+            );
+            assert!(
+                f.length as usize <= MAX_FRAME,
+                "a response of {} bytes",
+                f.length
+            );
+            assert_eq!(f.kind, RESPONSE, "frame type {} from the server", f.kind);
+            assert!(
+                sent.contains(&f.stream),
+                "a response on stream {} the client never used",
+                f.stream
+            );
+            let r = Response::parse_from_bytes(&f.payload)
+                .unwrap_or_else(|e| panic!("an undecodable response: {e}"));
+            let code = Code::from_i32(r.status.code.value());
+            assert!(
+                code == Code::Ok || allowed.contains(&code),
+                "the server answered {code:?}: {:?}",
+                r.status.message
+            );
+            if code != Code::Ok {
+                assert!(!r.status.message.is_empty(), "{code:?} without a message");
+            }
+            codes.push(code);
+        }
+        codes
+    }
+
+    /// The status code and payload of the answer to `frame`, a request on
+    /// [`SENTINEL_STREAM`] sent alone.
+    pub fn call(socket: &Path, frame: &[u8]) -> (Code, Vec<u8>) {
+        let out = exchange(socket, b"", frame, Duration::from_secs(10));
+        let f = frames(&out)
+            .into_iter()
+            .find(|f| f.stream == SENTINEL_STREAM)
+            .expect("the server answers a well-formed request");
+        let r = Response::parse_from_bytes(&f.payload).expect("a decodable response");
+        (Code::from_i32(r.status.code.value()), r.payload)
+    }
+}
