@@ -35,6 +35,8 @@ pub mod oci;
 pub mod ttrpc_gen;
 
 pub use code::Code;
+#[cfg(feature = "ttrpc")]
+pub use code::bad_payloads_are_invalid_argument;
 
 // The unit tests' hostile-input cases check the largest allocation (see `fuzzing`).
 #[cfg(test)]
