@@ -39,6 +39,9 @@ mod start;
 mod trim;
 mod util;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod hostile;
+
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -85,3 +88,7 @@ pub fn main() -> ExitCode {
     }
 }
 
+// The unit tests' hostile-input cases check the largest allocation (see `protocol::fuzzing`).
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: protocol::fuzzing::CountingAlloc = protocol::fuzzing::CountingAlloc;
