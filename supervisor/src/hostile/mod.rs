@@ -2,6 +2,10 @@
 //! configuration file and image references here, and in their own modules the gRPC services,
 //! the ttrpc socket shims forward events to, and what registries answer a pull.
 
+mod events_ttrpc;
+
+pub use events_ttrpc::events_ttrpc;
+
 use protocol::Code;
 use protocol::fuzzing::TempDir;
 
