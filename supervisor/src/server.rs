@@ -15,7 +15,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::config::Config;
 use crate::events::Exchange;
 use crate::metadata::Db;
-use crate::services::{Daemon, diff, images, introspection, namespaces, snapshots, version};
+use crate::services::{
+    Daemon, Shared, diff, images, introspection, namespaces, snapshots, version,
+};
 
 /// ctr sends and accepts messages up to 16 MiB.
 const MAX_MESSAGE: usize = 16 << 20;
@@ -115,6 +117,44 @@ pub async fn run(cfg: Config) -> Result<(), String> {
 
     // SERVING from here until shutdown begins: dockerd and containerd's Go client poll it
     // before they subscribe to events again after a daemon restart.
+    let (router, serving) = router(&daemon, &runtime, &cfg);
+
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let events = daemon.events.clone();
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => log::info!("SIGTERM: shutting down"),
+            _ = int.recv() => log::info!("SIGINT: shutting down"),
+        }
+        serving.send_replace(false);
+        events.close();
+    };
+    log::info!(
+        "serving on {} (root {}, state {})",
+        cfg.grpc.address.display(),
+        cfg.root.display(),
+        cfg.state.display()
+    );
+    let served = router
+        .serve_with_incoming_shutdown(protocol::grpc::unix::incoming(listener), shutdown)
+        .await;
+    ttrpc.shutdown().await;
+    let _ = std::fs::remove_file(&cfg.grpc.address);
+    served.map_err(|e| format!("serve: {e}"))
+}
+
+/// Every gRPC service corrald serves, on `daemon` and `runtime`, with its message limits; and
+/// the health service's switch (SERVING until it is set to false). The hostile-input harness
+/// serves the same router.
+pub fn router(
+    daemon: &Shared,
+    runtime: &Arc<crate::runtime::Manager>,
+    cfg: &Config,
+) -> (
+    tonic::transport::server::Router,
+    tokio::sync::watch::Sender<bool>,
+) {
     let (health, serving) = protocol::grpc::health::Health::new(&[]);
     let router = tonic::transport::Server::builder()
         .add_service(health.server())
@@ -182,30 +222,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE),
         );
-
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let events = daemon.events.clone();
-    let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => log::info!("SIGTERM: shutting down"),
-            _ = int.recv() => log::info!("SIGINT: shutting down"),
-        }
-        serving.send_replace(false);
-        events.close();
-    };
-    log::info!(
-        "serving on {} (root {}, state {})",
-        cfg.grpc.address.display(),
-        cfg.root.display(),
-        cfg.state.display()
-    );
-    let served = router
-        .serve_with_incoming_shutdown(protocol::grpc::unix::incoming(listener), shutdown)
-        .await;
-    ttrpc.shutdown().await;
-    let _ = std::fs::remove_file(&cfg.grpc.address);
-    served.map_err(|e| format!("serve: {e}"))
+    (router, serving)
 }
 
 /// Logs to stderr, logrus-style, at `level`.
