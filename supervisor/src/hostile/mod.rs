@@ -3,8 +3,10 @@
 //! the ttrpc socket shims forward events to, and what registries answer a pull.
 
 mod events_ttrpc;
+mod grpc;
 
 pub use events_ttrpc::events_ttrpc;
+pub use grpc::grpc_services;
 
 use protocol::Code;
 use protocol::fuzzing::TempDir;
