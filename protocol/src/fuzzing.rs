@@ -15,7 +15,9 @@
 //! Allocations: [`CountingAlloc`], installed as the global allocator of the test binary (or
 //! fuzz target), records the largest single allocation. [`run`] fails a case whose largest
 //! allocation passes the target's bound: a 4 GiB length prefix must be refused, not
-//! allocated. Past [`set_allocation_cap`] an allocation fails outright (the process aborts),
+//! allocated. `CORRAL_FUZZ_CASES` changes the number of mutants, `CORRAL_FUZZ_SEED` the
+//! sequence, `CORRAL_FUZZ_INPUT=<file>` runs one input alone (a failure's, to debug it).
+//! Past [`set_allocation_cap`] an allocation fails outright (the process aborts),
 //! so that an allocation bomb cannot take the machine down before the check sees it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -147,6 +149,12 @@ static ONE_CASE: Mutex<()> = Mutex::new(());
 /// `cargo fuzz run <name> <file>` or added to the corpus once fixed.
 pub fn run(target: &Target<'_>, mut property: impl FnMut(&[u8])) {
     set_allocation_cap(TEST_CAP);
+    // One input alone, to debug a failure: CORRAL_FUZZ_INPUT=<file>.
+    if let Some(file) = std::env::var_os("CORRAL_FUZZ_INPUT") {
+        let input = std::fs::read(&file).unwrap_or_else(|e| panic!("{file:?}: {e}"));
+        property(&input);
+        return;
+    }
     let seeds = corpus(target.name);
     let cases = std::env::var("CORRAL_FUZZ_CASES")
         .ok()
@@ -463,9 +471,23 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(prefix: &str) -> TempDir {
+        Self::new_in(&std::env::temp_dir(), prefix)
+    }
+
+    /// On tmpfs (`/dev/shm`) when there is one: for harnesses whose every case syncs files
+    /// (a daemon's databases, snapshots), which on a disk costs far more than the case.
+    pub fn in_memory(prefix: &str) -> TempDir {
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            Self::new_in(shm, prefix)
+        } else {
+            Self::new(prefix)
+        }
+    }
+
+    pub fn new_in(base: &Path, prefix: &str) -> TempDir {
         use std::sync::atomic::AtomicU64;
         static N: AtomicU64 = AtomicU64::new(0);
-        let base = std::env::temp_dir();
         loop {
             let p = base.join(format!(
                 "{prefix}-{}-{}",

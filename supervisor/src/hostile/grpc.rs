@@ -223,7 +223,7 @@ struct Harness {
 fn harness() -> &'static Harness {
     static H: OnceLock<Harness> = OnceLock::new();
     H.get_or_init(|| {
-        let dir = TempDir::new("corral-grpc-fuzz");
+        let dir = TempDir::in_memory("corral-grpc-fuzz");
         let root = dir.path().join("root");
         let state = dir.path().join("state");
         std::fs::create_dir_all(&root).expect("root");
