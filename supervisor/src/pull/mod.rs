@@ -354,6 +354,10 @@ struct Ctx {
     downloads: Semaphore,
     /// `containerd.io/distribution.source.<host>` = repository, on every blob.
     source: (String, String),
+    /// Held (read) by every blocking step of a download: aborting a download task does not
+    /// stop a step already running on the blocking pool, and a failed pull waits for them
+    /// (write) before it returns, so that nothing of it stores a blob after its lease is gone.
+    work: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Ctx {
@@ -373,6 +377,31 @@ impl Ctx {
     fn source_labels(&self) -> Labels {
         Labels::from([self.source.clone()])
     }
+
+    /// [`blocking`], counted in [`Ctx::work`].
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let step = self.work.clone().read_owned().await;
+        blocking(move || {
+            let _step = step;
+            f()
+        })
+        .await
+    }
+}
+
+/// Stops the download tasks of a failed pull: aborted, awaited, and the blocking steps they
+/// had started finished.
+async fn stop_all(ctx: &Ctx, tasks: &mut [tokio::task::JoinHandle<Result<(), Error>>]) {
+    for t in tasks.iter() {
+        t.abort();
+    }
+    for t in tasks.iter_mut() {
+        let _ = t.await;
+    }
+    drop(ctx.work.write().await);
 }
 
 fn progress(desc: &Desc, kind: Kind, index: usize, offset: u64, state: State) -> Progress {
@@ -450,6 +479,7 @@ pub async fn pull(
         registry,
         progress: events,
         downloads: Semaphore::new(CONCURRENT_DOWNLOADS),
+        work: Arc::default(),
     });
     let result = pull_in_lease(
         &ctx,
@@ -750,16 +780,11 @@ async fn pull_in_lease(
         .enumerate()
         .map(|(i, l)| tokio::spawn(fetch(ctx.clone(), l.clone(), Kind::Layer, i)))
         .collect();
-    let abort_all = |tasks: &[tokio::task::JoinHandle<Result<(), Error>>]| {
-        for t in tasks {
-            t.abort();
-        }
-    };
     let joined = |r: Result<Result<(), Error>, tokio::task::JoinError>| {
         r.map_err(|e| Error::Worker(e.to_string()))?
     };
     if let Err(e) = joined(config_task.await) {
-        abort_all(&layer_tasks);
+        stop_all(ctx, &mut layer_tasks).await;
         return Err(e);
     }
     let parsed = match read_blob(ctx, &config).await {
@@ -770,13 +795,13 @@ async fn pull_in_lease(
     let image_config = match parsed {
         Ok(c) => c,
         Err(e) => {
-            abort_all(&layer_tasks);
+            stop_all(ctx, &mut layer_tasks).await;
             return Err(e);
         }
     };
     let diff_ids = image_config.rootfs.diff_ids;
     if diff_ids.len() != layers.len() {
-        abort_all(&layer_tasks);
+        stop_all(ctx, &mut layer_tasks).await;
         return Err(ctx.bad_image(
             format!("config {}", config.digest),
             format!(
@@ -791,7 +816,7 @@ async fn pull_in_lease(
     for i in 0..layers.len() {
         let task = std::mem::replace(&mut layer_tasks[i], tokio::spawn(async { Ok(()) }));
         if let Err(e) = joined(task.await) {
-            abort_all(&layer_tasks[i + 1..]);
+            stop_all(ctx, &mut layer_tasks[i + 1..]).await;
             return Err(e);
         }
         if let Some(sn) = &snapshotter {
@@ -803,7 +828,7 @@ async fn pull_in_lease(
             if let Err(e) =
                 unpack_layer(ctx, sn, i, &layers[i], parent, &chain[i], &diff_ids[i]).await
             {
-                abort_all(&layer_tasks[i + 1..]);
+                stop_all(ctx, &mut layer_tasks[i + 1..]).await;
                 return Err(e);
             }
         } else {
@@ -1005,21 +1030,22 @@ async fn fetch(ctx: Arc<Ctx>, desc: Desc, kind: Kind, index: usize) -> Result<()
     // ref: wait for it to finish or give up.
     let mut writer = loop {
         let (c, l, r) = (ctx.clone(), labels.clone(), sref.clone());
-        let opened = blocking(move || {
-            if record_if_present(&c, &digest, size, &l)? {
-                return Ok(None);
-            }
-            match c
-                .d
-                .content
-                .writer(WriterOpts::new(r).total(size).expected(digest))
-            {
-                Ok(w) => Ok(Some(Some(w))),
-                Err(content::Error::RefLocked(_)) => Ok(Some(None)),
-                Err(e) => Err(e.into()),
-            }
-        })
-        .await?;
+        let opened = ctx
+            .blocking(move || {
+                if record_if_present(&c, &digest, size, &l)? {
+                    return Ok(None);
+                }
+                match c
+                    .d
+                    .content
+                    .writer(WriterOpts::new(r).total(size).expected(digest))
+                {
+                    Ok(w) => Ok(Some(Some(w))),
+                    Err(content::Error::RefLocked(_)) => Ok(Some(None)),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await?;
         match opened {
             None => {
                 ctx.emit(progress(&desc, kind, index, size, State::Exists))
@@ -1034,11 +1060,12 @@ async fn fetch(ctx: Arc<Ctx>, desc: Desc, kind: Kind, index: usize) -> Result<()
     // The host the bytes came from (the registry's name if none was asked).
     let mut host = ctx.image.host().to_string();
     if offset > size {
-        writer = blocking(move || {
-            writer.truncate(0)?;
-            Ok(writer)
-        })
-        .await?;
+        writer = ctx
+            .blocking(move || {
+                writer.truncate(0)?;
+                Ok(writer)
+            })
+            .await?;
         offset = 0;
     }
     if offset < size || size == 0 {
@@ -1047,11 +1074,12 @@ async fn fetch(ctx: Arc<Ctx>, desc: Desc, kind: Kind, index: usize) -> Result<()
         host = body.host.clone();
         if body.offset != offset {
             // The registry ignored the Range: start over.
-            writer = blocking(move || {
-                writer.truncate(0)?;
-                Ok(writer)
-            })
-            .await?;
+            writer = ctx
+                .blocking(move || {
+                    writer.truncate(0)?;
+                    Ok(writer)
+                })
+                .await?;
             offset = 0;
         }
         if offset > 0 {
@@ -1061,7 +1089,9 @@ async fn fetch(ctx: Arc<Ctx>, desc: Desc, kind: Kind, index: usize) -> Result<()
             .await;
         // Bytes flow from the network to a blocking writer thread through a short queue.
         let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(16);
+        let step = ctx.work.clone().read_owned().await;
         let write_task = tokio::task::spawn_blocking(move || {
+            let _step = step;
             while let Some(chunk) = rx.blocking_recv() {
                 writer.write_all(&chunk)?;
             }
@@ -1104,22 +1134,23 @@ async fn fetch(ctx: Arc<Ctx>, desc: Desc, kind: Kind, index: usize) -> Result<()
             .map_err(|e| Error::Worker(e.to_string()))??;
         if let Some(e) = failed {
             if matches!(e, Error::BadLength { .. }) {
-                let _ = blocking({
-                    let c = ctx.clone();
-                    let r = sref.clone();
-                    move || {
-                        drop(writer);
-                        c.d.content.abort(&r).map_err(Error::from)
-                    }
-                })
-                .await;
+                let _ = ctx
+                    .blocking({
+                        let c = ctx.clone();
+                        let r = sref.clone();
+                        move || {
+                            drop(writer);
+                            c.d.content.abort(&r).map_err(Error::from)
+                        }
+                    })
+                    .await;
             }
             return Err(e);
         }
     }
     let c = ctx.clone();
     let d2 = desc.clone();
-    blocking(move || {
+    ctx.blocking(move || {
         let held = writer.offset();
         let actual = writer.digest();
         if held != size || actual != digest {
