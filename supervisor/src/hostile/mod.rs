@@ -4,9 +4,11 @@
 
 mod events_ttrpc;
 mod grpc;
+mod registry;
 
 pub use events_ttrpc::events_ttrpc;
 pub use grpc::grpc_services;
+pub use registry::registry;
 
 use protocol::Code;
 use protocol::fuzzing::TempDir;
