@@ -783,3 +783,160 @@ pub mod ttrpc_wire {
         (Code::from_i32(r.status.code.value()), r.payload)
     }
 }
+
+/// gRPC on the wire: one request written as raw HTTP/2 frames, for what a client library
+/// never sends (a message length prefix that lies).
+#[cfg(feature = "grpc")]
+pub mod grpc_wire {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const DATA: u8 = 0x0;
+    const HEADERS: u8 = 0x1;
+    const RST_STREAM: u8 = 0x3;
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const CONTINUATION: u8 = 0x9;
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    const PADDED: u8 = 0x8;
+    const PRIORITY: u8 = 0x20;
+
+    fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let len = payload.len() as u32;
+        out.extend_from_slice(&len.to_be_bytes()[1..]);
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+
+    /// A header field as an HPACK literal without indexing, new name, no Huffman.
+    fn literal(out: &mut Vec<u8>, name: &str, value: &str) {
+        out.push(0);
+        for s in [name, value] {
+            assert!(s.len() < 127, "short header fields only");
+            out.push(s.len() as u8);
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+
+    /// Sends a POST of `path` with `headers` and `body` as the request's DATA (the gRPC length
+    /// prefix included, as the caller wrote it) on a new connection, and returns the
+    /// `grpc-status` and `grpc-message` the server answers, or None if it reset the stream or
+    /// the connection without one.
+    pub fn raw_call(
+        socket: &Path,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        deadline: Duration,
+    ) -> Option<(i32, String)> {
+        let mut conn = UnixStream::connect(socket).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let mut block = Vec::new();
+        for (n, v) in [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "localhost"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+        .into_iter()
+        .chain(headers.iter().copied())
+        {
+            literal(&mut block, n, v);
+        }
+        let mut out = PREFACE.to_vec();
+        frame(&mut out, SETTINGS, 0, 0, &[]);
+        frame(&mut out, HEADERS, END_HEADERS, 1, &block);
+        frame(&mut out, DATA, END_STREAM, 1, body);
+        conn.write_all(&out).expect("write the request");
+
+        let mut decoder = loona_hpack::Decoder::new();
+        let mut buf = Vec::new();
+        let mut block: Option<Vec<u8>> = None;
+        let mut status = None;
+        let started = Instant::now();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            while buf.len() >= 9 {
+                let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+                if buf.len() < 9 + len {
+                    break;
+                }
+                let (kind, flags) = (buf[3], buf[4]);
+                let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+                let payload = buf[9..9 + len].to_vec();
+                buf.drain(..9 + len);
+                match kind {
+                    SETTINGS if flags & 1 == 0 => {
+                        let mut ack = Vec::new();
+                        frame(&mut ack, SETTINGS, 1, 0, &[]);
+                        let _ = conn.write_all(&ack);
+                    }
+                    HEADERS | CONTINUATION => {
+                        let mut fragment = &payload[..];
+                        if kind == HEADERS {
+                            if flags & PADDED != 0 {
+                                let pad = usize::from(fragment[0]);
+                                fragment = &fragment[1..fragment.len() - pad];
+                            }
+                            if flags & PRIORITY != 0 {
+                                fragment = &fragment[5..];
+                            }
+                        }
+                        block
+                            .get_or_insert_with(Vec::new)
+                            .extend_from_slice(fragment);
+                        if flags & END_HEADERS != 0 {
+                            let b = block.take().unwrap_or_default();
+                            let fields = decoder.decode(&b).expect("the server's headers decode");
+                            let mut code = None;
+                            let mut message = String::new();
+                            for (n, v) in fields {
+                                match n.as_slice() {
+                                    b"grpc-status" => {
+                                        code = String::from_utf8_lossy(&v).parse().ok()
+                                    }
+                                    b"grpc-message" => {
+                                        message = String::from_utf8_lossy(&v).into_owned()
+                                    }
+                                    _ => {}
+                                }
+                            }
+                            if let Some(c) = code {
+                                status = Some((c, message));
+                            }
+                        }
+                        if stream == 1 && flags & END_STREAM != 0 {
+                            return status;
+                        }
+                    }
+                    DATA if stream == 1 && flags & END_STREAM != 0 => return status,
+                    RST_STREAM if stream == 1 => return status,
+                    GOAWAY => return status,
+                    _ => {}
+                }
+            }
+            match conn.read(&mut chunk) {
+                Ok(0) => return status,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return status,
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "the server did not answer within {deadline:?}"
+            );
+        }
+    }
+}

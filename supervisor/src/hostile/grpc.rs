@@ -506,7 +506,53 @@ fn describe(
 
 #[cfg(test)]
 mod tests {
-    use protocol::fuzzing::{Target, run};
+    use protocol::fuzzing::grpc_wire::raw_call;
+    use protocol::fuzzing::{Target, measure, run};
+
+    use super::*;
+
+    /// A message whose length prefix says 4 GiB is refused before anything is reserved for
+    /// it (tonic answers OutOfRange; grpc-go, and so containerd, ResourceExhausted), and the
+    /// server goes on serving.
+    #[test]
+    fn a_4_gib_message_prefix_is_refused_without_allocating_it() {
+        let h = harness();
+        let socket = h
+            .root
+            .parent()
+            .expect("the harness dir")
+            .join("corral.sock");
+        let mut body = vec![0u8, 0xff, 0xff, 0xff, 0xff];
+        body.extend_from_slice(&[0x0a, 0x02, b'h', b'i']);
+        let (answer, largest) = measure(|| {
+            raw_call(
+                &socket,
+                "/containerd.services.namespaces.v1.Namespaces/List",
+                &[("containerd-namespace", "fuzz")],
+                &body,
+                Duration::from_secs(10),
+            )
+        });
+        let (code, message) = answer.expect("a grpc-status for the oversized message");
+        assert!(
+            [
+                tonic::Code::OutOfRange as i32,
+                tonic::Code::ResourceExhausted as i32
+            ]
+            .contains(&code),
+            "answered {code}: {message}"
+        );
+        assert!(largest < 16 << 20, "allocated {largest} bytes at once");
+        // Still serving.
+        let answer = raw_call(
+            &socket,
+            "/containerd.services.version.v1.Version/Version",
+            &[],
+            &[0, 0, 0, 0, 0],
+            Duration::from_secs(10),
+        );
+        assert_eq!(answer.map(|(c, _)| c), Some(0));
+    }
 
     #[test]
     fn grpc_services() {
