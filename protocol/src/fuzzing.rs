@@ -698,9 +698,12 @@ pub mod ttrpc_wire {
                 Err(e)
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
                     ) => {}
-                // The server may reset a connection it gave up on.
+                // The server may reset a connection it gave up on. (Interrupted, above, is
+                // libFuzzer's timer signal: not the server.)
                 Err(_) => break,
             }
             if close_tx.is_some()
@@ -929,7 +932,9 @@ pub mod grpc_wire {
                 Err(e)
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
                     ) => {}
                 Err(_) => return status,
             }
