@@ -41,7 +41,7 @@ DEB_SRC_LIST := /etc/apt/sources.list.d/debian-src.sources
 # Extra critest flags for `make critest`, e.g. CRITEST_FLAGS='-ginkgo.focus=Networking'.
 CRITEST_FLAGS ?=
 
-.PHONY: all build release test soak lint fmt install install-units deps run image bench clean critest critest-containerd
+.PHONY: all build release test soak lint fmt install install-units deps run image bench clean critest critest-containerd fuzz
 
 all: build
 
@@ -115,6 +115,7 @@ critest-containerd: deps build
 ## lint: formatting and clippy with warnings as errors
 lint:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:
@@ -200,6 +201,25 @@ bench: deps release
 		$(CARGO) bench -p content --bench ingest && \
 		$(CARGO) bench -p snapshotter --bench apply; \
 	fi
+
+## fuzz: every hostile-input target under cargo-fuzz (nightly, libFuzzer) for FUZZ_SECONDS
+## each, one after the other on one core (make test runs the same properties on the seeds and
+## a fixed set of mutants). FUZZ=layer picks targets. New inputs go to target/fuzz-corpus/,
+## crashes to target/fuzz-artifacts/<target>/ (copy one into fuzz/corpus/<target>/ once fixed).
+FUZZ_TARGETS := filters grpc_front grpc_services events_ttrpc shim_ttrpc layer registry config_corrald config_cri image_reference
+FUZZ ?= $(FUZZ_TARGETS)
+FUZZ_SECONDS ?= 300
+fuzz:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@set -e; for t in $(FUZZ); do \
+		mkdir -p $(TARGET_DIR)/fuzz-corpus/$$t $(TARGET_DIR)/fuzz-artifacts/$$t; \
+		echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+		CARGO_TARGET_DIR=$(TARGET_DIR)/fuzz $(CARGO) +nightly fuzz run --sanitizer none $$t \
+			$(TARGET_DIR)/fuzz-corpus/$$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=30 -rss_limit_mb=2048 \
+			-artifact_prefix=$(TARGET_DIR)/fuzz-artifacts/$$t/; \
+	done
 
 clean:
 	$(CARGO) clean

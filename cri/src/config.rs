@@ -13,6 +13,21 @@ use serde::{Deserialize, Serialize};
 /// Where `corral-cri` looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/corral/cri.toml";
 
+/// `sun_path` holds 108 bytes, one of them the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+/// logrus's levels, as containerd accepts them.
+const LOG_LEVELS: &[&str] = &[
+    "trace", "debug", "info", "warn", "warning", "error", "fatal", "panic",
+];
+
+/// containerd's identifier rule (namespaces): `[A-Za-z0-9]+([._-][A-Za-z0-9]+)*`, at most 76.
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 76
+        && s.split(['.', '_', '-'])
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -235,8 +250,27 @@ impl Config {
                 self.cgroup_driver
             ));
         }
-        if self.namespace.is_empty() {
-            return Err("namespace is empty".into());
+        // Every call to corrald names it: one corrald refuses fails them all, after corral-cri
+        // has created its directories.
+        if !is_identifier(&self.namespace) {
+            return Err(format!(
+                "namespace {:?}: not a containerd identifier ([A-Za-z0-9]+([._-][A-Za-z0-9]+)*, \
+                 at most 76 characters)",
+                self.namespace
+            ));
+        }
+        if self.listen.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(format!(
+                "listen {}: too long for a unix socket (at most {MAX_SOCKET_PATH} bytes)",
+                self.listen.display()
+            ));
+        }
+        if !LOG_LEVELS.contains(&self.debug.level.as_str()) {
+            return Err(format!(
+                "debug.level {:?}: want one of {}",
+                self.debug.level,
+                LOG_LEVELS.join(", ")
+            ));
         }
         let s = &self.streaming;
         if s.address.parse::<std::net::IpAddr>().is_err() {
@@ -364,6 +398,15 @@ mod tests {
                 "[streaming]\ntls_key_file = \"/k.pem\"\n",
                 "tls_key_file needs tls_cert_file",
             ),
+            // Found writing the config_cri fuzz target: accepted, then refused by corrald on every
+            // call after corral-cri had created its directories.
+            ("namespace = \"k8s/io\"\n", "namespace"),
+            ("namespace = \"-a\"\n", "namespace"),
+            (
+                "listen = \"/run/corral/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.sock\"\n",
+                "too long",
+            ),
+            ("[debug]\nlevel = \"loud\"\n", "debug.level"),
         ] {
             std::fs::write(&p, text).unwrap();
             let e = Config::load(&p, true).unwrap_err();

@@ -31,6 +31,8 @@ pub mod corrald;
 pub mod error;
 pub mod events;
 pub mod host;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod hostile;
 pub mod ids;
 pub mod image;
 pub mod monitor;
@@ -45,3 +47,8 @@ pub mod stats;
 pub mod store;
 pub mod streaming;
 pub mod system;
+
+// The unit tests' hostile-input cases check the largest allocation (see `protocol::fuzzing`).
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: protocol::fuzzing::CountingAlloc = protocol::fuzzing::CountingAlloc;

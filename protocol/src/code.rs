@@ -122,6 +122,70 @@ impl std::fmt::Display for Code {
     }
 }
 
+/// A ttrpc service set whose methods answer a payload that does not decode as their request
+/// with InvalidArgument.
+///
+/// ttrpc's generated handlers answer it with Unknown ("Unpack request error ..."), as Go's
+/// ttrpc does for containerd's shims; it is the caller's mistake, and the class must say so.
+/// Found by the shim_ttrpc fuzz target. Every ttrpc server of ours registers its services
+/// through this.
+#[cfg(feature = "ttrpc")]
+pub fn bad_payloads_are_invalid_argument(
+    services: std::collections::HashMap<String, ttrpc::r#async::Service>,
+) -> std::collections::HashMap<String, ttrpc::r#async::Service> {
+    use ttrpc::r#async::{MethodHandler, Service};
+    services
+        .into_iter()
+        .map(|(name, s)| {
+            let methods = s
+                .methods
+                .into_iter()
+                .map(|(m, h)| {
+                    let h: Box<dyn MethodHandler + Send + Sync> = Box::new(StrictPayload(h));
+                    (m, h)
+                })
+                .collect();
+            (
+                name,
+                Service {
+                    methods,
+                    streams: s.streams,
+                },
+            )
+        })
+        .collect()
+}
+
+#[cfg(feature = "ttrpc")]
+struct StrictPayload(Box<dyn ttrpc::r#async::MethodHandler + Send + Sync>);
+
+#[cfg(feature = "ttrpc")]
+#[async_trait::async_trait]
+impl ttrpc::r#async::MethodHandler for StrictPayload {
+    async fn handler(
+        &self,
+        ctx: ttrpc::r#async::TtrpcContext,
+        req: ttrpc::Request,
+    ) -> ttrpc::Result<ttrpc::Response> {
+        match self.0.handler(ctx, req).await {
+            // The generated handler's message for a payload it cannot decode. A status goes
+            // back as a response (an `Err` from a handler is answered Unknown by the server).
+            Err(ttrpc::Error::Others(m)) if m.starts_with("Unpack request error") => {
+                let mut resp = ttrpc::Response::new();
+                resp.set_status(ttrpc::get_status(
+                    Code::InvalidArgument.ttrpc_code(),
+                    format!(
+                        "the request payload does not decode: {}",
+                        m.trim_start_matches("Unpack request error").trim()
+                    ),
+                ));
+                Ok(resp)
+            }
+            r => r,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +196,62 @@ mod tests {
             assert_eq!(Code::from_i32(n) as i32, n);
         }
         assert_eq!(Code::from_i32(99), Code::Unknown);
+    }
+
+    /// Found by the shim_ttrpc fuzz target: a payload that does not decode was answered
+    /// Unknown. Through `bad_payloads_are_invalid_argument` it is InvalidArgument, and a good
+    /// payload still reaches the service.
+    #[cfg(feature = "ttrpc")]
+    #[test]
+    fn a_payload_that_does_not_decode_is_invalid_argument() {
+        use crate::fuzzing::ttrpc_wire::{SENTINEL_STREAM, call, request};
+        use protobuf::Message;
+
+        struct Events;
+        #[async_trait::async_trait]
+        impl crate::events_ttrpc::Events for Events {
+            async fn forward(
+                &self,
+                _: &ttrpc::r#async::TtrpcContext,
+                _: crate::events::ForwardRequest,
+            ) -> ttrpc::Result<protobuf::well_known_types::empty::Empty> {
+                Ok(Default::default())
+            }
+        }
+        let dir = crate::fuzzing::TempDir::new("corral-ttrpc-payload");
+        let socket = dir.path().join("s.sock");
+        let sock = socket.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+                let mut server = ttrpc::r#async::Server::new()
+                    .add_listener(listener.into())
+                    .register_service(bad_payloads_are_invalid_argument(
+                        crate::events_ttrpc::create_events(std::sync::Arc::new(Events)),
+                    ));
+                server.start().await.unwrap();
+                tx.send(()).unwrap();
+                std::future::pending::<()>().await;
+            });
+        });
+        rx.recv().unwrap();
+        let service = "containerd.services.events.ttrpc.v1.Events";
+        let garbage = request(SENTINEL_STREAM, service, "Forward", b"\xff\xff\xff");
+        let (code, _) = call(&socket, &garbage);
+        assert_eq!(code, Code::InvalidArgument);
+        let good = crate::events::ForwardRequest::new()
+            .write_to_bytes()
+            .unwrap();
+        let (code, _) = call(
+            &socket,
+            &request(SENTINEL_STREAM, service, "Forward", &good),
+        );
+        assert_eq!(code, Code::Ok);
     }
 
     #[cfg(feature = "ttrpc")]

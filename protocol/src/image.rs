@@ -191,8 +191,12 @@ pub fn normalize(reference: &str) -> String {
         None => (reference, None),
     };
     let first = name.split('/').next().unwrap_or("");
-    let has_domain =
-        name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    // docker/distribution's rule, upper case included (repository names are lower case).
+    let has_domain = name.contains('/')
+        && (first.contains('.')
+            || first.contains(':')
+            || first == "localhost"
+            || first.bytes().any(|b| b.is_ascii_uppercase()));
     let mut full = if has_domain {
         name.to_string()
     } else if name.contains('/') {
@@ -236,6 +240,11 @@ mod tests {
         assert_eq!(
             normalize("reg.example/x@sha256:ab"),
             "reg.example/x@sha256:ab"
+        );
+        assert_eq!(
+            normalize("UPPER/case"),
+            "UPPER/case:latest",
+            "a host, as in docker"
         );
     }
 

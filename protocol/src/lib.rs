@@ -24,8 +24,12 @@ mod code;
 #[cfg(all(feature = "grpc", feature = "ttrpc"))]
 pub mod convert;
 pub mod filters;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 #[cfg(feature = "grpc")]
 pub mod grpc;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod hostile;
 #[cfg(feature = "image")]
 pub mod image;
 pub mod logfmt;
@@ -35,6 +39,13 @@ pub mod sd_notify;
 pub mod ttrpc_gen;
 
 pub use code::Code;
+#[cfg(feature = "ttrpc")]
+pub use code::bad_payloads_are_invalid_argument;
+
+// The unit tests' hostile-input cases check the largest allocation (see `fuzzing`).
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: fuzzing::CountingAlloc = fuzzing::CountingAlloc;
 #[cfg(feature = "ttrpc")]
 pub use ttrpc_gen::*;
 

@@ -62,7 +62,9 @@ async fn run(flags: &Flags, listener: UnixListener) -> Result<(), String> {
         tokio::net::UnixListener::from_std(listener).map_err(|e| format!("listener: {e}"))?;
     let mut server = ttrpc::r#async::Server::new()
         .add_listener(listener.into())
-        .register_service(protocol::shim_ttrpc::create_task(service));
+        .register_service(protocol::bad_payloads_are_invalid_argument(
+            protocol::shim_ttrpc::create_task(service),
+        ));
     server
         .start()
         .await

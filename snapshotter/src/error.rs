@@ -157,7 +157,7 @@ impl Error {
 }
 
 /// True for ENOSPC and EDQUOT.
-fn out_of_space(e: &io::Error) -> bool {
+pub(crate) fn out_of_space(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded

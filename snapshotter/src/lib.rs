@@ -21,6 +21,8 @@
 pub mod apply;
 pub mod diff;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod hostile;
 mod metadata;
 pub mod mount;
 pub mod native;
@@ -39,3 +41,8 @@ pub use native::NativeSnapshotter;
 pub use overlay::OverlaySnapshotter;
 pub use snapshotter::{Filter, Info, Kind, Labels, MAX_LABEL_SIZE, Snapshotter, Usage};
 pub use staging::{StageDir, StagedLayer, Staging};
+
+// The unit tests' hostile-input cases check the largest allocation (see `protocol::fuzzing`).
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: protocol::fuzzing::CountingAlloc = protocol::fuzzing::CountingAlloc;

@@ -969,6 +969,41 @@ fn malicious_layers_are_refused_without_writing_outside() {
     );
 }
 
+/// xattrs the kernel refuses are the layer's fault (found by the `layer` fuzz target: a
+/// malformed `security.capability` was answered Internal).
+#[test]
+fn xattrs_the_kernel_refuses_are_invalid_argument() {
+    use tar::EntryType as T;
+    let long_name = format!("SCHILY.xattr.user.{}", "k".repeat(300));
+    let big_value = vec![b'v'; 65_537];
+    type Pax<'a> = Vec<(&'a str, &'a [u8])>;
+    let mut cases: Vec<(&str, Pax)> = vec![
+        ("overlong xattr name", vec![(long_name.as_str(), b"v")]),
+        (
+            "xattr value over 64 KiB",
+            vec![("SCHILY.xattr.user.big", &big_value)],
+        ),
+    ];
+    if is_root() {
+        // A capability set must be a vfs_cap_data of a known revision.
+        cases.push((
+            "malformed capability",
+            vec![("SCHILY.xattr.security.capability", b"\x01\x00\x00\x02")],
+        ));
+    }
+    for (name, pax) in cases {
+        malicious_case(
+            name,
+            |l, _| {
+                l.raw(b"x", T::Regular, DEF, b"data", None, &pax, (0, 0));
+            },
+            Code::InvalidArgument,
+            "xattr",
+            &["x"],
+        );
+    }
+}
+
 #[test]
 fn device_nodes_need_root() {
     let mut l = Layer::new();

@@ -8,6 +8,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// `sun_path` holds 108 bytes, one of them the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+/// logrus's levels, as containerd accepts them for `debug.level`.
+pub const LOG_LEVELS: &[&str] = &[
+    "trace", "debug", "info", "warn", "warning", "error", "fatal", "panic",
+];
+const MAX_GC_INTERVAL_SECS: u64 = 365 * 24 * 3600;
+const MAX_LOAD_TIMEOUT_SECS: u64 = 3600;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -215,6 +224,59 @@ impl Config {
         )
     }
 
+    /// Checks what the types cannot say, before corrald creates or binds anything: a bad
+    /// file (or flag) must leave nothing written. Errors name the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.version != 1 {
+            return Err(format!(
+                "unsupported version {} (this corrald reads version 1)",
+                self.version
+            ));
+        }
+        for (key, p) in [
+            ("root", &self.root),
+            ("state", &self.state),
+            ("grpc.address", &self.grpc.address),
+        ] {
+            if !p.is_absolute() {
+                return Err(format!("{key} {}: not an absolute path", p.display()));
+            }
+        }
+        // The ttrpc socket beside it is the longer one; both must fit a sockaddr_un.
+        let ttrpc = self.ttrpc_address();
+        if ttrpc.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(format!(
+                "grpc.address {}: too long for a unix socket (with \".ttrpc\" at most {} bytes)",
+                self.grpc.address.display(),
+                MAX_SOCKET_PATH
+            ));
+        }
+        if !LOG_LEVELS.contains(&self.debug.level.as_str()) {
+            return Err(format!(
+                "debug.level {:?}: want one of {}",
+                self.debug.level,
+                LOG_LEVELS.join(", ")
+            ));
+        }
+        if self.runtime.default.is_empty() {
+            return Err("runtime.default is empty".into());
+        }
+        // Timers of these lengths overflow the clock (tokio panics adding them to now).
+        if self.gc.interval_secs > MAX_GC_INTERVAL_SECS {
+            return Err(format!(
+                "gc.interval_secs {}: more than a year ({MAX_GC_INTERVAL_SECS}); 0 turns the timer off",
+                self.gc.interval_secs
+            ));
+        }
+        if self.runtime.load_timeout_secs > MAX_LOAD_TIMEOUT_SECS {
+            return Err(format!(
+                "runtime.load_timeout_secs {}: more than an hour ({MAX_LOAD_TIMEOUT_SECS})",
+                self.runtime.load_timeout_secs
+            ));
+        }
+        Ok(())
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
     }
@@ -261,6 +323,58 @@ mod tests {
             Config::default()
         );
         assert!(Config::load(&dir.path().join("none.toml"), true).is_err());
+    }
+
+    /// Found by the config fuzz target: a file that parsed was trusted whole, so
+    /// `gc.interval_secs = 18446744073709551615` made the GC timer panic (tokio adds the
+    /// period to now) and a relative root made corrald create directories under its cwd.
+    #[test]
+    fn values_that_parse_but_cannot_work_are_refused_naming_the_key() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let long = format!("/{}", "s".repeat(101));
+        type Change = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (Box::new(|c| c.root = "var/lib/corral".into()), "root"),
+            (Box::new(|c| c.state = "".into()), "state"),
+            (
+                Box::new(|c| c.grpc.address = "corral.sock".into()),
+                "grpc.address",
+            ),
+            (
+                Box::new(move |c| c.grpc.address = long.clone().into()),
+                "too long",
+            ),
+            (
+                Box::new(|c| c.debug.level = "verbose".into()),
+                "debug.level",
+            ),
+            (
+                Box::new(|c| c.runtime.default = String::new()),
+                "runtime.default",
+            ),
+            (
+                Box::new(|c| c.gc.interval_secs = u64::MAX),
+                "gc.interval_secs",
+            ),
+            (
+                Box::new(|c| c.runtime.load_timeout_secs = u64::MAX),
+                "runtime.load_timeout_secs",
+            ),
+        ];
+        for (bad, key) in cases {
+            let mut c = Config::default();
+            bad(&mut c);
+            let e = c.validate().unwrap_err();
+            assert!(e.contains(key), "{e}");
+        }
+        let mut c = Config::default();
+        c.gc.interval_secs = 0;
+        c.debug.level = "fatal".into();
+        assert_eq!(
+            c.validate(),
+            Ok(()),
+            "0 turns GC off; logrus levels are fine"
+        );
     }
 
     #[test]

@@ -123,6 +123,11 @@ fn expired(id: &str, lease: &Lease, now: SystemTime) -> bool {
 
 /// Collects garbage once. Blocking: call it through `spawn_blocking`.
 pub fn collect(d: &Daemon, now: SystemTime) -> Result<Report, Error> {
+    // One collection at a time (the timer's, a trigger's, a synchronous delete's): a second
+    // waits and finds what the first left, instead of racing it to the same directories. A
+    // caller that collects after a trigger thus also waits for the trigger's collection.
+    static COLLECTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = COLLECTING.lock().unwrap_or_else(|e| e.into_inner());
     // Before the mark: anything created from here on is kept by this run.
     let started = Time::now();
     let blob_guard = BLOB_LOCK.write().unwrap_or_else(|e| e.into_inner());

@@ -21,6 +21,8 @@ pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod gc;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod hostile;
 pub mod integrity;
 pub mod lazy_snapshotter;
 pub mod metadata;
@@ -32,3 +34,8 @@ pub mod services;
 pub mod snapshots;
 pub mod trim;
 pub mod ttrpc_events;
+
+// The unit tests' hostile-input cases check the largest allocation (see `protocol::fuzzing`).
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: protocol::fuzzing::CountingAlloc = protocol::fuzzing::CountingAlloc;

@@ -93,6 +93,11 @@ fn main() -> ExitCode {
     if let Some(l) = cli.log_level {
         cfg.debug.level = l;
     }
+    // Before anything is created or bound: a bad value leaves nothing behind.
+    if let Err(e) = cfg.validate() {
+        eprintln!("corrald: invalid configuration: {e}");
+        return ExitCode::FAILURE;
+    }
     if let Some(Command::Publish { topic, namespace }) = &cli.command {
         return match publish(&cfg.grpc.address, namespace, topic) {
             Ok(()) => ExitCode::SUCCESS,

@@ -15,7 +15,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::config::Config;
 use crate::events::Exchange;
 use crate::metadata::Db;
-use crate::services::{Daemon, diff, images, introspection, namespaces, snapshots, version};
+use crate::services::{
+    Daemon, Shared, diff, images, introspection, namespaces, snapshots, version,
+};
 
 /// Serves until SIGTERM or SIGINT. `notifier`: systemd's, told READY=1 once the socket serves
 /// and STOPPING=1 at shutdown (units ordered after corrald start on READY=1).
@@ -172,6 +174,56 @@ pub async fn run(
 
     // SERVING from here until shutdown begins: dockerd and containerd's Go client poll it
     // before they subscribe to events again after a daemon restart.
+    let (router, serving) = router(&daemon, &runtime, &cfg)?;
+
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let events = daemon.events.clone();
+    let stopping = notifier.clone();
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => log::info!("SIGTERM: shutting down"),
+            _ = int.recv() => log::info!("SIGINT: shutting down"),
+        }
+        if let Some(n) = &stopping {
+            n.tell("STOPPING=1");
+        }
+        serving.send_replace(false);
+        events.close();
+    };
+    log::info!(
+        "serving on {} (root {}, state {})",
+        cfg.grpc.address.display(),
+        cfg.root.display(),
+        cfg.state.display()
+    );
+    // The socket has been listening since it was bound (connections wait in its backlog),
+    // start-up is over: ready.
+    if let Some(n) = &notifier {
+        n.tell("READY=1");
+    }
+    let served = router
+        .serve_with_incoming_shutdown(protocol::grpc::unix::incoming(listener), shutdown)
+        .await;
+    ttrpc.shutdown().await;
+    let _ = std::fs::remove_file(&cfg.grpc.address);
+    served.map_err(|e| format!("serve: {e}"))
+}
+
+/// Every gRPC service corrald serves, on `daemon` and `runtime`, with the configured message
+/// limits; and the health service's switch (SERVING until it is set to false). The
+/// hostile-input harness serves the same router.
+pub fn router(
+    daemon: &Shared,
+    runtime: &Arc<crate::runtime::Manager>,
+    cfg: &Config,
+) -> Result<
+    (
+        tonic::transport::server::Router,
+        tokio::sync::watch::Sender<bool>,
+    ),
+    String,
+> {
     let (health, serving) = protocol::grpc::health::Health::new(&[]);
     let limits = cfg.message_limits()?;
     // Every service with the configured message limits (containerd's `[grpc]` keys).
@@ -225,39 +277,7 @@ pub async fn run(
                 daemon: daemon.clone(),
             }
         )));
-
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let events = daemon.events.clone();
-    let stopping = notifier.clone();
-    let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => log::info!("SIGTERM: shutting down"),
-            _ = int.recv() => log::info!("SIGINT: shutting down"),
-        }
-        if let Some(n) = &stopping {
-            n.tell("STOPPING=1");
-        }
-        serving.send_replace(false);
-        events.close();
-    };
-    log::info!(
-        "serving on {} (root {}, state {})",
-        cfg.grpc.address.display(),
-        cfg.root.display(),
-        cfg.state.display()
-    );
-    // The socket has been listening since it was bound (connections wait in its backlog),
-    // start-up is over: ready.
-    if let Some(n) = &notifier {
-        n.tell("READY=1");
-    }
-    let served = router
-        .serve_with_incoming_shutdown(protocol::grpc::unix::incoming(listener), shutdown)
-        .await;
-    ttrpc.shutdown().await;
-    let _ = std::fs::remove_file(&cfg.grpc.address);
-    served.map_err(|e| format!("serve: {e}"))
+    Ok((router, serving))
 }
 
 /// The start-up error for a snapshotter whose state cannot be opened; a damaged database

@@ -58,7 +58,9 @@ impl TtrpcEvents {
             .map_err(|e| format!("ttrpc socket {}: {e}", path.display()))?;
         let mut server = Server::new()
             .add_listener(listener.into())
-            .register_service(create_events(Arc::new(Forwarder { events })));
+            .register_service(protocol::bad_payloads_are_invalid_argument(create_events(
+                Arc::new(Forwarder { events }),
+            )));
         if let Err(e) = server.start().await {
             let _ = std::fs::remove_file(path);
             return Err(format!("start ttrpc server on {}: {e}", path.display()));

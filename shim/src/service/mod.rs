@@ -253,6 +253,13 @@ impl Service {
         }
     }
 
+    /// The containers the shim holds (for the hostile-input harness).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn container_ids(&self) -> Vec<String> {
+        let st = self.state.lock().unwrap();
+        st.containers.keys().chain(&st.creating).cloned().collect()
+    }
+
     fn with_process<T>(
         &self,
         id: &str,

@@ -27,6 +27,15 @@ pub enum ApplyError {
         target: String,
         reason: String,
     },
+    /// The kernel refuses an extended attribute the layer carries (a malformed
+    /// `security.capability` or ACL, an overlong name or value).
+    #[error("xattr {key:?} of {path:?} in layer: {source}")]
+    BadXattr {
+        path: String,
+        key: String,
+        #[source]
+        source: io::Error,
+    },
     /// Creating this entry needs privileges we do not have.
     #[error("{what} {path:?} requires running as root")]
     NeedsRoot { what: &'static str, path: String },
@@ -77,6 +86,7 @@ impl ApplyError {
             | ApplyError::SymlinkInPath { .. }
             | ApplyError::NotADirectory { .. }
             | ApplyError::BadHardlink { .. }
+            | ApplyError::BadXattr { .. }
             | ApplyError::MediaTypeMismatch { .. }
             | ApplyError::Corrupt { .. }
             | ApplyError::BadMounts { .. } => Code::InvalidArgument,
@@ -85,6 +95,10 @@ impl ApplyError {
                 Code::Unimplemented
             }
             ApplyError::Read(_) | ApplyError::Write(_) => Code::Unavailable,
+            // A layer that fills the disk: the caller may free space and retry.
+            ApplyError::Io { source, .. } if crate::error::out_of_space(source) => {
+                Code::ResourceExhausted
+            }
             ApplyError::Io { source, .. } => match source.kind() {
                 io::ErrorKind::NotFound => Code::NotFound,
                 io::ErrorKind::AlreadyExists => Code::AlreadyExists,
@@ -141,5 +155,17 @@ mod tests {
             .under(std::path::Path::new("/elsewhere"));
         assert!(root.to_string().contains("\"/abs\""), "{root}");
         assert_eq!(root.code(), Code::Internal);
+    }
+
+    /// Found by the layer fuzz target: a layer that filled the disk was answered Internal.
+    #[test]
+    fn a_full_disk_is_resource_exhausted() {
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let e = ApplyError::io("write", "big", io::Error::from_raw_os_error(errno));
+            assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+            assert!(e.to_string().contains("\"big\""), "{e}");
+        }
+        let other = ApplyError::io("write", "f", io::Error::from_raw_os_error(libc::EIO));
+        assert_eq!(other.code(), Code::Internal);
     }
 }

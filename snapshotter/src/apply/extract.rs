@@ -9,6 +9,7 @@
 //! symlink. containerd instead resolves such symlinks inside the root; refusing is stricter and
 //! layers produced by diffing real trees never contain paths through symlinks.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::CStr;
 use std::io::{Read, Write};
@@ -159,6 +160,49 @@ impl Meta {
     }
 }
 
+/// The most the tar reader may read between two entries: the previous entry's padding, the
+/// headers, and the GNU long name, long link, PAX records and sparse map of the next entry,
+/// which the tar crate reads whole into memory, whatever size the header claims. Go's
+/// archive/tar (and so containerd) refuses long names and PAX records over 1 MiB each; this is
+/// room for three of them and their headers.
+const MAX_HEADERS: u64 = 4 << 20;
+
+/// The layer stream as the tar reader sees it: bytes read outside entry data (`used` is
+/// `Some`) are counted, and past [`MAX_HEADERS`] the read fails, so that a header claiming
+/// gigabytes of long name costs at most that much memory.
+struct HeaderBudget<R> {
+    inner: R,
+    used: Rc<Cell<Option<u64>>>,
+}
+
+impl<R: Read> Read for HeaderBudget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(used) = self.used.get() else {
+            return self.inner.read(buf);
+        };
+        if used > MAX_HEADERS {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "more than {} MiB of tar headers (GNU long names, PAX records, sparse \
+                     maps) before one entry",
+                    MAX_HEADERS >> 20
+                ),
+            ));
+        }
+        // Never more than one byte past the budget: the next read refuses.
+        let room = usize::try_from(MAX_HEADERS + 1 - used).unwrap_or(usize::MAX);
+        let n = buf.len().min(room);
+        let n = self.inner.read(&mut buf[..n])?;
+        self.used.set(Some(used + n as u64));
+        Ok(n)
+    }
+}
+
+fn e_path<R: Read>(e: &tar::Entry<'_, R>) -> Vec<u8> {
+    e.path_bytes().into_owned()
+}
+
 /// Extracts tar entries into a root directory.
 pub(crate) struct Extractor {
     root: Rc<OwnedFd>,
@@ -198,7 +242,11 @@ impl Extractor {
     /// Applies every entry of the archive, then the deferred directory times. Returns the
     /// directories the layer needed but did not list (see `inherit.rs`).
     pub(crate) fn run<R: Read>(mut self, reader: R) -> Result<Vec<Vec<u8>>> {
-        let mut ar = tar::Archive::new(reader);
+        let outside_entries = Rc::new(Cell::new(Some(0)));
+        let mut ar = tar::Archive::new(HeaderBudget {
+            inner: reader,
+            used: outside_entries.clone(),
+        });
         let entries = ar.entries().map_err(|e| ApplyError::Corrupt {
             context: "reading tar".into(),
             source: e,
@@ -208,7 +256,15 @@ impl Extractor {
                 context: "reading tar header".into(),
                 source: e,
             })?;
+            outside_entries.set(None);
             self.entry(&mut entry)?;
+            // What the entry did not read of its data is data, not headers: drained here, so
+            // that the tar reader's skip does not count against the header budget.
+            std::io::copy(&mut entry, &mut std::io::sink()).map_err(|e| ApplyError::Corrupt {
+                context: format!("reading data of entry {:?}", lossy(&e_path(&entry))),
+                source: e,
+            })?;
+            outside_entries.set(Some(0));
         }
         self.finish()
     }
@@ -429,6 +485,19 @@ impl Extractor {
             {
                 log::warn!("skipping xattr {} on {:?}: {e}", lossy(key), lossy(rel));
                 Ok(())
+            }
+            // The value or the name, as the layer gives it, is what the kernel refuses.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::ERANGE | libc::E2BIG)
+                ) =>
+            {
+                Err(ApplyError::BadXattr {
+                    path: lossy(rel),
+                    key: lossy(key),
+                    source: e,
+                })
             }
             Err(e) => Err(ApplyError::io("setxattr", rel, e)),
         }
@@ -673,6 +742,73 @@ impl Extractor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tar stream whose first header announces `size` bytes of GNU long name or PAX records
+    /// (`kind` L or x), followed by as many bytes as anyone reads: what a tiny compressed
+    /// layer expands to.
+    struct Bomb {
+        header: Vec<u8>,
+        at: usize,
+    }
+
+    impl Bomb {
+        fn new(kind: u8, size: u64) -> Bomb {
+            let mut h = tar::Header::new_gnu();
+            h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+            h.set_entry_type(tar::EntryType::new(kind));
+            h.set_size(size);
+            h.set_mode(0o644);
+            h.set_cksum();
+            Bomb {
+                header: h.as_bytes().to_vec(),
+                at: 0,
+            }
+        }
+    }
+
+    impl Read for Bomb {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.at < self.header.len() {
+                let n = buf.len().min(self.header.len() - self.at);
+                buf[..n].copy_from_slice(&self.header[self.at..self.at + n]);
+                self.at += n;
+                return Ok(n);
+            }
+            // PAX-looking records, so a parser has no reason to stop early.
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = b"9 a=bcde\n"[(self.at + i) % 9];
+            }
+            self.at += buf.len();
+            Ok(buf.len())
+        }
+    }
+
+    #[test]
+    fn a_4_gib_long_name_or_pax_header_is_refused_without_allocating_it() {
+        for kind in [b'L', b'K', b'x'] {
+            for gzip in [false, true] {
+                let dir = protocol::fuzzing::TempDir::new("corral-bomb");
+                let bomb = Bomb::new(kind, 4 << 30);
+                let (reader, media): (Box<dyn Read + Send>, _) = if gzip {
+                    let z = flate2::read::GzEncoder::new(bomb, flate2::Compression::fast());
+                    (Box::new(z), "application/vnd.oci.image.layer.v1.tar+gzip")
+                } else {
+                    (Box::new(bomb), "application/vnd.oci.image.layer.v1.tar")
+                };
+                let (r, largest) = protocol::fuzzing::measure(|| {
+                    crate::apply::apply_layer(reader, Some(media), dir.path(), WhiteoutMode::Delete)
+                });
+                let e = r.expect_err("a 4 GiB header is refused");
+                assert_eq!(e.code(), crate::Code::InvalidArgument, "{e}");
+                assert!(e.to_string().contains("MiB"), "{e}");
+                assert!(
+                    largest < 16 << 20,
+                    "type {} (gzip {gzip}): allocated {largest} bytes at once",
+                    kind as char
+                );
+            }
+        }
+    }
 
     #[test]
     fn normalize_strips_and_refuses() {

@@ -108,6 +108,9 @@ pub fn parse_challenges(header: &str) -> Vec<Challenge> {
     out
 }
 
+/// The largest token service answer read (tokens are JWTs of a few KiB).
+const MAX_TOKEN_ANSWER: usize = 1 << 20;
+
 #[derive(Deserialize)]
 struct TokenAnswer {
     #[serde(default)]
@@ -187,9 +190,17 @@ impl Authorizer {
                 unauthenticated(format!("token service {realm}: {}", error_chain(&e)))
             })?;
             let status = resp.status();
-            let body = resp.bytes().await.map_err(|e| {
-                unauthenticated(format!("token service {realm}: {}", error_chain(&e)))
-            })?;
+            let (body, more) = super::registry::read_at_most(resp, MAX_TOKEN_ANSWER)
+                .await
+                .map_err(|e| {
+                    unauthenticated(format!("token service {realm}: {}", error_chain(&e)))
+                })?;
+            if more && status.is_success() {
+                return Err(unauthenticated(format!(
+                    "token service {realm}: an answer over {} KiB",
+                    MAX_TOKEN_ANSWER >> 10
+                )));
+            }
             if !status.is_success() {
                 return Err(unauthenticated(format!(
                     "token service {realm} answered HTTP {status}: {}",

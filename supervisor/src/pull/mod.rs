@@ -368,6 +368,10 @@ struct Ctx {
     source: (String, String),
     /// Refs of the ingests this pull opened (to discard them when the disk is full).
     ingests: std::sync::Mutex<Vec<String>>,
+    /// Held (read) by every blocking step of a download: aborting a download task does not
+    /// stop a step already running on the blocking pool, and a failed pull waits for them
+    /// (write) before it returns, so that nothing of it stores a blob after its lease is gone.
+    work: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Ctx {
@@ -383,6 +387,31 @@ impl Ctx {
     fn source_labels(&self) -> Labels {
         Labels::from([self.source.clone()])
     }
+
+    /// [`blocking`], counted in [`Ctx::work`].
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let step = self.work.clone().read_owned().await;
+        blocking(move || {
+            let _step = step;
+            f()
+        })
+        .await
+    }
+}
+
+/// Stops the download tasks of a failed pull: aborted, awaited, and the blocking steps they
+/// had started finished.
+async fn stop_all(ctx: &Ctx, tasks: &mut [tokio::task::JoinHandle<Result<(), Error>>]) {
+    for t in tasks.iter() {
+        t.abort();
+    }
+    for t in tasks.iter_mut() {
+        let _ = t.await;
+    }
+    drop(ctx.work.write().await);
 }
 
 fn progress(desc: &Desc, kind: Kind, index: usize, offset: u64, state: State) -> Progress {
@@ -461,6 +490,7 @@ pub async fn pull(
         progress: events,
         downloads: Semaphore::new(CONCURRENT_DOWNLOADS),
         ingests: Default::default(),
+        work: Arc::default(),
     });
     let result = pull_in_lease(
         &ctx,
@@ -846,13 +876,8 @@ async fn pull_in_lease(
         .enumerate()
         .map(|(i, l)| tokio::spawn(fetch(ctx.clone(), l.clone(), Kind::Layer, i)))
         .collect();
-    let abort_all = |tasks: &[tokio::task::JoinHandle<Result<(), Error>>]| {
-        for t in tasks {
-            t.abort();
-        }
-    };
     if let Err(e) = joined(config_task.await) {
-        abort_all(&layer_tasks);
+        stop_all(ctx, &mut layer_tasks).await;
         return Err(e);
     }
     let diff_ids = match read_blob(ctx, &config).await {
@@ -862,7 +887,7 @@ async fn pull_in_lease(
     let diff_ids = match diff_ids {
         Ok(d) => d,
         Err(e) => {
-            abort_all(&layer_tasks);
+            stop_all(ctx, &mut layer_tasks).await;
             return Err(e);
         }
     };
@@ -870,10 +895,23 @@ async fn pull_in_lease(
 
     match &snapshotter {
         Some(sn) => {
+            // Each download hands its result to the unpacker through a channel, so that its
+            // task stays here to be stopped (aborted, then awaited) if the unpack fails.
             let aborts: Vec<_> = layer_tasks.iter().map(|t| t.abort_handle()).collect();
+            let mut handed = Vec::new();
             let arrivals: Vec<unpack::Arrival> = layer_tasks
                 .into_iter()
-                .map(|t| Box::pin(async move { joined(t.await) }) as unpack::Arrival)
+                .map(|t| {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    handed.push(tokio::spawn(async move {
+                        let _ = tx.send(joined(t.await));
+                    }));
+                    Box::pin(async move {
+                        rx.await.unwrap_or_else(|_| {
+                            Err(Error::Worker("layer download stopped".into()))
+                        })
+                    }) as unpack::Arrival
+                })
                 .collect();
             let unpacker = Arc::new(unpack::Unpacker {
                 d: ctx.d.clone(),
@@ -897,6 +935,11 @@ async fn pull_in_lease(
                 for a in aborts {
                     a.abort();
                 }
+                // Each hand-over ends once its (aborted) download has.
+                for h in handed {
+                    let _ = h.await;
+                }
+                drop(ctx.work.write().await);
                 return Err(e);
             }
         }
@@ -904,7 +947,7 @@ async fn pull_in_lease(
             for i in 0..layers.len() {
                 let task = std::mem::replace(&mut layer_tasks[i], tokio::spawn(async { Ok(()) }));
                 if let Err(e) = joined(task.await) {
-                    abort_all(&layer_tasks[i + 1..]);
+                    stop_all(ctx, &mut layer_tasks[i + 1..]).await;
                     return Err(e);
                 }
                 ctx.emit(progress(
@@ -1117,21 +1160,22 @@ async fn fetch(ctx: Arc<Ctx>, desc: Desc, kind: Kind, index: usize) -> Result<()
     // ref: wait for it to finish or give up.
     let mut writer = loop {
         let (c, l, r) = (ctx.clone(), labels.clone(), sref.clone());
-        let opened = blocking(move || {
-            if record_if_present(&c, &digest, size, &l)? {
-                return Ok(None);
-            }
-            match c
-                .d
-                .content
-                .writer(WriterOpts::new(r).total(size).expected(digest))
-            {
-                Ok(w) => Ok(Some(Some(w))),
-                Err(content::Error::RefLocked(_)) => Ok(Some(None)),
-                Err(e) => Err(e.into()),
-            }
-        })
-        .await?;
+        let opened = ctx
+            .blocking(move || {
+                if record_if_present(&c, &digest, size, &l)? {
+                    return Ok(None);
+                }
+                match c
+                    .d
+                    .content
+                    .writer(WriterOpts::new(r).total(size).expected(digest))
+                {
+                    Ok(w) => Ok(Some(Some(w))),
+                    Err(content::Error::RefLocked(_)) => Ok(Some(None)),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await?;
         match opened {
             None => {
                 ctx.emit(progress(&desc, kind, index, size, State::Exists))
@@ -1152,11 +1196,12 @@ async fn fetch(ctx: Arc<Ctx>, desc: Desc, kind: Kind, index: usize) -> Result<()
     // The host the bytes came from (the registry's name if none was asked).
     let mut host = ctx.image.host().to_string();
     if offset > size {
-        writer = blocking(move || {
-            writer.truncate(0)?;
-            Ok(writer)
-        })
-        .await?;
+        writer = ctx
+            .blocking(move || {
+                writer.truncate(0)?;
+                Ok(writer)
+            })
+            .await?;
         offset = 0;
     }
     if offset < size || size == 0 {
@@ -1165,11 +1210,12 @@ async fn fetch(ctx: Arc<Ctx>, desc: Desc, kind: Kind, index: usize) -> Result<()
         host = body.host.clone();
         if body.offset != offset {
             // The registry ignored the Range: start over.
-            writer = blocking(move || {
-                writer.truncate(0)?;
-                Ok(writer)
-            })
-            .await?;
+            writer = ctx
+                .blocking(move || {
+                    writer.truncate(0)?;
+                    Ok(writer)
+                })
+                .await?;
             offset = 0;
         }
         if offset > 0 {
@@ -1179,7 +1225,9 @@ async fn fetch(ctx: Arc<Ctx>, desc: Desc, kind: Kind, index: usize) -> Result<()
             .await;
         // Bytes flow from the network to a blocking writer thread through a short queue.
         let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(16);
+        let step = ctx.work.clone().read_owned().await;
         let write_task = tokio::task::spawn_blocking(move || {
+            let _step = step;
             while let Some(chunk) = rx.blocking_recv() {
                 writer.write_all(&chunk)?;
             }
@@ -1222,22 +1270,23 @@ async fn fetch(ctx: Arc<Ctx>, desc: Desc, kind: Kind, index: usize) -> Result<()
             .map_err(|e| Error::Worker(e.to_string()))??;
         if let Some(e) = failed {
             if matches!(e, Error::BadLength { .. }) {
-                let _ = blocking({
-                    let c = ctx.clone();
-                    let r = sref.clone();
-                    move || {
-                        drop(writer);
-                        c.d.content.abort(&r).map_err(Error::from)
-                    }
-                })
-                .await;
+                let _ = ctx
+                    .blocking({
+                        let c = ctx.clone();
+                        let r = sref.clone();
+                        move || {
+                            drop(writer);
+                            c.d.content.abort(&r).map_err(Error::from)
+                        }
+                    })
+                    .await;
             }
             return Err(e);
         }
     }
     let c = ctx.clone();
     let d2 = desc.clone();
-    blocking(move || {
+    ctx.blocking(move || {
         let held = writer.offset();
         let actual = writer.digest();
         if held != size || actual != digest {

@@ -49,7 +49,26 @@ pub fn parse(s: &str) -> Result<ImageRef, Error> {
     if s.contains("://") {
         return Err(bad("a reference has no URL scheme".into()));
     }
-    let oci: Reference = s.parse().map_err(|e| bad(format!("{e}")))?;
+    let mut oci: Reference = s.parse().map_err(|e| bad(format!("{e}")))?;
+    // docker/distribution's splitDockerDomain also takes a first component with upper-case
+    // letters for a host (repository names are lower case, host names are not); oci-spec's
+    // port of it does not, and named `UPPER/x` `docker.io/UPPER/x:latest`, which no client
+    // parses back.
+    if let Some((first, _)) = s.split_once('/')
+        && first.bytes().any(|b| b.is_ascii_uppercase())
+        && !first.contains(['.', ':'])
+        && first != "localhost"
+        && let Some(repository) = oci.repository().strip_prefix(&format!("{first}/"))
+    {
+        let (registry, repository) = (first.to_string(), repository.to_string());
+        oci = match (oci.tag(), oci.digest()) {
+            (Some(t), Some(d)) => {
+                Reference::with_tag_and_digest(registry, repository, t.into(), d.into())
+            }
+            (None, Some(d)) => Reference::with_digest(registry, repository, d.into()),
+            (t, None) => Reference::with_tag(registry, repository, t.unwrap_or("latest").into()),
+        };
+    }
     let name = oci.whole();
     Ok(ImageRef { oci, name })
 }
@@ -165,6 +184,33 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the image_reference fuzz target: `UPPER/case` was named
+    /// `docker.io/UPPER/case:latest`, which does not parse again.
+    #[test]
+    fn an_upper_case_first_component_is_a_host_as_in_docker() {
+        for (input, name, host, repo) in [
+            ("UPPER/case", "UPPER/case:latest", "UPPER", "case"),
+            ("Reg/a/b:v1", "Reg/a/b:v1", "Reg", "a/b"),
+            (
+                "lower/case",
+                "docker.io/lower/case:latest",
+                "docker.io",
+                "lower/case",
+            ),
+        ] {
+            let r = parse(input).unwrap();
+            assert_eq!(
+                (r.name.as_str(), r.host(), r.repository()),
+                (name, host, repo)
+            );
+            assert_eq!(parse(&r.name).unwrap().name, r.name, "{input}");
+        }
+        let d = format!("X/y@sha256:{}", "a".repeat(64));
+        assert_eq!(parse(&d).unwrap().name, d);
+        assert_eq!(parse(&d).unwrap().host(), "X");
+        assert!(parse("docker.io/UPPER/case").is_err());
+    }
 
     #[test]
     fn docker_hub_names_are_normalised() {

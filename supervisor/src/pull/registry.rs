@@ -593,10 +593,36 @@ struct EnvelopeError {
     message: String,
 }
 
+/// The most of an error answer's body read: enough for the distribution API's error envelope
+/// (the message quotes 256 bytes of anything else).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Reads at most `limit` bytes of `resp`'s body, and says whether there was more. A hostile or
+/// broken server may announce or send gigabytes: reqwest's `bytes()` reserves whatever
+/// Content-Length says and reads to the end.
+pub async fn read_at_most(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = limit - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
 /// Our error for a non-success answer, naming the host and what was asked for.
 async fn status_error(host: &str, what: &str, url: &str, resp: reqwest::Response) -> Error {
     let status = resp.status();
-    let body = resp.bytes().await.unwrap_or_default();
+    let body = read_at_most(resp, MAX_ERROR_BODY)
+        .await
+        .map(|(b, _)| b)
+        .unwrap_or_default();
     let envelope: Option<Envelope> = serde_json::from_slice(&body).ok();
     let from_envelope =
         envelope
@@ -728,5 +754,47 @@ mod tests {
             "http://registry-1.docker.io/v2/library/busybox/manifests/latest"
         );
         assert_eq!(e.headers.get("x-a").unwrap(), "1");
+    }
+
+    /// Found by the registry fuzz target: an error answer announcing 4 GiB made reqwest
+    /// reserve 4 GiB before reading a byte. An error body, and a token answer, are read only
+    /// up to a bound; the status and what was read still make the error.
+    #[test]
+    fn a_4_gib_error_body_is_not_read_whole() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        install_crypto();
+        let url = rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/v2/x/manifests/latest", l.local_addr().unwrap());
+            tokio::spawn(async move {
+                while let Ok((mut c, _)) = l.accept().await {
+                    tokio::spawn(async move {
+                        let mut head = [0u8; 4096];
+                        let _ = c.read(&mut head).await;
+                        let _ = c
+                            .write_all(b"HTTP/1.1 500 Oops\r\nContent-Length: 4294967296\r\n\r\n")
+                            .await;
+                        let chunk = vec![b'x'; 64 * 1024];
+                        while c.write_all(&chunk).await.is_ok() {}
+                    });
+                }
+            });
+            url
+        });
+        let started = std::time::Instant::now();
+        let (e, largest) = protocol::fuzzing::measure(|| {
+            rt.block_on(async {
+                let resp = reqwest::get(&url).await.unwrap();
+                status_error("h", "manifest", &url, resp).await
+            })
+        });
+        assert_eq!(e.code(), Code::Unavailable, "{e}");
+        assert!(e.to_string().contains("500"), "{e}");
+        assert!(largest < 16 << 20, "allocated {largest} bytes at once");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
 }

@@ -1,0 +1,2 @@
+#![no_main]
+corral_fuzz::target!(supervisor::hostile::config_corrald, 64 << 20);
