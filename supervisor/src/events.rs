@@ -157,7 +157,6 @@ fn stamp(env: &Envelope) -> (i64, i32) {
         .map_or((0, 0), |t| (t.seconds, t.nanos))
 }
 
-
 impl Clients {
     /// The held events, unless the window has passed (then they are dropped).
     fn held(&mut self) -> Option<&mut Held> {

@@ -164,6 +164,7 @@ mod tests {
         Daemon {
             db: crate::metadata::Db::open(&dir.join("meta.redb")).unwrap(),
             events: Default::default(),
+            gc: Default::default(),
             root: dir.to_path_buf(),
             content: std::sync::Arc::new(content::LocalStore::open(dir.join("content")).unwrap()),
             snapshotters: Default::default(),

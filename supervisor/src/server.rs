@@ -219,7 +219,7 @@ pub fn router(
     cfg: &Config,
 ) -> Result<
     (
-        tonic::transport::server::Router,
+        tonic::transport::server::Router<protocol::grpc::limits::SizeErrorLayers>,
         tokio::sync::watch::Sender<bool>,
     ),
     String,

@@ -136,6 +136,10 @@ fn rewrite(map: &mut HeaderMap) {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SizeErrorLayer;
 
+/// The layers of a server builder that added only [`SizeErrorLayer`]: what its `Router` is
+/// generic over, for functions that return one.
+pub type SizeErrorLayers = tower::layer::util::Stack<SizeErrorLayer, tower::layer::util::Identity>;
+
 impl<S> tower::Layer<S> for SizeErrorLayer {
     type Service = SizeErrors<S>;
 

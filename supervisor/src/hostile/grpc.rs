@@ -246,6 +246,7 @@ fn harness() -> &'static Harness {
         let daemon = Arc::new(Daemon {
             db: Db::open(&root.join("meta.redb")).expect("metadata"),
             events: Exchange::default(),
+            gc: Default::default(),
             root: root.clone(),
             content: Arc::new(
                 content::LocalStore::open(root.join("io.containerd.content.v1.content"))
@@ -279,8 +280,8 @@ fn harness() -> &'static Harness {
         let socket = cfg.grpc.address.clone();
         let channel = rt.block_on(async {
             let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
-            let (router, _serving) =
-                crate::server::router(&daemon, &runtime, &cfg).expect("the default limits are valid");
+            let (router, _serving) = crate::server::router(&daemon, &runtime, &cfg)
+                .expect("the default limits are valid");
             tokio::spawn(async move {
                 let _keep = _serving;
                 let _ = router

@@ -375,6 +375,7 @@ fn harness() -> &'static Harness {
         let daemon = Arc::new(Daemon {
             db: Db::open(&root.join("meta.redb")).expect("metadata"),
             events: Exchange::default(),
+            gc: Default::default(),
             root: root.clone(),
             content: Arc::new(content::LocalStore::open(root.join("content")).expect("content")),
             snapshotters,

@@ -907,9 +907,8 @@ async fn pull_in_lease(
                         let _ = tx.send(joined(t.await));
                     }));
                     Box::pin(async move {
-                        rx.await.unwrap_or_else(|_| {
-                            Err(Error::Worker("layer download stopped".into()))
-                        })
+                        rx.await
+                            .unwrap_or_else(|_| Err(Error::Worker("layer download stopped".into())))
                     }) as unpack::Arrival
                 })
                 .collect();

@@ -743,6 +743,7 @@ mod tests {
             let d = Arc::new(Daemon {
                 db: crate::metadata::Db::open(&p.join("meta.redb")).unwrap(),
                 events: Default::default(),
+                gc: Default::default(),
                 root: p.to_path_buf(),
                 content: Arc::new(content::LocalStore::open(p.join("content")).unwrap()),
                 snapshotters,
