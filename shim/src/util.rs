@@ -1,14 +1,20 @@
 //! Small helpers shared by the shim's modules: atomic writes, timestamps, id validation.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use protobuf::well_known_types::timestamp::Timestamp;
 
-/// Writes `data` to `path` atomically: a temp file beside it, fsync, rename, fsync the directory.
-/// A crash leaves either the old content or the new, never a torn file.
+/// Writes `data` to `path` atomically: a temp file beside it, then a rename. A crash of any
+/// process leaves either the old content or the new, never a torn file.
+///
+/// No fsync: the shim writes only into its bundle, under the daemon's state directory (`/run`,
+/// a tmpfs, on a normal host). Those files must outlive a crash of the shim or the daemon, which
+/// the page cache and the rename give, not a power loss, after which no container is left for
+/// them to describe. Syncing them cost milliseconds of every container start where the state
+/// directory sits on a disk.
 pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -23,10 +29,8 @@ pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
         .mode(mode)
         .open(&tmp)?;
     f.write_all(data)?;
-    f.sync_all()?;
     drop(f);
-    fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    fs::rename(&tmp, path)
 }
 
 /// Go's zero `time.Time` as a protobuf Timestamp. containerd sends it for "has not exited"
