@@ -667,6 +667,11 @@ pub fn sweep(
     for (k, _) in &gone {
         tx.delete(SNAPSHOTS, k)?;
     }
+    if gone.is_empty() {
+        // Nothing to remove: no commit, so no sync of the database file.
+        tx.abort()?;
+        return Ok(Vec::new());
+    }
     tx.commit()?;
     let removed: Vec<String> = gone.iter().map(|(k, _)| k.clone()).collect();
     // Backend removal, children first: repeat while progress is made.

@@ -366,6 +366,13 @@ impl Tx {
         self.db.commit(self.tx).map_err(storage(&self.db))?;
         Ok(())
     }
+
+    /// Ends the transaction without writing: for one that changed nothing, where a commit
+    /// would still cost a sync of the database file.
+    pub fn abort(self) -> Result<()> {
+        self.tx.abort().map_err(storage(&self.db))?;
+        Ok(())
+    }
 }
 
 impl Tx {
