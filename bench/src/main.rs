@@ -558,8 +558,11 @@ const PHASES_INTRO: &str = "\n## Phases of one `ctr run --rm` busybox `/bin/true
 Separate daemons whose `runc` and shim binaries are wrapped by a small C program that logs each \
 call's start and end on the monotonic clock (see bench/src/phases.rs); the client's start and end \
 are read on the same clock. Each phase runs from the end of the previous mark to the start of the \
-next. The wrapper adds a fork and a wait to each wrapped call on both sides. The last row is \
-corral's time above the runc floor beside containerd's (issue 16: at most 0.3x).\n\n";
+next. The wrapper adds a fork and a wait to each wrapped call on both sides. corral's shim makes \
+no `runc start` (it releases the init through runc's exec fifo itself), so its `start` rows are \
+empty. The second last row is corral's time above the runc floor (the runc calls each runtime \
+made) beside containerd's (issue 16: at most 0.3x); the last takes only `runc create` and \
+`runc delete` as the floor for both.\n\n";
 
 const CRI_INTRO: &str = "\n## Kubernetes CRI: corral-cri + corrald beside containerd's CRI plugin\n\n\
 containerd 1.6 serving CRI from its in-process plugin (`io.containerd.grpc.v1.cri`, shims \

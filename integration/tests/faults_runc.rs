@@ -12,7 +12,9 @@
 //!
 //! Our shim bounds each runc call ([`RUNC_TIMEOUT`] here, through corrald's environment).
 //! The stand-in reads its fault from a file of the case's own at every call, so the test
-//! turns a fault on right before the call under test and off right after it.
+//! turns a fault on right before the call under test and off right after it. For the `start`
+//! cases it also hides runc's exec fifo between `create` and `start`: with the fifo there, our
+//! shim releases the init itself and runs no `start` (issue 16).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -79,7 +81,10 @@ struct FaultyRunc {
 }
 
 impl FaultyRunc {
-    fn new(dir: &Path, tag: &str) -> FaultyRunc {
+    /// `hide_fifo`: after `create`, move runc's exec fifo aside (put back by `start`), as a
+    /// runtime without one, so that our shim runs `start` (with the fifo it releases the
+    /// init itself, and a fault at `start` would never be met).
+    fn new(dir: &Path, tag: &str, hide_fifo: bool) -> FaultyRunc {
         let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
             .into_iter()
             .map(PathBuf::from)
@@ -96,15 +101,25 @@ impl FaultyRunc {
             r#"#!/bin/sh
 fault=$(cat {fault} 2>/dev/null)
 want=${{fault% *}}; what=${{fault#* }}
-log= sub= skip=
+log= root= sub= skip= id=
 for a in "$@"; do
-    if [ -n "$skip" ]; then [ "$skip" = --log ] && log=$a; skip=; continue; fi
+    if [ -n "$skip" ]; then
+        [ "$skip" = --log ] && log=$a; [ "$skip" = --root ] && root=$a; skip=; continue
+    fi
     case "$a" in
         --root|--log|--log-format|--criu|--rootless) skip=$a ;;
         -*) ;;
         *) sub=$a; break ;;
     esac
 done
+for a in "$@"; do id=$a; done
+fifo="$root/$id/exec.fifo"
+if [ -n "{hide}" ] && [ "$sub" = start ] && [ -p "$fifo.hidden" ]; then mv "$fifo.hidden" "$fifo"; fi
+if [ -n "{hide}" ] && [ "$sub" = create ]; then
+    {runc} "$@" || exit $?
+    mv "$fifo" "$fifo.hidden"
+    exit $?
+fi
 if [ -n "$fault" ] && [ "$sub" = "$want" ]; then
     case "$what" in
         fail)
@@ -126,6 +141,7 @@ exec {runc} "$@"
             fault = me.fault_file.display(),
             hang_pid = me.hang_pid.display(),
             runc = runc.display(),
+            hide = if hide_fifo { "yes" } else { "" },
         );
         fs::write(&me.script, script).expect("write the runc stand-in");
         fs::set_permissions(&me.script, fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -209,7 +225,7 @@ fn gone(pid: u32) -> bool {
 fn run_case(d: &Containerd, step: Step, fault: Fault) {
     let runtime = d.runtime();
     let tag = format!("{}-{:?}-{:?}", d.namespace(), step, fault).to_lowercase();
-    let runc = FaultyRunc::new(d.dir(), &tag);
+    let runc = FaultyRunc::new(d.dir(), &tag, step == Step::Start);
     let id = d.new_id(&format!("{:?}{:?}", step, fault).to_lowercase());
     d.ctr().ok(&[
         "containers",

@@ -24,6 +24,7 @@ mod cri_log;
 mod delete;
 mod error;
 mod events;
+mod execfifo;
 mod flags;
 mod idmap;
 mod io;

@@ -21,7 +21,11 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use crate::error::{Error, Result};
+use crate::execfifo::ExecFifo;
+use crate::process::Exited;
 use crate::reaper::Reaper;
 use protocol::Code;
 
@@ -299,10 +303,36 @@ impl Runc {
             .map(drop)
     }
 
-    pub async fn start(&self, reaper: &Reaper, id: &str) -> Result<()> {
-        self.run(reaper, &["start", id], None, None, false)
-            .await
-            .map(drop)
+    /// Starts the created container `id` whose init is `pid` (`exited`: its exit as the shim
+    /// records it). When the runtime left its exec fifo (runc does), the shim releases the init
+    /// itself, as `runc start` would (see [`crate::execfifo`]), bounded as a runc call is;
+    /// otherwise `<runtime> start` does.
+    pub async fn start(
+        &self,
+        reaper: &Reaper,
+        id: &str,
+        pid: u32,
+        exited: watch::Receiver<Option<Exited>>,
+    ) -> Result<()> {
+        let fifo =
+            ExecFifo::open(&self.root, id).map_err(|e| Error::runc("start", e.to_string()))?;
+        let Some(fifo) = fifo else {
+            return self
+                .run(reaper, &["start", id], None, None, false)
+                .await
+                .map(drop);
+        };
+        let timeout = call_timeout();
+        match tokio::time::timeout(timeout, fifo.release(pid, exited)).await {
+            Ok(res) => res.map_err(|e| Error::runc("start", e.to_string())),
+            Err(_) => Err(Error::new(
+                Code::DeadlineExceeded,
+                format!(
+                    "runc start did not finish within {timeout:?}: the init of {id} (pid {pid}) \
+                     never opened its exec fifo"
+                ),
+            )),
+        }
     }
 
     pub async fn kill(&self, reaper: &Reaper, id: &str, signal: u32, all: bool) -> Result<()> {

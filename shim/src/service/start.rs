@@ -1,11 +1,12 @@
-//! Task.Start of the init (`runc start`) and of exec processes (`runc exec --detach`), with
-//! the start event always ahead of the exit event.
+//! Task.Start of the init (released through runc's exec fifo, or `<runtime> start` when the
+//! runtime left none) and of exec processes (`runc exec --detach`), with the start event always
+//! ahead of the exit event.
 
 use super::*;
 
 impl Service {
     pub(super) async fn do_start(&self, req: StartRequest) -> Result<StartResponse> {
-        let (runc, bundle, stdio, spec) = {
+        let (runc, bundle, stdio, spec, pid, exited) = {
             let mut st = self.state.lock().unwrap();
             let c = container_mut(&mut st, &req.id)?;
             let (runc, bundle) = (c.runc.clone(), c.bundle.clone());
@@ -24,10 +25,20 @@ impl Service {
                 )));
             }
             p.starting = true;
-            (runc, bundle, p.stdio.clone(), std::mem::take(&mut p.spec))
+            let (pid, exited) = (p.pid, p.exited.subscribe());
+            (
+                runc,
+                bundle,
+                p.stdio.clone(),
+                std::mem::take(&mut p.spec),
+                pid,
+                exited,
+            )
         };
         let started = if req.exec_id.is_empty() {
-            runc.start(&self.reaper, &req.id).await.map(|()| None)
+            runc.start(&self.reaper, &req.id, pid, exited)
+                .await
+                .map(|()| None)
         } else {
             self.start_exec(&runc, &bundle, &req, &stdio, spec)
                 .await
