@@ -104,7 +104,8 @@ fn detached_task_lifecycle(rt: Target) {
     let task = ctr.task(&id).expect("task listed after run -d");
     assert_eq!(task.status, "RUNNING");
     assert!(task.pid > 0);
-    // `runc start` returns before the init has exec'd the command (it is `runc init` until then).
+    // Start may return before the init has exec'd the command (it is `runc init` until then):
+    // `runc start` does; our shim, which releases the init itself, waits for the exec.
     let init_cmdline = format!("/proc/{}/cmdline", task.pid);
     let mut seen = Vec::new();
     let became_sleep = integration::try_wait_until(T, || {
