@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use integration::leaks::runc_state_dir;
-use integration::{Containerd, IMAGE_REF, Target, api, require_root, wait_until};
+use integration::{Containerd, EventStream, IMAGE_REF, Target, api, require_root, wait_until};
 use protocol::grpc::prost_types;
 use protocol::options::Options;
 
@@ -236,6 +236,7 @@ fn dead_init_is_an_error(t: Target) {
     let out = d.dir().join("out-dies");
     let id = container(&d, "dies", &out, "echo ran >/out/said");
     let api = d.api();
+    let events = EventStream::start(&d);
     api.create_task(&id, stand.options())
         .unwrap_or_else(|e| panic!("create {id}: {e}"));
     fs::write(&stand.go, b"").expect("go");
@@ -251,6 +252,24 @@ fn dead_init_is_an_error(t: Target) {
     );
     assert!(!out.join("said").exists(), "the container ran after all");
     assert!(!stand.calls().iter().any(|c| c == "start"));
+    // Subscribers learn that the task is gone, as from containerd's runc shim; it never
+    // started, so no /tasks/start.
+    events.wait_for(
+        "the /tasks/exit of the dead init",
+        Duration::from_secs(10),
+        |evs| {
+            evs.iter()
+                .any(|e| e.topic == "/tasks/exit" && e.container_id() == Some(id.as_str()))
+                .then_some(())
+        },
+    );
+    assert!(
+        !events
+            .events()
+            .iter()
+            .any(|e| e.topic == "/tasks/start" && e.container_id() == Some(id.as_str())),
+        "a /tasks/start for a task that never started"
+    );
     api.try_delete_task(&id)
         .unwrap_or_else(|e| panic!("delete {id} after the failed start: {e}"));
     d.ctr().ok(&["containers", "rm", &id]);

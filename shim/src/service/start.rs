@@ -74,7 +74,19 @@ impl Service {
         let p = container_mut(st, id)?.process_mut(exec_id)?;
         p.starting = false;
         let deferred = std::mem::take(&mut p.exit_deferred);
-        let exec = started?;
+        let exec = match started {
+            Ok(e) => e,
+            Err(e) => {
+                // The process died before Start could release it (an init gone between
+                // create and start): no TaskStart, but its exit is still an event, as
+                // containerd's runc shim publishes it, or subscribers never learn of it.
+                if deferred {
+                    let p = container_mut(st, id)?.process_mut(exec_id)?;
+                    self.publish_exit(id, p);
+                }
+                return Err(e);
+            }
+        };
         if let Some(e) = exec {
             p.pid = e.pid;
             p.spawn_seq = e.spawn_seq;
