@@ -133,25 +133,9 @@ pub fn rfc3339(t: SystemTime) -> String {
     format_utc(secs)
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` from seconds since the epoch (civil-from-days, Howard Hinnant).
+/// `YYYY-MM-DDTHH:MM:SSZ` from seconds since the epoch.
 pub fn format_utc(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    protocol::logfmt::rfc3339_seconds(secs)
 }
 
 /// The time of a protobuf timestamp, as text (empty when unset).

@@ -34,17 +34,8 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// [`rfc3339`] of `seconds` and `nanos` since the epoch (a protobuf `Timestamp`'s fields).
 pub fn rfc3339_parts(seconds: i64, nanos: u32) -> String {
     let secs = seconds.max(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's `civil_from_days`).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(secs / 86_400);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
         rem / 3600,
@@ -52,6 +43,36 @@ pub fn rfc3339_parts(seconds: i64, nanos: u32) -> String {
         rem % 60,
         nanos.min(999_999_999)
     )
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds) of `secs` since the epoch, as containerd
+/// writes times in labels and ctr prints them.
+pub fn rfc3339_seconds(secs: i64) -> String {
+    let rem = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The proleptic Gregorian date (year, month, day) of a count of days since 1970-01-01 (days
+/// may be negative; Howard Hinnant's `civil_from_days`): the year is shifted to start in March,
+/// so the leap day is the last day of its year and each 400-year era has the same 146097 days.
+/// Every RFC 3339 time corral writes (logs, CRI logs, labels, the CLI) is dated with this.
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468; // days from 0000-03-01
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // day of era, 0..=146096
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // year of era, 0..=399
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of the March-based year
+    let mp = (5 * doy + 2) / 153; // month from March, 0..=11
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 /// logrus' name of a level.
@@ -209,6 +230,29 @@ impl log::Log for Logger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn civil_dates_round_trip_over_centuries() {
+        // Walk day by day from 1969 to 2401 and check the calendar by counting.
+        let mut expected = (1969i64, 1u32, 1u32);
+        let days_in = |y: i64, m: u32| match m {
+            2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        };
+        for days in -365..(432 * 365 + 105) {
+            assert_eq!(civil_from_days(days), expected, "day {days}");
+            let (y, m, d) = expected;
+            expected = if d < days_in(y, m) {
+                (y, m, d + 1)
+            } else if m < 12 {
+                (y, m + 1, 1)
+            } else {
+                (y + 1, 1, 1)
+            };
+        }
+    }
     use std::time::Duration;
 
     fn at(secs: u64, nanos: u32) -> SystemTime {

@@ -42,6 +42,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use protocol::logfmt::civil_from_days;
+
 /// The longest content of one record: longer lines are split into partial records.
 pub const MAX_LINE: usize = 16 * 1024;
 /// Mode of a log file the shim creates.
@@ -88,22 +90,6 @@ pub fn write_timestamp(t: SystemTime, out: &mut Vec<u8>) {
         let _ = write!(out, ".{nanos:0digits$}");
     }
     out.push(b'Z');
-}
-
-/// The proleptic Gregorian date of a count of days since 1970-01-01 (days may be negative):
-/// the year is shifted to start in March, so the leap day is the last day of its year and
-/// each 400-year era has the same 146097 days.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468; // days from 0000-03-01
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // day of era, 0..=146096
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // year of era, 0..=399
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of the March-based year
-    let mp = (5 * doy + 2) / 153; // month from March, 0..=11
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Appends one record: `<timestamp> <stream> <tag> <content>\n`.
@@ -388,29 +374,6 @@ mod tests {
             stamp(UNIX_EPOCH - Duration::from_secs(5)),
             "1970-01-01T00:00:00Z"
         );
-    }
-
-    #[test]
-    fn civil_dates_round_trip_over_centuries() {
-        // Walk day by day from 1969 to 2401 and check the calendar by counting.
-        let mut expected = (1969i64, 1u32, 1u32);
-        let days_in = |y: i64, m: u32| match m {
-            2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-            2 => 28,
-            4 | 6 | 9 | 11 => 30,
-            _ => 31,
-        };
-        for days in -365..(432 * 365 + 105) {
-            assert_eq!(civil_from_days(days), expected, "day {days}");
-            let (y, m, d) = expected;
-            expected = if d < days_in(y, m) {
-                (y, m, d + 1)
-            } else if m < 12 {
-                (y, m + 1, 1)
-            } else {
-                (y + 1, 1, 1)
-            };
-        }
     }
 
     #[test]
