@@ -353,7 +353,6 @@ impl Exchange {
     /// outside the daemon go through [`validate_envelope`] first. A copy of an exit already
     /// passed on is dropped.
     pub fn forward(&self, env: Envelope) {
-        let size = env.encoded_len();
         let mut clients = lock(&self.clients);
         if !clients.exits.first_time(&env) {
             log::debug!(
@@ -364,14 +363,14 @@ impl Exchange {
             return;
         }
         log::debug!("event {} {}", env.namespace, env.topic);
+        let at = stamp(&env);
         if env.topic.starts_with("/tasks/")
             && let Some(held) = clients.held()
-            && (held.starting || stamp(&env) < held.started)
+            && (held.starting || at < held.started)
         {
             if held.events.len() == HOLD_MAX {
                 held.events.remove(0);
             }
-            let at = stamp(&env);
             let i = held.events.partition_point(|e| stamp(e) <= at);
             held.events.insert(i, env.clone());
         }
@@ -386,6 +385,7 @@ impl Exchange {
             // No subscriber is not an error.
             return;
         }
+        let size = env.encoded_len();
         let env = Arc::new(env);
         for id in matching {
             let Some(sub) = clients.subscribers.get(&id) else {

@@ -80,8 +80,9 @@ impl Service {
                 // The process died before Start could release it (an init gone between
                 // create and start): no TaskStart, but its exit is still an event, as
                 // containerd's runc shim publishes it, or subscribers never learn of it.
-                if deferred {
-                    let p = container_mut(st, id)?.process_mut(exec_id)?;
+                if deferred
+                    && let Ok(p) = container_mut(st, id).and_then(|c| c.process_mut(exec_id))
+                {
                     self.publish_exit(id, p);
                 }
                 return Err(e);

@@ -388,6 +388,11 @@ impl Ctx {
         Labels::from([self.source.clone()])
     }
 
+    /// Waits for the blocking steps of downloads already stopped (see [`Ctx::work`]).
+    async fn steps_finished(&self) {
+        drop(self.work.write().await);
+    }
+
     /// [`blocking`], counted in [`Ctx::work`].
     async fn blocking<T: Send + 'static>(
         &self,
@@ -411,7 +416,7 @@ async fn stop_all(ctx: &Ctx, tasks: &mut [tokio::task::JoinHandle<Result<(), Err
     for t in tasks.iter_mut() {
         let _ = t.await;
     }
-    drop(ctx.work.write().await);
+    ctx.steps_finished().await;
 }
 
 fn progress(desc: &Desc, kind: Kind, index: usize, offset: u64, state: State) -> Progress {
@@ -922,7 +927,7 @@ async fn pull_in_lease(
                 for h in handed {
                     let _ = h.await;
                 }
-                drop(ctx.work.write().await);
+                ctx.steps_finished().await;
                 return Err(e);
             }
         }
