@@ -154,6 +154,10 @@ impl Driver for OverlayDriver {
         fsync_dir(dir)
     }
 
+    fn recreatable(&self, kind: Kind) -> bool {
+        kind != Kind::Committed
+    }
+
     fn mounts(&self, s: &Resolved) -> Vec<Mount> {
         let bind = |source: &Path, ro: bool| {
             vec![Mount {
@@ -194,6 +198,66 @@ impl Driver for OverlayDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Snapshotter;
+
+    /// The directory of an active snapshot, from its mounts (a bind of its `fs` without a
+    /// parent, else the overlay's upper dir).
+    fn own_dir(sn: &OverlaySnapshotter, key: &str) -> PathBuf {
+        let m = &sn.mounts(key).unwrap()[0];
+        let opt = |name: &str| {
+            m.options
+                .iter()
+                .find_map(|o| o.strip_prefix(name))
+                .map(PathBuf::from)
+        };
+        let fs = opt("upperdir=")
+            .or_else(|| (m.kind == "bind").then(|| PathBuf::from(&m.source)))
+            .unwrap_or_else(|| panic!("no own dir in {m:?}"));
+        fs.parent().unwrap().to_path_buf()
+    }
+
+    /// Active snapshots are made without fsyncs (see `Driver::recreatable`): should a power
+    /// loss take their directories, opening the root makes them again, empty and usable,
+    /// while a committed layer whose directory is gone still takes its children with it.
+    #[test]
+    fn lost_active_directories_are_made_again_at_open() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("sn");
+        let (active, child) = {
+            let sn = OverlaySnapshotter::open(&root).unwrap();
+            sn.prepare("base-active", None, Default::default()).unwrap();
+            sn.commit("base", "base-active", Default::default()).unwrap();
+            sn.prepare("top", None, Default::default()).unwrap();
+            sn.prepare("child", Some("base"), Default::default()).unwrap();
+            (own_dir(&sn, "top"), own_dir(&sn, "child"))
+        };
+        // What a power loss before the directories reached the disk leaves.
+        fs::remove_dir_all(&active).unwrap();
+        fs::remove_dir_all(&child).unwrap();
+        let sn = OverlaySnapshotter::open(&root).unwrap();
+        for key in ["top", "child"] {
+            sn.stat(key).unwrap();
+            let dir = own_dir(&sn, key);
+            assert!(dir.join("fs").is_dir(), "{key}: {}", dir.display());
+        }
+        assert!(own_dir(&sn, "child").join("work").is_dir());
+        // A committed layer is content: gone, it is not made up, and its child goes too.
+        let base_dir = {
+            sn.view("look", Some("base"), Default::default()).unwrap();
+            let m = &sn.mounts("look").unwrap()[0];
+            PathBuf::from(&m.source).parent().unwrap().to_path_buf()
+        };
+        drop(sn);
+        fs::remove_dir_all(&base_dir).unwrap();
+        let sn = OverlaySnapshotter::open(&root).unwrap();
+        sn.stat("top").unwrap();
+        for gone in ["base", "child", "look"] {
+            assert!(
+                matches!(sn.stat(gone), Err(Error::NotFound { .. })),
+                "{gone} should be dropped with its committed parent's directory"
+            );
+        }
+    }
 
     /// A 130-layer chain under a typical production root: the options as returned are
     /// containerd-shaped absolute paths (over one page), and what the mounter passes to the
