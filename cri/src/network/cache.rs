@@ -117,9 +117,20 @@ pub(crate) fn remove(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Writes `data` to `path` atomically: a temp file beside it, fsync, rename, fsync the
-/// directory. A crash leaves the old content or the new, never a torn file.
+/// Writes `data` to `path` atomically and durably: a temp file beside it, fsync, rename, fsync
+/// the directory. A crash or a power loss leaves the old content or the new, never a torn file.
 pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_replacing(path, data, mode, true)
+}
+
+/// [`atomic_write`] without the fsyncs, for files that only have to outlive a process crash:
+/// a pod's hostname, hosts and resolv.conf go with its processes at a reboot (kubelet makes the
+/// pod again), so the rename alone is enough, and the syncs were six of a pod start's writes.
+pub fn replace_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_replacing(path, data, mode, false)
+}
+
+fn write_replacing(path: &Path, data: &[u8], mode: u32, durable: bool) -> io::Result<()> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
@@ -140,7 +151,9 @@ pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
             .mode(mode)
             .open(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         drop(f);
         fs::rename(&tmp, path)
     })();
@@ -148,7 +161,10 @@ pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    File::open(dir)?.sync_all()
+    if durable {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

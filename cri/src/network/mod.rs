@@ -62,7 +62,7 @@ pub mod netns;
 mod result;
 mod template;
 
-pub use cache::atomic_write;
+pub use cache::{atomic_write, replace_file};
 pub use cni::{
     Bandwidth, Cni, DEFAULT_IFNAME, DEFAULT_TIMEOUT, Dns, IpRange, NETWORK_NOT_READY_REASON,
     PodNetwork, PortMapping, SetupResult, TEMPLATE_CONF_NAME,

@@ -11,7 +11,7 @@ use std::path::Path;
 use nix::mount::{MntFlags, MsFlags};
 use protocol::grpc::runtime::v1::PodSandboxConfig;
 
-use crate::network::atomic_write;
+use crate::network::replace_file;
 use crate::spec::{self, SandboxFiles};
 
 const SHM_OPTIONS: &str = "mode=1777,size=65536k";
@@ -27,16 +27,16 @@ pub fn setup(dir: &Path, config: &PodSandboxConfig) -> std::io::Result<SandboxFi
     } else {
         config.hostname.clone()
     };
-    atomic_write(&files.hostname, format!("{hostname}\n").as_bytes(), 0o644)?;
+    replace_file(&files.hostname, format!("{hostname}\n").as_bytes(), 0o644)?;
     let hosts = std::fs::read("/etc/hosts").unwrap_or_else(|_| DEFAULT_HOSTS.into());
-    atomic_write(&files.hosts, &hosts, 0o644)?;
+    replace_file(&files.hosts, &hosts, 0o644)?;
     let resolv = match &config.dns_config {
         Some(d) if !(d.servers.is_empty() && d.searches.is_empty() && d.options.is_empty()) => {
             resolv_conf(&d.servers, &d.searches, &d.options).into_bytes()
         }
         _ => std::fs::read("/etc/resolv.conf").unwrap_or_default(),
     };
-    atomic_write(&files.resolv_conf, &resolv, 0o644)?;
+    replace_file(&files.resolv_conf, &resolv, 0o644)?;
     if let Some(shm) = &files.shm {
         std::fs::create_dir_all(shm)?;
         if !is_mountpoint(shm)? {
