@@ -450,7 +450,8 @@ impl<D: Driver> Engine<D> {
             .as_deref()
             .and_then(|p| records.get(p))
             .map(|p| self.dir(p.id));
-        self.driver.populate(&new_dir, r.kind, parent_dir.as_deref())?;
+        self.driver
+            .populate(&new_dir, r.kind, parent_dir.as_deref())?;
         self.driver.sync(&new_dir)?;
         let dir = self.dir(r.id);
         fs::rename(&new_dir, &dir).map_err(Error::io("rename", &new_dir))?;

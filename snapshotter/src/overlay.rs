@@ -226,9 +226,11 @@ mod tests {
         let (active, child) = {
             let sn = OverlaySnapshotter::open(&root).unwrap();
             sn.prepare("base-active", None, Default::default()).unwrap();
-            sn.commit("base", "base-active", Default::default()).unwrap();
+            sn.commit("base", "base-active", Default::default())
+                .unwrap();
             sn.prepare("top", None, Default::default()).unwrap();
-            sn.prepare("child", Some("base"), Default::default()).unwrap();
+            sn.prepare("child", Some("base"), Default::default())
+                .unwrap();
             (own_dir(&sn, "top"), own_dir(&sn, "child"))
         };
         // What a power loss before the directories reached the disk leaves.
