@@ -46,6 +46,48 @@ use crate::metadata::{Blob, CONTENT, LEASES, Labels, Lease, Time, key};
 
 /// Read streams send at most this much per message (ctr reads in 1 MiB chunks too).
 const READ_CHUNK: usize = 1 << 20;
+
+/// A Content.Read in progress: the next chunk from `pos`, up to `end`.
+struct ChunkedRead {
+    daemon: Shared,
+    reader: Box<dyn content::ReaderAt>,
+    digest: Digest,
+    /// Set when the read covers the whole blob, which is then checked against its digest.
+    hasher: Option<content::Digester>,
+    pos: u64,
+    end: u64,
+}
+
+impl ChunkedRead {
+    /// The next chunk (at most [`READ_CHUNK`] bytes). The last of a whole-blob read is
+    /// DataLoss instead when the blob does not match its digest.
+    fn next_chunk(&mut self) -> Result<ReadContentResponse, RpcStatus> {
+        let (pos, end, digest) = (self.pos, self.end, &self.digest);
+        let mut buf = vec![0u8; READ_CHUNK.min((end - pos) as usize)];
+        match self.reader.read_at(&mut buf, pos) {
+            Ok(0) => Err(Code::DataLoss.grpc_status(format!(
+                "read of {digest}: blob ended at {pos}, expected {end} bytes"
+            ))),
+            Ok(n) => {
+                buf.truncate(n);
+                if let Some(h) = &mut self.hasher {
+                    h.update(&buf);
+                }
+                self.pos += n as u64;
+                match self.hasher.take_if(|_| self.pos == end).map(|h| h.digest()) {
+                    Some(actual) if actual != *digest => {
+                        Err(crate::integrity::damaged(&self.daemon, digest, actual))
+                    }
+                    _ => Ok(ReadContentResponse {
+                        offset: pos as i64,
+                        data: buf.into(),
+                    }),
+                }
+            }
+            Err(e) => Err(store_err(e)),
+        }
+    }
+}
 /// Infos per List message.
 const LIST_BATCH: usize = 256;
 
@@ -508,38 +550,31 @@ impl Content for ContentService {
         } else {
             blob_size
         };
+        // A read of the whole blob is checked against its digest: damage found at the end
+        // replaces the last chunk with DataLoss, so a client never gets wrong bytes as a
+        // complete blob. (A partial read cannot be checked.)
+        let hasher = (offset == 0 && end == blob_size).then(content::Digester::new);
+        let mut read = ChunkedRead {
+            daemon: self.daemon.clone(),
+            reader,
+            digest,
+            hasher,
+            pos: offset,
+            end,
+        };
+        if end == offset {
+            return Ok(Response::new(Box::pin(tokio_stream::empty())));
+        }
+        if end - offset <= READ_CHUNK as u64 {
+            // Manifests and configs, most reads: one chunk, read in one store turn, instead of
+            // a thread of the blocking pool held for the stream.
+            let msg = blocking(move || Ok(read.next_chunk())).await?;
+            return Ok(Response::new(Box::pin(tokio_stream::once(msg))));
+        }
         let (tx, rx) = mpsc::channel(4);
-        let d = self.daemon.clone();
         tokio::task::spawn_blocking(move || {
-            let mut pos = offset;
-            // A read of the whole blob is checked against its digest: damage found at the end
-            // replaces the last chunk with DataLoss, so a client never gets wrong bytes as a
-            // complete blob. (A partial read cannot be checked.)
-            let mut hasher = (offset == 0 && end == blob_size).then(content::Digester::new);
-            while pos < end {
-                let mut buf = vec![0u8; READ_CHUNK.min((end - pos) as usize)];
-                let msg = match reader.read_at(&mut buf, pos) {
-                    Ok(0) => Err(Code::DataLoss.grpc_status(format!(
-                        "read of {digest}: blob ended at {pos}, expected {end} bytes"
-                    ))),
-                    Ok(n) => {
-                        buf.truncate(n);
-                        if let Some(h) = &mut hasher {
-                            h.update(&buf);
-                        }
-                        pos += n as u64;
-                        match hasher.take_if(|_| pos == end).map(|h| h.digest()) {
-                            Some(actual) if actual != digest => {
-                                Err(crate::integrity::damaged(&d, &digest, actual))
-                            }
-                            _ => Ok(ReadContentResponse {
-                                offset: (pos - n as u64) as i64,
-                                data: buf.into(),
-                            }),
-                        }
-                    }
-                    Err(e) => Err(store_err(e)),
-                };
+            while read.pos < read.end {
+                let msg = read.next_chunk();
                 let stop = msg.is_err();
                 // The client went away: stop reading.
                 if tx.blocking_send(msg).is_err() || stop {

@@ -18,7 +18,7 @@ use snapshotter::apply::Compression;
 use tonic::{Request, Response, Status};
 
 use super::snapshots::mount_from_wire;
-use super::{Daemon, Shared, blocking, db_err, lease, namespace};
+use super::{Daemon, Shared, blocking_long, db_err, lease, namespace};
 use crate::metadata::{Blob, CONTENT, Labels, Time, key};
 
 /// What Apply answers: the uncompressed layer.
@@ -227,7 +227,7 @@ impl Diff for DiffService {
             .ok_or_else(|| Code::InvalidArgument.grpc_status("diff descriptor is required"))?;
         let mounts = r.mounts.into_iter().map(mount_from_wire).collect();
         let d = self.daemon.clone();
-        let applied = blocking(move || apply(&d, &ns, desc, mounts)).await?;
+        let applied = blocking_long(move || apply(&d, &ns, desc, mounts)).await?;
         Ok(Response::new(ApplyResponse {
             applied: Some(applied),
         }))
@@ -239,7 +239,7 @@ impl Diff for DiffService {
         let left = r.left.into_iter().map(mount_from_wire).collect();
         let right = r.right.into_iter().map(mount_from_wire).collect();
         let d = self.daemon.clone();
-        let desc = blocking(move || {
+        let desc = blocking_long(move || {
             diff(
                 &d,
                 &ns,
