@@ -143,16 +143,24 @@ pub fn forward_log(bundle: &Bundle) -> Option<LogForwarder> {
             return None;
         }
     };
+    // The buffer lives on the stack of whichever thread copies, only while it copies: a
+    // buffer in the task would be 8 KiB of corrald's heap per task for a FIFO that is almost
+    // always empty.
     let task = tokio::spawn(async move {
         use std::io::Write;
-        use tokio::io::AsyncReadExt;
-        let mut rx = rx;
-        let mut buf = vec![0u8; 8192];
         loop {
-            match rx.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    let _ = std::io::stderr().write_all(&buf[..n]);
+            if rx.readable().await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 8192];
+            loop {
+                match rx.try_read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let _ = std::io::stderr().write_all(&buf[..n]);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => return,
                 }
             }
         }
