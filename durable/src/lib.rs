@@ -161,9 +161,20 @@ pub fn open(path: &Path) -> Result<Opened, OpenError> {
     })
 }
 
+/// redb's page cache per database, for reads and writes together. redb's default is 1 GiB,
+/// which keeps every page it has read: the integrity check at open reads them all, so each of
+/// corrald's three databases stayed whole in its heap (1.4 MB of an idle corrald's 4 MB). A
+/// page not cached is read from the kernel's page cache; corral's records are small and few
+/// per call.
+pub const CACHE_BYTES: usize = 256 * 1024;
+
 /// `redb::Database::create` with its panics and errors turned into [`OpenError`].
 fn create(path: &Path) -> Result<redb::Database, OpenError> {
-    match quietly(|| redb::Database::create(path)) {
+    match quietly(|| {
+        redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+    }) {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(e)) => Err(open_error(path, e)),
         Err(panic) => Err(OpenError::Damaged {
