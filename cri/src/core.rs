@@ -4,6 +4,7 @@
 //! `server/` only translate requests to them.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::config::Config;
 use crate::corrald::Corrald;
@@ -16,7 +17,7 @@ use crate::store::Store;
 pub struct Cri {
     pub cfg: Config,
     pub corrald: Corrald,
-    pub store: Store,
+    pub store: Arc<Store>,
     pub cni: Cni,
     pub images: Images,
     pub events: Events,
@@ -39,7 +40,7 @@ impl Cri {
         Cri {
             images: Images::new(corrald.clone()),
             corrald,
-            store: Store::default(),
+            store: Arc::new(Store::default()),
             cni,
             events: Events::default(),
             stats: Default::default(),

@@ -76,6 +76,8 @@ struct Inner {
     names: HashMap<String, String>,
     /// Ids with an operation in progress, and which.
     busy: HashMap<String, &'static str>,
+    /// Per container, the lock its status writes to corrald take (see [`Store::status_lock`]).
+    status_writes: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
 #[derive(Default)]
@@ -165,6 +167,7 @@ impl Store {
     /// Removes a container and frees its name.
     pub fn remove_container(&self, id: &str) {
         let mut g = self.lock();
+        g.status_writes.remove(id);
         if let Some(c) = g.containers.remove(id)
             && g.names.get(&c.name).is_some_and(|h| h == id)
         {
@@ -226,6 +229,18 @@ impl Store {
     }
 
     /// Changes a container in place and returns the result; None if it is gone.
+    /// The lock a write of container `id`'s status to corrald holds while it reads the status
+    /// from the view and sends it. Writes then land in corrald in the order they read the
+    /// view, so the last one to land carries the view's latest status, whichever of them was
+    /// started first.
+    pub fn status_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.lock()
+            .status_writes
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
     pub fn update_container<T>(&self, id: &str, f: impl FnOnce(&mut Container) -> T) -> Option<T> {
         self.lock().containers.get_mut(id).map(f)
     }

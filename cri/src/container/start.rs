@@ -126,21 +126,22 @@ impl Cri {
                 return Err(e);
             }
         };
-        let mut status = c.status.clone();
-        status.started_at = now_nanos();
+        // Only the start time: an exit seen meanwhile (the process may be gone already) stays.
+        let started_at = now_nanos();
         self.store.update_container(&c.id, |x| {
-            x.pid = pid;
-            x.status = status.clone();
+            if x.status.started_at == 0 {
+                x.status.started_at = started_at;
+            }
+            if !x.status.exited {
+                x.pid = pid;
+            }
         });
-        // The task runs whether or not this write lands; if it does not, start-up finds a running
-        // task with no start time and takes the time then.
-        if let Err(e) = self
-            .corrald
-            .set_extension(&c.id, records::STATUS_EXT, records::pack_status(&status))
-            .await
-        {
-            log::warn!("container {}: record start time: {e}", c.id);
-        }
+        // Recorded in corrald after the answer: the task runs whether or not this write
+        // lands, and if corral-cri dies first, start-up finds a running task with no start
+        // time and takes the time then. The write reads the view when it goes, in turn with
+        // the container's other status writes, so it cannot undo an exit recorded meanwhile.
+        let (store, corrald, id) = (self.store.clone(), self.corrald.clone(), c.id.clone());
+        tokio::spawn(async move { persist_status(&store, &corrald, &id).await });
         self.emit_container(&c.id, ContainerEventType::ContainerStartedEvent);
         Ok(StartContainerResponse {})
     }
@@ -153,18 +154,31 @@ impl Cri {
         status: protocol::grpc::corral::cri::v1::ContainerStatusRecord,
     ) {
         self.store.update_container(id, |x| {
-            x.status = status.clone();
-            if status.exited {
+            x.status = status;
+            if x.status.exited {
                 x.pid = 0;
             }
         });
-        if let Err(e) = self
-            .corrald
-            .set_extension(id, records::STATUS_EXT, records::pack_status(&status))
-            .await
-        {
-            log::warn!("container {id}: record status: {e}");
-        }
+        persist_status(&self.store, &self.corrald, id).await;
+    }
+}
+
+/// Writes container `id`'s status as the view has it now into its record in corrald, under
+/// the container's status lock ([`crate::store::Store::status_lock`]). A container removed
+/// meanwhile is not an error.
+async fn persist_status(store: &crate::store::Store, corrald: &crate::corrald::Corrald, id: &str) {
+    let lock = store.status_lock(id);
+    let _turn = lock.lock().await;
+    let Some(status) = store.container(id).map(|c| c.status) else {
+        return;
+    };
+    match corrald
+        .set_extension(id, records::STATUS_EXT, records::pack_status(&status))
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.is_not_found() => {}
+        Err(e) => log::warn!("container {id}: record status: {e}"),
     }
 }
 
