@@ -8,7 +8,7 @@
 //!              │ corrald container <id> (pause spec, SandboxRecord) ─┐ in corrald
 //!              │ snapshot <id> on the image's top layer              │
 //!              │ task create + start                                ─┘
-//!    ─▶ CNI's result (IPs) into the SandboxRecord
+//!    ─▶ CNI's result (IPs) into the SandboxRecord (written to corrald after the answer)
 //!    ─▶ in the view as READY
 //! ```
 //!
@@ -219,7 +219,7 @@ impl Cri {
         };
         let pid = pause?;
         if let Some(up) = up {
-            self.record_network(id, &mut record, up).await?;
+            self.record_network(id, &mut record, up);
         }
         Ok(self.ready_sandbox(id, record, &config, pid))
     }
@@ -246,7 +246,7 @@ impl Cri {
             .map_err(|e| e.context("pin the pod's network namespace"))?;
         let pod = pod_network(id, &path, config);
         match self.cni.setup(&pod).await {
-            Ok(up) => self.record_network(id, record, up).await?,
+            Ok(up) => self.record_network(id, record, up),
             Err(e) => {
                 if let Err(undo) = super::stop::blocking(move || NetNs::remove(&path)).await {
                     log::warn!("pod {id}: remove the network namespace: {undo}");
@@ -257,21 +257,37 @@ impl Cri {
         self.corrald.start(id, "").await
     }
 
-    /// CNI's result into the record, in corrald.
-    async fn record_network(
+    /// CNI's result into the record, and into corrald after the answer: it is off the pod's
+    /// critical path, and nothing reads it back from corrald before a restart. Should
+    /// corral-cri die before the write lands, start-up finds a record with a namespace and no
+    /// CNI result, a pod whose network never came up: NOTREADY, and kubelet makes it again
+    /// (its CNI cache entry, written before, lets the teardown release the address). A pod
+    /// removed meanwhile makes the write NotFound, which is no error.
+    fn record_network(
         &self,
         id: &str,
         record: &mut SandboxRecord,
         up: crate::network::SetupResult,
-    ) -> Result<()> {
+    ) {
         record.ip = up.ip.to_string();
         record.additional_ips = up.additional_ips.iter().map(|i| i.to_string()).collect();
         record.cni_result = up.raw;
         record.cni_config_name = up.network;
-        self.corrald
-            .set_extension(id, records::SANDBOX_EXT, records::pack_sandbox(record))
-            .await
-            .map_err(|e| e.context("record the pod's network"))
+        let (corrald, id, packed) = (
+            self.corrald.clone(),
+            id.to_string(),
+            records::pack_sandbox(record),
+        );
+        tokio::spawn(async move {
+            match corrald
+                .set_extension(&id, records::SANDBOX_EXT, packed)
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => log::warn!("pod {id}: record the pod's network: {e}"),
+            }
+        });
     }
 
     fn ready_sandbox(
