@@ -107,6 +107,9 @@ pub struct Cni {
     /// A conflist template written to `conf_dir` when kubelet sends a pod CIDR
     /// (UpdateRuntimeConfig); `{{.PodCIDR}}` is replaced. Empty: none.
     pub conf_template: PathBuf,
+    /// Set up the pod's `lo` without the CNI loopback plugin (containerd 2.0's
+    /// `use_internal_loopback`). false runs the plugin, as containerd 1.6 does.
+    pub internal_loopback: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,6 +180,7 @@ impl Default for Cni {
             conf_dir: "/etc/cni/net.d".into(),
             bin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
             conf_template: PathBuf::new(),
+            internal_loopback: true,
         }
     }
 }

@@ -36,7 +36,8 @@ impl Cri {
             cfg.cni.conf_dir.clone(),
             cfg.cni.bin_dirs.clone(),
             cfg.root.join("cni"),
-        );
+        )
+        .internal_loopback(cfg.cni.internal_loopback);
         Cri {
             images: Images::new(corrald.clone()),
             corrald,

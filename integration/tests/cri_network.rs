@@ -294,3 +294,37 @@ fn failed_cni_add_leaves_nothing_behind() {
     c.ok(&["rmp", &pod]);
     assert!(node.ipam_allocations().is_empty());
 }
+
+/// `lo` is up in a pod whose network list has no loopback plugin: corral-cri sets it up itself
+/// (`[cni] internal_loopback`, the default), as the loopback plugin would. Read from the flags
+/// of `lo` inside the container (IFF_UP is bit 0).
+#[test]
+fn lo_is_up_without_the_loopback_plugin() {
+    if !require_root() {
+        return;
+    }
+    let node = CriNode::start();
+    let mut conf = node.cni_config();
+    let plugins = conf["plugins"].as_array_mut().unwrap();
+    plugins.retain(|p| p["type"] != "loopback");
+    assert_eq!(plugins.len(), 2, "{conf}");
+    node.set_cni_config(&conf);
+    let c = node.crictl();
+    let pod_cfg = node.pod_config("lo", json!({}));
+    let ctr_cfg = node.container_config("lo", &["sleep", "1000"], json!({}));
+    let (pod, ctr) = node.run_pod_with(&pod_cfg, &ctr_cfg);
+    let flags = c.ok(&["exec", "-s", &ctr, "cat", "/sys/class/net/lo/flags"]);
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16)
+        .unwrap_or_else(|e| panic!("lo flags {flags:?}: {e}"));
+    assert_eq!(flags & 1, 1, "lo is down in the pod (flags {flags:#x})");
+    // With lo up, the kernel has its local routes.
+    let routes = c.ok(&["exec", "-s", &ctr, "cat", "/proc/net/fib_trie"]);
+    assert!(routes.contains("127.0.0.1"), "{routes}");
+    c.ok(&["stopp", &pod]);
+    c.ok(&["rmp", &pod]);
+    assert!(
+        node.netns_entries().is_empty(),
+        "{:?}",
+        node.netns_entries()
+    );
+}

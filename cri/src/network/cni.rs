@@ -242,6 +242,8 @@ pub struct Cni {
     cache_dir: PathBuf,
     timeout: Duration,
     current: Mutex<Option<(Stamp, Arc<NetworkConfig>)>>,
+    /// `lo` is set up by us, not by the loopback plugin (see [`Cni::internal_loopback`]).
+    internal_loopback: bool,
 }
 
 impl Cni {
@@ -258,7 +260,17 @@ impl Cni {
             cache_dir: cache_dir.into(),
             timeout: DEFAULT_TIMEOUT,
             current: Mutex::new(None),
+            internal_loopback: false,
         }
+    }
+
+    /// Whether `lo` is set up without the CNI loopback plugin (containerd 2.0's
+    /// `use_internal_loopback`): the plugin only sets it up, and as one more Go process per
+    /// pod it was a quarter of the plugin starts when many pods start at once. Its DEL only
+    /// sets `lo` down, which the namespace's removal does anyway, so it is skipped too.
+    pub fn internal_loopback(mut self, on: bool) -> Cni {
+        self.internal_loopback = on;
+        self
     }
 
     /// The deadline of each plugin invocation ([`DEFAULT_TIMEOUT`] otherwise).
@@ -311,7 +323,24 @@ impl Cni {
             ifname: "lo".into(),
             ..pod.attachment(at.netns.clone())
         };
-        if let Err((e, _)) = self.add_list(&lo, &lo_at).await {
+        if self.internal_loopback {
+            let path = pod.netns.clone();
+            tokio::task::spawn_blocking(move || {
+                netns::run_in(&path, netns::loopback_up)
+                    .and_then(|r| r)
+                    .map_err(|source| Error::Loopback {
+                        netns: path.clone(),
+                        source,
+                    })
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(Error::Loopback {
+                    netns: pod.netns.clone(),
+                    source: std::io::Error::other(e),
+                })
+            })?;
+        } else if let Err((e, _)) = self.add_list(&lo, &lo_at).await {
             self.del_list(&lo, &lo_at, None).await;
             return Err(e);
         }
@@ -451,7 +480,7 @@ impl Cni {
         };
         let at = pod.attachment(ns);
         let mut errors = self.del_list(&net, &at, prev.as_ref()).await;
-        if live {
+        if live && !self.internal_loopback {
             let lo = NetworkConfig::loopback();
             let lo_at = Attachment {
                 ifname: "lo".into(),
@@ -589,7 +618,9 @@ impl Cni {
     ) {
         let prev = partial.filter(|_| net.del_takes_prev_result());
         let mut errors = self.del_list(net, at, prev).await;
-        errors.extend(self.del_list(lo, lo_at, None).await);
+        if !self.internal_loopback {
+            errors.extend(self.del_list(lo, lo_at, None).await);
+        }
         for e in errors {
             log::warn!("cni: pod {}: undoing a failed ADD: {e}", at.id);
         }

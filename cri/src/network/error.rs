@@ -81,6 +81,12 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("bring up lo in {}: {source}", netns.display())]
+    Loopback {
+        netns: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{0}")]
     InvalidArgument(String),
     #[error("CNI conf template {}: {reason}", path.display())]
@@ -119,6 +125,7 @@ impl Error {
             | Error::InvalidResult { .. }
             | Error::NoPodIp { .. }
             | Error::Cache { .. }
+            | Error::Loopback { .. }
             | Error::WriteConfig { .. } => Code::Internal,
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::Template { code, .. } => *code,
