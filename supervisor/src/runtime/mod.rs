@@ -345,7 +345,9 @@ impl Manager {
                     shim.pid
                 ),
             }
-            me.shim_died(shim).await;
+            // Boxed: the clean-up's state is large, and a watch that waits is all most tasks
+            // ever are (it would be ~2 KB of corrald's heap per task).
+            Box::pin(me.shim_died(shim)).await;
         });
     }
 
