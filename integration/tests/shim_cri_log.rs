@@ -55,17 +55,6 @@ struct Record {
     content: Vec<u8>,
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// Parses a UTC RFC3339Nano timestamp as Go writes it (`2006-01-02T15:04:05.999999999Z`),
 /// insisting on the exact shape: `Z`, no trailing zeros in the fraction.
 fn parse_time(s: &str) -> SystemTime {
@@ -82,7 +71,7 @@ fn parse_time(s: &str) -> SystemTime {
         s[r].parse()
             .unwrap_or_else(|_| panic!("bad timestamp {s:?}"))
     };
-    let days = days_from_civil(num(0..4), num(5..7), num(8..10));
+    let days = protocol::logfmt::days_from_civil(num(0..4), num(5..7) as u32, num(8..10) as u32);
     let secs = days * 86_400 + num(11..13) * 3600 + num(14..16) * 60 + num(17..19);
     let mut nanos = 0u32;
     let frac = &s[19..s.len() - 1];

@@ -75,6 +75,19 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// Days since 1970-01-01 of the proleptic Gregorian date `year-month-day`: the inverse of
+/// [`civil_from_days`] (Howard Hinnant's `days_from_civil`, the same March-based year). Every
+/// RFC 3339 time corral reads (GC expiry labels, tests of CRI logs) is counted with this.
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let (m, d) = (i64::from(month), i64::from(day));
+    let y = if m <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400); // year of era, 0..=399
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1; // day of the March-based year
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy; // day of era
+    era * 146_097 + doe - 719_468
+}
+
 /// logrus' name of a level.
 pub fn level_name(level: Level) -> &'static str {
     match level {
@@ -230,6 +243,18 @@ impl log::Log for Logger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn days_from_civil_inverts_civil_from_days() {
+        // Four 400-year eras around the epoch, every day: leap days, century years, negatives.
+        for days in -292_194..292_194 {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        }
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(days_from_civil(1969, 12, 31), -1);
+    }
 
     #[test]
     fn civil_dates_round_trip_over_centuries() {

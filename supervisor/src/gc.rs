@@ -469,13 +469,7 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
         }
         _ => return None,
     };
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * ((mo + 9) % 12) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
+    let days = protocol::logfmt::days_from_civil(y, mo as u32, day as u32);
     let secs = days * 86400 + h * 3600 + mi * 60 + sec - offset;
     let d = Duration::new(secs.unsigned_abs(), nanos);
     if secs >= 0 {
