@@ -228,19 +228,19 @@ impl Store {
         self.lock().sandboxes.get_mut(id).map(f)
     }
 
-    /// Changes a container in place and returns the result; None if it is gone.
     /// The lock a write of container `id`'s status to corrald holds while it reads the status
     /// from the view and sends it. Writes then land in corrald in the order they read the
     /// view, so the last one to land carries the view's latest status, whichever of them was
-    /// started first.
-    pub fn status_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.lock()
-            .status_writes
-            .entry(id.to_string())
-            .or_default()
-            .clone()
+    /// started first. None once the container is gone (its lock went with it).
+    pub fn status_lock(&self, id: &str) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        let mut g = self.lock();
+        if !g.containers.contains_key(id) {
+            return None;
+        }
+        Some(g.status_writes.entry(id.to_string()).or_default().clone())
     }
 
+    /// Changes a container in place and returns the result; None if it is gone.
     pub fn update_container<T>(&self, id: &str, f: impl FnOnce(&mut Container) -> T) -> Option<T> {
         self.lock().containers.get_mut(id).map(f)
     }

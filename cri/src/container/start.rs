@@ -167,7 +167,9 @@ impl Cri {
 /// the container's status lock ([`crate::store::Store::status_lock`]). A container removed
 /// meanwhile is not an error.
 async fn persist_status(store: &crate::store::Store, corrald: &crate::corrald::Corrald, id: &str) {
-    let lock = store.status_lock(id);
+    let Some(lock) = store.status_lock(id) else {
+        return;
+    };
     let _turn = lock.lock().await;
     let Some(status) = store.container(id).map(|c| c.status) else {
         return;
