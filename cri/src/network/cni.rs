@@ -18,7 +18,7 @@ use super::cache::{self, Entry};
 use super::conf::{self, NetworkConfig, PluginConfig, Stamp, valid_name};
 use super::error::Error;
 use super::exec::{self, Command, Invocation};
-use super::netns;
+use super::netns::{self, NetNs};
 use super::result::{Cidr, CniResult, select_pod_ips};
 use super::template::render_template;
 
@@ -324,21 +324,13 @@ impl Cni {
             ..pod.attachment(at.netns.clone())
         };
         if self.internal_loopback {
-            let path = pod.netns.clone();
-            tokio::task::spawn_blocking(move || {
-                netns::run_in(&path, netns::loopback_up)
-                    .and_then(|r| r)
-                    .map_err(|source| Error::Loopback {
-                        netns: path.clone(),
-                        source,
-                    })
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(Error::Loopback {
-                    netns: pod.netns.clone(),
-                    source: std::io::Error::other(e),
-                })
+            let up = match NetNs::open(&pod.netns) {
+                Ok(ns) => ns.run_async(netns::loopback_up).await.and_then(|r| r),
+                Err(e) => Err(e),
+            };
+            up.map_err(|source| Error::Loopback {
+                netns: pod.netns.clone(),
+                source,
             })?;
         } else if let Err((e, _)) = self.add_list(&lo, &lo_at).await {
             self.del_list(&lo, &lo_at, None).await;
