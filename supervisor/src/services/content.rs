@@ -47,6 +47,9 @@ use crate::metadata::{Blob, CONTENT, LEASES, Labels, Lease, Time, key};
 /// Read streams send at most this much per message (ctr reads in 1 MiB chunks too).
 const READ_CHUNK: usize = 1 << 20;
 
+/// Infos per List message.
+const LIST_BATCH: usize = 256;
+
 /// A Content.Read in progress: the next chunk from `pos`, up to `end`.
 struct ChunkedRead {
     daemon: Shared,
@@ -59,6 +62,18 @@ struct ChunkedRead {
 }
 
 impl ChunkedRead {
+    /// Reads to the end, handing each chunk to `send`, until an error (sent too) or `send`
+    /// answers false.
+    fn each_chunk(&mut self, mut send: impl FnMut(Result<ReadContentResponse, RpcStatus>) -> bool) {
+        while self.pos < self.end {
+            let msg = self.next_chunk();
+            let stop = msg.is_err();
+            if !send(msg) || stop {
+                return;
+            }
+        }
+    }
+
     /// The next chunk (at most [`READ_CHUNK`] bytes). The last of a whole-blob read is
     /// DataLoss instead when the blob does not match its digest.
     fn next_chunk(&mut self) -> Result<ReadContentResponse, RpcStatus> {
@@ -88,8 +103,6 @@ impl ChunkedRead {
         }
     }
 }
-/// Infos per List message.
-const LIST_BATCH: usize = 256;
 
 /// Read side: making bytes on disk visible in a namespace. Write side: removing bytes from disk
 /// after checking no namespace references them. Process-wide, which is at worst more
@@ -553,6 +566,9 @@ impl Content for ContentService {
         // A read of the whole blob is checked against its digest: damage found at the end
         // replaces the last chunk with DataLoss, so a client never gets wrong bytes as a
         // complete blob. (A partial read cannot be checked.)
+        if end == offset {
+            return Ok(Response::new(Box::pin(tokio_stream::empty())));
+        }
         let hasher = (offset == 0 && end == blob_size).then(content::Digester::new);
         let mut read = ChunkedRead {
             daemon: self.daemon.clone(),
@@ -562,26 +578,23 @@ impl Content for ContentService {
             pos: offset,
             end,
         };
-        if end == offset {
-            return Ok(Response::new(Box::pin(tokio_stream::empty())));
-        }
         if end - offset <= READ_CHUNK as u64 {
-            // Manifests and configs, most reads: one chunk, read in one store turn, instead of
-            // a thread of the blocking pool held for the stream.
-            let msg = blocking(move || Ok(read.next_chunk())).await?;
-            return Ok(Response::new(Box::pin(tokio_stream::once(msg))));
+            // Manifests and configs, most reads: at most a chunk, read in one store turn
+            // instead of on a thread of the blocking pool held for the stream.
+            let msgs = blocking(move || {
+                let mut msgs = Vec::new();
+                read.each_chunk(|m| {
+                    msgs.push(m);
+                    true
+                });
+                Ok(msgs)
+            })
+            .await?;
+            return Ok(Response::new(Box::pin(tokio_stream::iter(msgs))));
         }
         let (tx, rx) = mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
-            while read.pos < read.end {
-                let msg = read.next_chunk();
-                let stop = msg.is_err();
-                // The client went away: stop reading.
-                if tx.blocking_send(msg).is_err() || stop {
-                    break;
-                }
-            }
-        });
+        // The client went away: stop reading.
+        tokio::task::spawn_blocking(move || read.each_chunk(|m| tx.blocking_send(m).is_ok()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
