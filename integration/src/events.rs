@@ -160,6 +160,16 @@ impl EventStream {
         }
     }
 
+    /// Waits for an event of `topic` about container `id` (see [`Event::container_id`]);
+    /// panics on timeout, printing the events seen.
+    pub fn wait_for_task_event(&self, topic: &str, id: &str, timeout: Duration) {
+        self.wait_for(&format!("{topic} of {id}"), timeout, |evs| {
+            evs.iter()
+                .any(|e| e.topic == topic && e.container_id() == Some(id))
+                .then_some(())
+        })
+    }
+
     /// Like [`EventStream::wait_for`] but `None` on timeout.
     pub fn try_wait_for<T>(
         &self,

@@ -254,15 +254,7 @@ fn dead_init_is_an_error(t: Target) {
     assert!(!stand.calls().iter().any(|c| c == "start"));
     // Subscribers learn that the task is gone, as from containerd's runc shim; it never
     // started, so no /tasks/start.
-    events.wait_for(
-        "the /tasks/exit of the dead init",
-        Duration::from_secs(10),
-        |evs| {
-            evs.iter()
-                .any(|e| e.topic == "/tasks/exit" && e.container_id() == Some(id.as_str()))
-                .then_some(())
-        },
-    );
+    events.wait_for_task_event("/tasks/exit", &id, Duration::from_secs(10));
     assert!(
         !events
             .events()

@@ -23,15 +23,7 @@ fn oom_kill_publishes_oom_event(rt: Target) {
         ],
     );
     assert_eq!(out.code(), Some(137), "{}", out.describe());
-    events.wait_for(
-        "/tasks/oom for the container",
-        Duration::from_secs(30),
-        |evs| {
-            evs.iter()
-                .any(|e| e.topic == "/tasks/oom" && e.container_id() == Some(id.as_str()))
-                .then_some(())
-        },
-    );
+    events.wait_for_task_event("/tasks/oom", &id, Duration::from_secs(30));
     drop(events);
     ctrd.assert_no_leaks();
 }

@@ -243,6 +243,7 @@ impl log::Log for Logger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn days_from_civil_inverts_civil_from_days() {
@@ -278,7 +279,6 @@ mod tests {
             };
         }
     }
-    use std::time::Duration;
 
     fn at(secs: u64, nanos: u32) -> SystemTime {
         UNIX_EPOCH + Duration::new(secs, nanos)
