@@ -1,6 +1,8 @@
 //! Issue 16: our shim starts a created container itself, through runc's exec fifo, instead of
 //! running `runc start`; a runtime that leaves no fifo is still started with `<runtime> start`;
-//! an init that dies between create and start gets a clear error, not a hang.
+//! an init that dies between create and start gets a clear error, not a hang. It also deletes
+//! a stopped container without `runc delete` when that is only its cgroups and runc's
+//! directory, and leaves a container sharing a PID namespace to `runc delete`.
 //!
 //! A `runc` stand-in (the runc options' `BinaryName`) records every subcommand it is called
 //! with and runs the real runc; per case it can also hide the exec fifo after `create` (a
@@ -268,11 +270,118 @@ fn dead_init_is_an_error(t: Target) {
     d.assert_no_leaks();
 }
 
+/// A stopped container with a PID namespace of its own is deleted without `runc delete`: its
+/// exit code is answered, and runc's directory for it and its cgroups are gone (the leak check
+/// looks in every hierarchy), as after `runc delete`.
+fn deletes_without_runc_delete(t: Target) {
+    if !require_root() {
+        return;
+    }
+    let d = Containerd::start(t);
+    let stand = Stand::new(d.dir(), "del", Mode::Record);
+    let out = d.dir().join("out-del");
+    let id = container(&d, "del", &out, "exit 5");
+    let api = d.api();
+    api.create_task(&id, stand.options())
+        .unwrap_or_else(|e| panic!("create {id}: {e}"));
+    api.start_task(&id);
+    assert_eq!(api.wait(&id), 5);
+    let state = runc_state_dir(d.runtime(), d.namespace()).join(&id);
+    assert!(state.is_dir(), "no runc state for {id} before the delete");
+    assert!(
+        !integration::leaks::container_cgroups(d.namespace(), &id).is_empty(),
+        "no cgroup for {id} before the delete"
+    );
+    assert_eq!(api.delete_task(&id), 5);
+    let calls = stand.calls();
+    assert!(
+        !calls.iter().any(|c| c == "delete"),
+        "the shim ran `runc delete`: {calls:?}"
+    );
+    assert!(!state.exists(), "runc's directory for {id} is left");
+    assert_eq!(
+        integration::leaks::container_cgroups(d.namespace(), &id),
+        Vec::<PathBuf>::new(),
+        "cgroups of {id} are left"
+    );
+    d.ctr().ok(&["containers", "rm", &id]);
+    d.assert_no_leaks();
+}
+
+/// Containers in another container's PID namespace are deleted by `runc delete`, which kills
+/// what they leave behind there (here a background `sleep`, orphaned when its init exited).
+fn shared_pid_namespace_is_deleted_by_runc(t: Target) {
+    if !require_root() {
+        return;
+    }
+    let d = Containerd::start(t);
+    let stand = Stand::new(d.dir(), "shared", Mode::Record);
+    let out = d.dir().join("out-shared");
+    let holder = container(&d, "holder", &out, "exec sleep 1000");
+    let api = d.api();
+    let holder_pid = api
+        .create_task(&holder, stand.options())
+        .unwrap_or_else(|e| panic!("create {holder}: {e}"));
+    api.start_task(&holder);
+    let ns = format!("pid:/proc/{holder_pid}/ns/pid");
+    let joiner = |prefix: &str, script: &str| {
+        let id = d.new_id(prefix);
+        d.ctr().ok(&[
+            "containers",
+            "create",
+            "--runtime",
+            d.runtime().name(),
+            "--with-ns",
+            &ns,
+            IMAGE_REF,
+            &id,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]);
+        api.create_task(&id, stand.options())
+            .unwrap_or_else(|e| panic!("create {id}: {e}"));
+        api.start_task(&id);
+        assert_eq!(api.wait(&id), 4);
+        id
+    };
+    // Nothing left behind: only the shared namespace sends it to runc.
+    let id = joiner("joiner", "exit 4");
+    assert_eq!(api.delete_task(&id), 4);
+    let calls = stand.calls();
+    assert!(
+        calls.iter().any(|c| c == "delete"),
+        "the shim did not leave the shared PID namespace to `runc delete`: {calls:?}"
+    );
+    d.ctr().ok(&["containers", "rm", &id]);
+
+    let id = joiner("orphan", "sleep 1000 & exit 4");
+    assert!(
+        !integration::leaks::container_processes(d.namespace(), &id).is_empty(),
+        "the background sleep of {id} is not running"
+    );
+    assert_eq!(api.delete_task(&id), 4);
+    assert_eq!(
+        integration::leaks::container_processes(d.namespace(), &id),
+        Vec::<u32>::new(),
+        "the background sleep of {id} survived its delete"
+    );
+    d.ctr().ok(&["containers", "rm", &id]);
+    api.kill(&holder, libc::SIGKILL as u32);
+    assert_eq!(api.wait(&holder), 137);
+    api.delete_task(&holder);
+    d.ctr().ok(&["containers", "rm", &holder]);
+    d.assert_no_leaks();
+}
+
 integration::runtime_tests!(
     @mod containerd_corral, Containerd, Corral,
-    starts_without_runc_start, no_fifo_falls_back_to_runtime_start, dead_init_is_an_error
+    starts_without_runc_start, no_fifo_falls_back_to_runtime_start, dead_init_is_an_error,
+    deletes_without_runc_delete, shared_pid_namespace_is_deleted_by_runc
 );
 integration::runtime_tests!(
     @mod corrald_corral, Corrald, Corral,
-    starts_without_runc_start, no_fifo_falls_back_to_runtime_start, dead_init_is_an_error
+    starts_without_runc_start, no_fifo_falls_back_to_runtime_start, dead_init_is_an_error,
+    deletes_without_runc_delete, shared_pid_namespace_is_deleted_by_runc
 );

@@ -38,6 +38,7 @@ mod serve;
 mod service;
 mod spec;
 mod start;
+mod stopped;
 mod trim;
 mod util;
 

@@ -345,7 +345,18 @@ impl Runc {
         self.run(reaper, &args, None, None, false).await.map(drop)
     }
 
+    /// Deletes container `id`; `force` when its init may still run (a created container).
+    /// A stopped container whose deletion is only its cgroups and runc's directory for it is
+    /// deleted here without running runc (see [`crate::stopped`]).
     pub async fn delete(&self, reaper: &Reaper, id: &str, force: bool) -> Result<()> {
+        if !force && !self.systemd_cgroup {
+            match crate::stopped::delete_stopped(&self.root, id).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                // runc gets its chance, and reports what is wrong in its own words.
+                Err(e) => log::warn!("delete {id} without runc: {e}"),
+            }
+        }
         let args: &[&str] = if force {
             &["delete", "--force", id]
         } else {
