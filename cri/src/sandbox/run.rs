@@ -1,13 +1,12 @@
 //! RunPodSandbox: a pod's network, files and pause container.
 //!
 //! ```text
-//!  reserve name ─▶ sandbox image (pull if missing)
-//!    ─▶ netns <root>/netns/<id> (unless host network)                ─┐ on disk, found by id
-//!    ─▶ files <root>/sandboxes/<id>: hostname, hosts, resolv.conf, shm ─┘ at start-up
-//!    ─▶ at once: CNI ADD into the netns
-//!              │ corrald container <id> (pause spec, SandboxRecord) ─┐ in corrald
-//!              │ snapshot <id> on the image's top layer              │
-//!              │ task create + start                                ─┘
+//!  reserve name ─▶ sandbox image (pull if missing) ─▶ pause spec (names the paths below)
+//!    ─▶ at once: netns <root>/netns/<id> (unless host network) ─▶ CNI ADD into it
+//!              │ files <root>/sandboxes/<id>: hostname, hosts,   ─┐
+//!              │   resolv.conf, shm (on disk, found by id)       │
+//!              │ corrald container <id> (pause spec, record),     ├─▶ pause task create + start
+//!              │   then snapshot <id> on the image's top layer   │   (once the netns is made)
 //!    ─▶ CNI's result (IPs) into the SandboxRecord (written to corrald after the answer)
 //!    ─▶ in the view as READY
 //! ```
@@ -20,9 +19,10 @@
 //! Crash safety: every step is named by the pod id, and each is undone by
 //! [`Cri::release_sandbox`], which is idempotent and also what StopPodSandbox/RemovePodSandbox
 //! and start-up use. A failure undoes everything done so far; a crash leaves either a record
-//! (the pod shows NOTREADY and kubelet removes it) or, before the record exists, a network
-//! namespace and a directory that start-up finds without a record and removes. A record with
-//! a namespace but no CNI result is a pod whose network never came up: NOTREADY too.
+//! (the pod shows NOTREADY and kubelet removes it; its namespace and files may not all exist
+//! yet, and the undo takes what is there) or, before the record exists, a network namespace
+//! and a directory that start-up finds without a record and removes. A record with a
+//! namespace but no CNI result is a pod whose network never came up: NOTREADY too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -143,35 +143,18 @@ impl Cri {
             None => None,
         };
 
-        // The namespace first: the pause spec names it, CNI configures it. Its path goes into
-        // the record before corrald has the record, so a crash from here on leaves a record
-        // that accounts for it (and start-up reports the pod NOTREADY until CNI's result is in
-        // the record; see `recover`).
+        // The namespace's and the files' paths are fixed by the pod id, so the pause spec and
+        // the record name them before they exist. The record has the namespace's path before
+        // corrald has the record, so a crash from here on leaves a record that accounts for it
+        // (and start-up reports the pod NOTREADY until CNI's result is in the record; see
+        // `recover`); a namespace or files left without a record are removed at start-up.
         let userns = spec::pod_userns(&config)?;
-        let netns = if spec::host_network(&config) {
-            None
-        } else if userns.is_some() {
-            // Made by runc with the pause (see the module doc); pinned here after its create.
-            let path = self.netns_dir().join(id);
+        let netns = (!spec::host_network(&config)).then(|| self.netns_dir().join(id));
+        if let Some(path) = &netns {
             record.netns_path = path.to_string_lossy().into_owned();
-            Some(path)
-        } else {
-            let path = self.netns_dir().join(id);
-            let ns = tokio::task::spawn_blocking(move || NetNs::create(&path))
-                .await
-                .map_err(|e| Error::internal(e.to_string()))?
-                .context("create the pod's network namespace")?;
-            record.netns_path = ns.path().to_string_lossy().into_owned();
-            Some(ns.path().to_path_buf())
-        };
-
+        }
         let dir = self.sandbox_dir(id);
-        let cfg2 = config.clone();
-        let files = tokio::task::spawn_blocking(move || super::files::setup(&dir, &cfg2))
-            .await
-            .map_err(|e| Error::internal(e.to_string()))?
-            .context("write the pod's files")?;
-
+        let files = super::files::paths(&dir, !spec::host_ipc(&config));
         let spec = spec::sandbox(&spec::SandboxInput {
             id,
             config: &config,
@@ -183,25 +166,78 @@ impl Cri {
             node: &self.node,
             seccomp_profile: seccomp_profile.as_deref(),
         })?;
+        let cfg2 = config.clone();
+        let make_files = async move {
+            tokio::task::spawn_blocking(move || super::files::setup(&dir, &cfg2))
+                .await
+                .map_err(|e| Error::internal(e.to_string()))?
+                .context("write the pod's files")
+                .map(drop)
+        };
         if userns.is_some() {
+            // The namespace is made by runc with the pause (see the module doc) and pinned at
+            // its path after the pause's create.
+            make_files.await?;
             let pid = self
                 .start_pause_in_userns(id, &mut record, spec, &image, runtime_type, &config)
                 .await?;
             return Ok(self.ready_sandbox(id, record, &config, pid));
         }
-        // CNI ADD and the pause container are independent (CNI needs only the namespace, the
-        // pause process only its path), so they run at once: a pod is ready after the slower
-        // of the two instead of after both. Both are awaited before anything is undone, so an
-        // undo never races a step still running.
+        // The namespace, the files and the pause's container and snapshot in corrald are
+        // independent of each other: made at once. CNI ADD needs only the namespace, and the
+        // pause's task all three: CNI starts as soon as the namespace is there and runs beside
+        // the pause's create, so that a pod is ready after the slower of the two instead of
+        // after both. Every step is awaited before anything is undone, so an undo never races
+        // a step still running.
+        let (made_tx, made_rx) = tokio::sync::watch::channel(None::<bool>);
+        let make_netns = async {
+            let made = match netns.clone() {
+                None => Ok(()),
+                Some(path) => tokio::task::spawn_blocking(move || NetNs::create(&path))
+                    .await
+                    .map_err(|e| Error::internal(e.to_string()))
+                    .and_then(|r| r.context("create the pod's network namespace").map(drop)),
+            };
+            let _ = made_tx.send(Some(made.is_ok()));
+            made
+        };
+        // Whether the namespace was made (its error is reported by `make_netns`).
+        let netns_made = |mut rx: tokio::sync::watch::Receiver<Option<bool>>| async move {
+            rx.wait_for(Option::is_some)
+                .await
+                .map(|v| *v == Some(true))
+                .unwrap_or(false)
+        };
         let network = async {
             let Some(path) = &netns else {
                 return Ok(None);
             };
+            if !netns_made(made_rx.clone()).await {
+                return Ok(None);
+            }
             let pod = pod_network(id, path, &config);
             self.cni.setup(&pod).await.map(Some)
         };
-        let pause = self.start_pause(id, &record, spec, &image, runtime_type);
-        let (network, pause) = tokio::join!(network, pause);
+        let pause = async {
+            let (files, record) = tokio::join!(
+                make_files,
+                self.pause_record(id, &record, spec, &image, runtime_type)
+            );
+            files?;
+            record?;
+            if !netns_made(made_rx.clone()).await {
+                return Ok(None);
+            }
+            self.corrald
+                .create_task(CreateTaskRequest {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                })
+                .await?;
+            self.corrald.start(id, "").await.map(Some)
+        };
+        let (made_netns, network, pause) = tokio::join!(make_netns, network, pause);
+        made_netns?;
         let up = match network {
             Ok(up) => up,
             Err(e) => {
@@ -217,7 +253,8 @@ impl Cri {
                 return Err(Error::new(e.code(), format!("set up the pod network: {e}")));
             }
         };
-        let pid = pause?;
+        let pid =
+            pause?.ok_or_else(|| Error::internal("the pause waited for a namespace never made"))?;
         if let Some(up) = up {
             self.record_network(id, &mut record, up);
         }
@@ -314,30 +351,16 @@ impl Cri {
 }
 
 impl Cri {
-    /// The pod's corrald container (with `record` as it stands and the pause `spec`), its
-    /// snapshot on the sandbox image and the started pause task; the pause process's pid.
-    async fn start_pause(
+    /// The pod's corrald container (with `record` as it stands and the pause `spec`) and its
+    /// snapshot on the sandbox image: what the pause's task is created from.
+    async fn pause_record(
         &self,
         id: &str,
         record: &SandboxRecord,
         spec: serde_json::Value,
         image: &crate::image::Image,
         runtime_type: &str,
-    ) -> Result<u32> {
-        self.create_pause(id, record, spec, image, runtime_type)
-            .await?;
-        self.corrald.start(id, "").await
-    }
-
-    /// [`Cri::start_pause`] up to the created task (runc create done, not started); its pid.
-    async fn create_pause(
-        &self,
-        id: &str,
-        record: &SandboxRecord,
-        spec: serde_json::Value,
-        image: &crate::image::Image,
-        runtime_type: &str,
-    ) -> Result<u32> {
+    ) -> Result<()> {
         let mut labels = HashMap::new();
         labels.insert(records::KIND_LABEL.into(), records::KIND_SANDBOX.into());
         let mut extensions = HashMap::new();
@@ -359,6 +382,21 @@ impl Cri {
             })
             .await?;
         self.corrald.prepare_snapshot(id, &image.chain_id).await?;
+        Ok(())
+    }
+
+    /// [`Cri::pause_record`] and the created pause task (runc create done, not started); its
+    /// pid.
+    async fn create_pause(
+        &self,
+        id: &str,
+        record: &SandboxRecord,
+        spec: serde_json::Value,
+        image: &crate::image::Image,
+        runtime_type: &str,
+    ) -> Result<u32> {
+        self.pause_record(id, record, spec, image, runtime_type)
+            .await?;
         self.corrald
             .create_task(CreateTaskRequest {
                 container_id: id.to_string(),
