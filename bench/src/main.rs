@@ -559,10 +559,12 @@ Separate daemons whose `runc` and shim binaries are wrapped by a small C program
 call's start and end on the monotonic clock (see bench/src/phases.rs); the client's start and end \
 are read on the same clock. Each phase runs from the end of the previous mark to the start of the \
 next. The wrapper adds a fork and a wait to each wrapped call on both sides. corral's shim makes \
-no `runc start` (it releases the init through runc's exec fifo itself), so its `start` rows are \
-empty. The second last row is corral's time above the runc floor (the runc calls each runtime \
-made) beside containerd's (issue 16: at most 0.3x); the last takes only `runc create` and \
-`runc delete` as the floor for both.\n\n";
+no `runc start` (it releases the init through runc's exec fifo itself) and no `runc delete` of a \
+stopped container whose deletion is only its cgroups and runc's directory (it removes them \
+itself), so its `start` and `delete` rows are empty and one row spans `runc create` to the \
+client's exit. The second last row is corral's time above the runc floor (the runc calls each \
+runtime made) beside containerd's (issue 16: at most 0.3x); the last takes only `runc create` as \
+the floor for both.\n\n";
 
 const CRI_INTRO: &str = "\n## Kubernetes CRI: corral-cri + corrald beside containerd's CRI plugin\n\n\
 containerd 1.6 serving CRI from its in-process plugin (`io.containerd.grpc.v1.cri`, shims \

@@ -25,13 +25,14 @@
 //! ```
 //!
 //! Our shim makes no `runc start` (issue 16: it releases the init through runc's exec fifo
-//! itself), so for corrald the three `start` rows are empty and one row spans `runc create` to
-//! `runc delete` instead.
+//! itself) and, for a stopped container that only needs its cgroups and runc's directory
+//! removed, no `runc delete` (it removes them itself), so for corrald the `start` and
+//! `delete` rows are empty and one row spans `runc create` to the client's exit instead.
 //!
-//! The runc floor is the first `runc create`, `start` (when made) and `delete`: the runc calls
-//! the runtime made. Further calls (containerd's `shim delete` runs another `runc delete`)
-//! count as the runtime's own time. A second figure takes only `create` and `delete` as the
-//! floor, the calls no runtime built on runc can avoid (`start` can be: see above).
+//! The runc floor is the first `runc create`, `start` and `delete`, those made: the runc
+//! calls the runtime made. Further calls (containerd's `shim delete` runs another `runc
+//! delete`) count as the runtime's own time. A second figure takes only `create` as the floor,
+//! the call no runtime built on runc can avoid (`start` and `delete` can be: see above).
 //!
 //! The wrapper costs each wrapped call a fork and a wait (both sides alike), so these daemons
 //! are separate from the ones block 1's figures come from.
@@ -254,6 +255,9 @@ const PHASES: &[&str] = &[
      through the exec fifo, /bin/true runs, exit reaches ctr, Delete)",
     "runc delete",
     "runc delete → ctr exits (shim shutdown, container and snapshot removed)",
+    "runc create → ctr exits, no runc start or delete (Create answered, Wait, Start through the \
+     exec fifo, /bin/true runs, exit reaches ctr, Delete removing runc's cgroups and directory, \
+     shim shutdown, container and snapshot removed)",
 ];
 
 /// What one run shows.
@@ -261,9 +265,9 @@ struct Phases {
     /// ms, in [`PHASES`] order; `None` for a phase this runtime has not (the `start` rows
     /// without a `runc start`, the row spanning create to delete with one).
     phases: Vec<Option<f64>>,
-    /// The first runc create, start (if made) and delete: the runc calls made (the floor).
+    /// The first runc create, start and delete, those made: the runc calls made (the floor).
     floor: f64,
-    /// The first runc create and delete: the runc calls no runtime can avoid.
+    /// The first runc create: the runc call no runtime can avoid.
     floor_min: f64,
     /// Every other wrapped call (more runc calls, `shim delete`), summed.
     others: f64,
@@ -277,7 +281,7 @@ fn phases_of(calls: &[Call], c0: i64, c1: i64) -> Option<Phases> {
     let runc: Vec<&Call> = calls.iter().filter(|c| c.name == "runc").collect();
     let first = |cmd: &str| runc.iter().find(|c| c.runc_command() == Some(cmd));
     // The task's delete is the first; containerd's `shim delete` runs another in teardown.
-    let (create, start, delete) = (first("create")?, first("start"), first("delete")?);
+    let (create, start, delete) = (first("create")?, first("start"), first("delete"));
     let shim = calls
         .iter()
         .find(|c| c.name != "runc" && c.args.last().map(String::as_str) == Some("start"))?;
@@ -289,16 +293,19 @@ fn phases_of(calls: &[Call], c0: i64, c1: i64) -> Option<Phases> {
         Some(create.ms()),
         start.map(|s| ms(create.end, s.start)),
         start.map(|s| s.ms()),
-        start.map(|s| ms(s.end, delete.start)),
-        start.is_none().then(|| ms(create.end, delete.start)),
-        Some(delete.ms()),
-        Some(ms(delete.end, c1)),
+        start.zip(delete).map(|(s, d)| ms(s.end, d.start)),
+        delete
+            .filter(|_| start.is_none())
+            .map(|d| ms(create.end, d.start)),
+        delete.map(|d| d.ms()),
+        delete.map(|d| ms(d.end, c1)),
+        (start.is_none() && delete.is_none()).then(|| ms(create.end, c1)),
     ];
-    let floor_min = create.ms() + delete.ms();
-    let floor = floor_min + start.map_or(0.0, |s| s.ms());
+    let floor_min = create.ms();
+    let floor = floor_min + start.map_or(0.0, |s| s.ms()) + delete.map_or(0.0, |d| d.ms());
     // Calls made inside another wrapped call (the `runc delete` of `shim delete`) are counted
     // with it.
-    let counted: Vec<&Call> = [Some(shim), Some(*create), start.copied(), Some(*delete)]
+    let counted: Vec<&Call> = [Some(shim), Some(*create), start.copied(), delete.copied()]
         .into_iter()
         .flatten()
         .collect();
@@ -372,17 +379,17 @@ pub fn block(cfg: &Config, report: &mut Report) {
         None,
     );
     let mut floor = Row::new(
-        "runc floor: runc create + start (when made) + delete",
+        "runc floor: runc create + start + delete (those made)",
         Unit::Millis,
         None,
     );
     let mut above = Row::new(
-        "time above the runc floor: wall − (runc create + start (when made) + delete)",
+        "time above the runc floor: wall − (runc create + start + delete, those made)",
         Unit::Millis,
         Some(0.3),
     );
     let mut above_min = Row::new(
-        "time above runc create + delete (`runc start` counted as the runtime's own)",
+        "time above runc create (`runc start` and `runc delete` counted as the runtime's own)",
         Unit::Millis,
         None,
     );
