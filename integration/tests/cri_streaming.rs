@@ -242,10 +242,13 @@ fn exec_streams_output_errors_exit_status_and_stdin() {
     // Nothing is left of the execs: no process, no FIFO.
     let ps = c.ok(&["exec", "-s", &id, "ps", "-o", "args"]);
     assert!(!ps.contains("cat"), "{ps}");
-    let fifos = std::fs::read_dir(node.root().join("exec"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(fifos, 0, "exec FIFOs left behind");
+    // ExecSync answers first and removes its exec's FIFOs right after.
+    integration::wait_until("exec FIFOs removed", Duration::from_secs(10), || {
+        let left = std::fs::read_dir(node.root().join("exec"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        (left == 0).then_some(())
+    });
 }
 
 #[test]

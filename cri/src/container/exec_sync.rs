@@ -2,7 +2,10 @@
 //! (kubelet's exec probes). The process is an exec of the container's task through corrald,
 //! with the container's user, environment and capabilities; its output comes back through two
 //! FIFOs under `<root>/exec/<exec id>/`, read to the end. On timeout the process is killed and
-//! removed before the error is returned, so nothing keeps running behind a failed probe.
+//! removed before the error is returned, so nothing keeps running behind a failed probe. A
+//! process that exited is removed (from its shim, and its FIFOs) after the answer: it runs no
+//! more, and a probe's answer need not wait for the bookkeeping. Should corral-cri die first,
+//! start-up removes what is left under `<root>/exec/`.
 
 use std::time::Duration;
 
@@ -62,7 +65,22 @@ impl Cri {
         let result = self
             .run_exec(&c.id, &exec_id, &dir, process, r.timeout)
             .await;
-        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let (corrald, id) = (self.corrald.clone(), c.id.clone());
+        let remove = async move {
+            if let Err(e) = corrald.delete_process(&id, &exec_id).await
+                && !e.is_not_found()
+            {
+                log::warn!("container {id}: delete exec {exec_id}: {e}");
+            }
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+        };
+        match &result {
+            // Exited: nothing runs any more; the answer goes first.
+            Ok(_) => {
+                tokio::spawn(remove);
+            }
+            Err(_) => remove.await,
+        }
         result.map_err(|e| e.context(format!("exec in container {}", c.id)))
     }
 
@@ -110,7 +128,7 @@ impl Cri {
                 exit_code: exit.status as i32,
             })
         };
-        let answer = if timeout > 0 {
+        if timeout > 0 {
             match tokio::time::timeout(Duration::from_secs(timeout as u64), run).await {
                 Ok(r) => r,
                 Err(_) => {
@@ -127,11 +145,7 @@ impl Cri {
             }
         } else {
             run.await
-        };
-        if let Err(e) = self.corrald.delete_process(id, exec_id).await {
-            log::warn!("container {id}: delete exec {exec_id}: {e}");
         }
-        answer
     }
 }
 
