@@ -120,6 +120,14 @@ pub struct Target {
     pub runtime: Runtime,
 }
 
+impl Target {
+    /// corrald with our shim: corral end to end.
+    pub const CORRAL: Target = Target {
+        daemon: Daemon::Corrald,
+        runtime: Runtime::Corral,
+    };
+}
+
 impl From<Runtime> for Target {
     /// A runtime alone means containerd as the daemon.
     fn from(runtime: Runtime) -> Target {

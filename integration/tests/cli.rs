@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use integration::cli::Corral;
 use integration::image::{IMAGE_REF, ImageBlobs, busybox_path, image_blobs, test_image_tar};
-use integration::{Containerd, Corrald, Daemon, Runtime, Target, require_root, wait_until};
+use integration::{Containerd, Corrald, Target, require_root, wait_until};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -25,10 +25,7 @@ fn setup() -> Option<Setup> {
     if !require_root() {
         return None;
     }
-    let ctrd = Containerd::start(Target {
-        daemon: Daemon::Corrald,
-        runtime: Runtime::Corral,
-    });
+    let ctrd = Containerd::start(Target::CORRAL);
     let logs = tempfile::tempdir().unwrap();
     let corral = Corral::new(&ctrd.address(), ctrd.namespace(), logs.path());
     Some(Setup {

@@ -8,7 +8,7 @@
 //! corrald's log carries its shims' lines too (it copies each bundle's `log` FIFO, as
 //! containerd does), so a container's life puts both in one file.
 
-use integration::{Containerd, CriNode, Daemon, Runtime, Target, require_root};
+use integration::{Containerd, CriNode, Target, require_root};
 
 /// `key=value` pairs of a logrus text line; values bare or Go-quoted. None if it is not one.
 fn parse(line: &str) -> Option<Vec<(String, String)>> {
@@ -110,10 +110,7 @@ fn corrald_and_shim_lines_are_containerds() {
     if !require_root() {
         return;
     }
-    let d = Containerd::start(Target {
-        daemon: Daemon::Corrald,
-        runtime: Runtime::Corral,
-    });
+    let d = Containerd::start(Target::CORRAL);
     let id = d.new_id("logfmt");
     let out = d.ctr_run(&["--rm"], &id, &["sh", "-c", "echo hi"]);
     assert!(out.success(), "{}", out.describe());

@@ -37,10 +37,7 @@ macro_rules! cri_log_tests {
         mod corrald {
             $(#[test]
             fn $name() {
-                super::$name(integration::Target {
-                    daemon: integration::Daemon::Corrald,
-                    runtime: integration::Runtime::Corral,
-                })
+                super::$name(integration::Target::CORRAL)
             })*
         }
     };

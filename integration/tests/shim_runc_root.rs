@@ -55,13 +55,7 @@ fn same_namespace_and_id_beside_containerd() {
         },
         &ns,
     );
-    let corrald = Containerd::start_in_namespace(
-        Target {
-            daemon: Daemon::Corrald,
-            runtime: Runtime::Corral,
-        },
-        &ns,
-    );
+    let corrald = Containerd::start_in_namespace(Target::CORRAL, &ns);
     let out = ctrd.ctr_run(&["-d"], id, &["sleep", "1000"]);
     assert!(out.success(), "{}", out.describe());
     // ctr puts both in cgroup /<ns>/web; two containers in one cgroup would kill and remove

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use integration::containerd::Options;
 use integration::procstat::{self, ProcStats};
-use integration::{Containerd, Daemon, Runtime, Target, require_root};
+use integration::{Containerd, Target, require_root};
 use protocol::grpc::client::Client;
 use protocol::grpc::containerd::events::TaskExit;
 use protocol::grpc::containerd::services::containers::v1 as containers;
@@ -336,10 +336,7 @@ fn two_hundred_clients_while_containers_churn() {
     };
     let rounds = knob("SOAK_ROUNDS", 3).max(2);
     let d = Containerd::start_with(
-        Target {
-            daemon: Daemon::Corrald,
-            runtime: Runtime::Corral,
-        },
+        Target::CORRAL,
         Options {
             log_level: "info",
             ..Options::default()

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use integration::containerd::Options;
 use integration::procstat::{self, ProcStats};
-use integration::{Containerd, Daemon, Runtime, Target, leaks, require_root, try_wait_until};
+use integration::{Containerd, Target, leaks, require_root, try_wait_until};
 
 fn knob(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -39,10 +39,7 @@ fn a_thousand_containers_in_waves_of_fifty() {
     let wave = knob("SOAK_WAVE", 50).max(1);
     let warmup = knob("SOAK_WARMUP_WAVES", 2);
     let d = Containerd::start_with(
-        Target {
-            daemon: Daemon::Corrald,
-            runtime: Runtime::Corral,
-        },
+        Target::CORRAL,
         Options {
             log_level: "info",
             ..Options::default()
