@@ -228,12 +228,7 @@ impl Cri {
             if !netns_made(made_rx.clone()).await {
                 return Ok(None);
             }
-            self.corrald
-                .create_task(CreateTaskRequest {
-                    container_id: id.to_string(),
-                    ..Default::default()
-                })
-                .await?;
+            self.create_pause_task(id).await?;
             self.corrald.start(id, "").await.map(Some)
         };
         let (made_netns, network, pause) = tokio::join!(make_netns, network, pause);
@@ -273,9 +268,9 @@ impl Cri {
         runtime_type: &str,
         config: &PodSandboxConfig,
     ) -> Result<u32> {
-        let created = self
-            .create_pause(id, record, spec, image, runtime_type)
+        self.pause_record(id, record, spec, image, runtime_type)
             .await?;
+        let created = self.create_pause_task(id).await?;
         let path = self.netns_dir().join(id);
         let pin = path.clone();
         super::stop::blocking(move || NetNs::pin(created, &pin))
@@ -385,18 +380,9 @@ impl Cri {
         Ok(())
     }
 
-    /// [`Cri::pause_record`] and the created pause task (runc create done, not started); its
-    /// pid.
-    async fn create_pause(
-        &self,
-        id: &str,
-        record: &SandboxRecord,
-        spec: serde_json::Value,
-        image: &crate::image::Image,
-        runtime_type: &str,
-    ) -> Result<u32> {
-        self.pause_record(id, record, spec, image, runtime_type)
-            .await?;
+    /// The pause's task, created from [`Cri::pause_record`] (runc create done, not started); the
+    /// pause process's pid.
+    async fn create_pause_task(&self, id: &str) -> Result<u32> {
         self.corrald
             .create_task(CreateTaskRequest {
                 container_id: id.to_string(),
