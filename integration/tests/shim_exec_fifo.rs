@@ -107,6 +107,12 @@ exec {runc} "$@"
         }))
     }
 
+    /// Creates task `id` with this stand-in as its runc; the init's pid.
+    fn create(&self, api: &integration::Api, id: &str) -> u32 {
+        api.create_task(id, self.options())
+            .unwrap_or_else(|e| panic!("create {id}: {e}"))
+    }
+
     fn calls(&self) -> Vec<String> {
         fs::read_to_string(&self.calls)
             .unwrap_or_default()
@@ -118,23 +124,18 @@ exec {runc} "$@"
 
 /// A container of `d` running `sh -c <script>` with the host directory `out` at /out.
 fn container(d: &Containerd, prefix: &str, out: &Path, script: &str) -> String {
-    let id = d.new_id(prefix);
     fs::create_dir_all(out).expect("mkdir out");
     let mount = format!("type=bind,src={},dst=/out,options=rbind:rw", out.display());
-    d.ctr().ok(&[
-        "containers",
-        "create",
-        "--runtime",
-        d.runtime().name(),
-        "--mount",
-        &mount,
-        IMAGE_REF,
-        &id,
-        "--",
-        "sh",
-        "-c",
-        script,
-    ]);
+    container_with(d, prefix, &["--mount", &mount], script)
+}
+
+/// A container of `d` running `sh -c <script>`, made by `ctr containers create` with `flags`.
+fn container_with(d: &Containerd, prefix: &str, flags: &[&str], script: &str) -> String {
+    let id = d.new_id(prefix);
+    let mut args = vec!["containers", "create", "--runtime", d.runtime().name()];
+    args.extend_from_slice(flags);
+    args.extend([IMAGE_REF, &id, "--", "sh", "-c", script]);
+    d.ctr().ok(&args);
     id
 }
 
@@ -149,9 +150,7 @@ fn starts_without_runc_start(t: Target) {
     let out = d.dir().join("out-record");
     let id = container(&d, "fifo", &out, "echo ran >/out/said; exec sleep 1000");
     let api = d.api();
-    let pid = api
-        .create_task(&id, stand.options())
-        .unwrap_or_else(|e| panic!("create {id}: {e}"));
+    let pid = stand.create(&api, &id);
     assert_eq!(api.start_task(&id), pid, "Start answers the init's pid");
     wait_until("the container's output", T, || {
         fs::read_to_string(out.join("said"))
@@ -187,8 +186,7 @@ fn starts_without_runc_start(t: Target) {
 
     // A short container: the exit code of a process that ends at once is seen too.
     let id = container(&d, "short", &out, "exit 7");
-    api.create_task(&id, stand.options())
-        .unwrap_or_else(|e| panic!("create {id}: {e}"));
+    stand.create(&api, &id);
     api.start_task(&id);
     assert_eq!(api.wait(&id), 7);
     assert_eq!(api.delete_task(&id), 7);
@@ -207,8 +205,7 @@ fn no_fifo_falls_back_to_runtime_start(t: Target) {
     let out = d.dir().join("out-nofifo");
     let id = container(&d, "nofifo", &out, "echo ran >/out/said; exit 3");
     let api = d.api();
-    api.create_task(&id, stand.options())
-        .unwrap_or_else(|e| panic!("create {id}: {e}"));
+    stand.create(&api, &id);
     api.start_task(&id);
     assert_eq!(api.wait(&id), 3);
     assert_eq!(
@@ -239,8 +236,7 @@ fn dead_init_is_an_error(t: Target) {
     let id = container(&d, "dies", &out, "echo ran >/out/said");
     let api = d.api();
     let events = EventStream::start(&d);
-    api.create_task(&id, stand.options())
-        .unwrap_or_else(|e| panic!("create {id}: {e}"));
+    stand.create(&api, &id);
     fs::write(&stand.go, b"").expect("go");
     let t0 = Instant::now();
     let err = api
@@ -282,8 +278,7 @@ fn deletes_without_runc_delete(t: Target) {
     let out = d.dir().join("out-del");
     let id = container(&d, "del", &out, "exit 5");
     let api = d.api();
-    api.create_task(&id, stand.options())
-        .unwrap_or_else(|e| panic!("create {id}: {e}"));
+    stand.create(&api, &id);
     api.start_task(&id);
     assert_eq!(api.wait(&id), 5);
     let state = runc_state_dir(d.runtime(), d.namespace()).join(&id);
@@ -319,29 +314,12 @@ fn shared_pid_namespace_is_deleted_by_runc(t: Target) {
     let out = d.dir().join("out-shared");
     let holder = container(&d, "holder", &out, "exec sleep 1000");
     let api = d.api();
-    let holder_pid = api
-        .create_task(&holder, stand.options())
-        .unwrap_or_else(|e| panic!("create {holder}: {e}"));
+    let holder_pid = stand.create(&api, &holder);
     api.start_task(&holder);
     let ns = format!("pid:/proc/{holder_pid}/ns/pid");
     let joiner = |prefix: &str, script: &str| {
-        let id = d.new_id(prefix);
-        d.ctr().ok(&[
-            "containers",
-            "create",
-            "--runtime",
-            d.runtime().name(),
-            "--with-ns",
-            &ns,
-            IMAGE_REF,
-            &id,
-            "--",
-            "sh",
-            "-c",
-            script,
-        ]);
-        api.create_task(&id, stand.options())
-            .unwrap_or_else(|e| panic!("create {id}: {e}"));
+        let id = container_with(&d, prefix, &["--with-ns", &ns], script);
+        stand.create(&api, &id);
         api.start_task(&id);
         assert_eq!(api.wait(&id), 4);
         id
