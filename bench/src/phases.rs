@@ -263,7 +263,8 @@ const PHASES: &[&str] = &[
 /// What one run shows.
 struct Phases {
     /// ms, in [`PHASES`] order; `None` for a phase this runtime has not (the `start` rows
-    /// without a `runc start`, the row spanning create to delete with one).
+    /// without a `runc start`, the `delete` rows without a `runc delete`, and the rows spanning
+    /// past a call that was made).
     phases: Vec<Option<f64>>,
     /// The first runc create, start and delete, those made: the runc calls made (the floor).
     floor: f64,
