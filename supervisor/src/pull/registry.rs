@@ -10,12 +10,13 @@
 //! Requests to a host other than the registry itself (a mirror) carry `?ns=<registry>`, as
 //! containerd's do, so a proxy serving several registries can tell them apart.
 //!
-//! Each host has its own HTTP client (its CAs, client certificate, `skip_verify`), its extra
-//! headers and its own [`Authorizer`]. Redirects (blob storage behind a registry) are followed
+//! A host with TLS settings of its own (CAs, a client certificate, `skip_verify`) has its own
+//! HTTP client; the others share one, built once (see [`shared_client`]). Each host has its
+//! extra headers and its own [`Authorizer`]. Redirects (blob storage behind a registry) are followed
 //! by reqwest, which drops `Authorization` when the redirect leaves the host.
 
-use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Once, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -51,6 +52,28 @@ fn install_crypto() {
     });
 }
 
+fn client_builder() -> reqwest::ClientBuilder {
+    Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .user_agent("corrald")
+}
+
+/// The client of every host without TLS settings of its own. Building a client loads and
+/// parses every root certificate of the system (about 150 files on Debian, a few ms of CPU
+/// each time), so this one is built once, by the first pull, and kept for the daemon's life,
+/// as Go's system pool is in containerd: roots added to the system later count after a
+/// restart. Its clones share one connection pool, so a pull may reuse a connection an earlier
+/// one kept alive. Concurrent first pulls may each build one; the first stored is kept.
+fn shared_client() -> Result<Client, reqwest::Error> {
+    static SHARED: OnceLock<Client> = OnceLock::new();
+    if let Some(c) = SHARED.get() {
+        return Ok(c.clone());
+    }
+    let built = client_builder().build()?;
+    Ok(SHARED.get_or_init(|| built).clone())
+}
+
 /// One host of a registry, ready to be asked.
 pub struct Endpoint {
     pub config: HostConfig,
@@ -82,10 +105,48 @@ impl Endpoint {
                 .map_or_else(|| config.url(), |p| p.display().to_string()),
             reason: format!("host {}: {reason}", config.url()),
         };
-        let mut b = Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .user_agent("corrald");
+        let own_tls =
+            !config.ca.is_empty() || !config.client.is_empty() || config.skip_verify == Some(true);
+        let client = if own_tls {
+            Self::own_client(&config, bad)?
+        } else {
+            shared_client().map_err(|e| bad(Code::Internal, error_chain(&e)))?
+        };
+        let mut headers = HeaderMap::new();
+        for (n, v) in &config.headers {
+            // Validated when the file was read.
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(n.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                headers.append(n, v);
+            }
+        }
+        let is_registry = config.host == registry
+            || (registry == "docker.io" && config.host == "registry-1.docker.io");
+        let query = if is_registry {
+            String::new()
+        } else {
+            format!("?ns={registry}")
+        };
+        let auth = Authorizer::new(creds(&config.host)?);
+        Ok(Endpoint {
+            config,
+            client,
+            headers,
+            auth,
+            query,
+            down: AtomicBool::new(false),
+        })
+    }
+
+    /// A client of its own for a host with TLS settings (CAs, a client certificate,
+    /// `skip_verify`); it loads the system's roots again, which only such hosts pay for.
+    fn own_client(
+        config: &HostConfig,
+        bad: impl Fn(Code, String) -> Error,
+    ) -> Result<Client, Error> {
+        let mut b = client_builder();
         if !config.ca.is_empty() {
             let mut roots = Vec::new();
             for f in &config.ca {
@@ -150,35 +211,8 @@ impl Endpoint {
         if config.skip_verify == Some(true) {
             b = b.danger_accept_invalid_certs(true);
         }
-        let client = b
-            .build()
-            .map_err(|e| bad(Code::InvalidArgument, error_chain(&e)))?;
-        let mut headers = HeaderMap::new();
-        for (n, v) in &config.headers {
-            // Validated when the file was read.
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(n.as_bytes()),
-                HeaderValue::from_str(v),
-            ) {
-                headers.append(n, v);
-            }
-        }
-        let is_registry = config.host == registry
-            || (registry == "docker.io" && config.host == "registry-1.docker.io");
-        let query = if is_registry {
-            String::new()
-        } else {
-            format!("?ns={registry}")
-        };
-        let auth = Authorizer::new(creds(&config.host)?);
-        Ok(Endpoint {
-            config,
-            client,
-            headers,
-            auth,
-            query,
-            down: AtomicBool::new(false),
-        })
+        b.build()
+            .map_err(|e| bad(Code::InvalidArgument, error_chain(&e)))
     }
 
     fn url(&self, repository: &str, tail: &[&str]) -> String {
