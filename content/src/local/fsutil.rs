@@ -6,13 +6,15 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Writes `data` to `path` so that a crash leaves either the old file or the new one, never a torn
-/// one: temp file in the same directory, fsync, rename over, fsync the directory.
-pub fn atomic_write(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path.parent().expect("atomic_write target has a parent");
+/// Writes `data` to `path` so that another process (or this one after a crash of the process)
+/// sees either the old file or the new one, never a torn one: temp file in the same directory,
+/// rename over. Nothing is synced, so after a power loss the file may be missing, empty or torn:
+/// only for files whose reader treats that as damage it can recover from (ingest metadata).
+pub fn replace(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = path.parent().expect("replace target has a parent");
     let name = path
         .file_name()
-        .expect("atomic_write target has a name")
+        .expect("replace target has a name")
         .to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let write = || -> io::Result<()> {
@@ -23,9 +25,7 @@ pub fn atomic_write(path: &Path, data: &[u8]) -> io::Result<()> {
             .mode(0o644)
             .open(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fsync_dir(dir)
+        fs::rename(&tmp, path)
     };
     write().inspect_err(|_| {
         let _ = fs::remove_file(&tmp);

@@ -200,6 +200,58 @@ fn resume_does_not_write_into_a_committed_blob() {
     assert_eq!(store.verify().unwrap().quarantined.len(), 0);
 }
 
+/// What a power loss can leave of an ingest's unsynced files (see the module doc): each is
+/// damage, the ingest reads as not there, and the next writer of its ref starts it over.
+#[test]
+fn an_ingest_damaged_by_a_power_loss_is_started_over() {
+    type Damage = fn(&Path);
+    let cases: [(&str, Damage); 6] = [
+        ("empty ref", |d| fs::write(d.join("ref"), b"").unwrap()),
+        ("torn ref", |d| fs::write(d.join("ref"), b"dam").unwrap()),
+        ("empty startedat", |d| {
+            fs::write(d.join("startedat"), b"").unwrap()
+        }),
+        ("no startedat", |d| {
+            fs::remove_file(d.join("startedat")).unwrap()
+        }),
+        ("empty total", |d| fs::write(d.join("total"), b"").unwrap()),
+        ("torn expected", |d| {
+            fs::write(d.join("expected"), b"sha256:12").unwrap()
+        }),
+    ];
+    let data = b"bytes of a damaged ingest";
+    let digest = Digest::of(data);
+    for (what, damage) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let opts = || {
+            WriterOpts::new("damaged")
+                .total(data.len() as u64)
+                .expected(digest)
+        };
+        let mut w = store.writer(opts()).unwrap();
+        w.write_all(&data[..5]).unwrap();
+        drop(w);
+        damage(&dir.path().join("ingest").join(Digest::of(b"damaged").hex()));
+
+        let e = store.status("damaged").unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{what}: status answers {e}");
+        assert!(
+            store.list_statuses(&[]).unwrap().is_empty(),
+            "{what}: listed"
+        );
+        let mut w = store.writer(opts()).unwrap();
+        assert_eq!(w.offset(), 0, "{what}: not started over");
+        w.write_all(data).unwrap();
+        assert_eq!(
+            w.commit(None, None, Labels::new()).unwrap(),
+            digest,
+            "{what}"
+        );
+        assert_eq!(fs::read(store.blob_path(&digest)).unwrap(), data, "{what}");
+    }
+}
+
 #[test]
 fn concurrent_writers_of_one_ref_get_unavailable() {
     let dir = tempfile::tempdir().unwrap();

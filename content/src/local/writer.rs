@@ -46,7 +46,7 @@ impl LocalWriter {
         let (lock, dir) = inner.lock_ingest(&reference, true)?;
         let write = |name: &str, value: &str| -> Result<()> {
             let path = dir.join(name);
-            fsutil::atomic_write(&path, value.as_bytes()).map_err(Error::io("write", path))
+            fsutil::replace(&path, value.as_bytes()).map_err(Error::io("write", path))
         };
         let data_path = dir.join("data");
         let (total, expected) = match inner.read_status(&dir)? {
