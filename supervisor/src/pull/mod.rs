@@ -472,9 +472,8 @@ pub async fn pull(
     // Resolve before anything is written: a bad name or an unreachable registry leaves no
     // trace.
     let object = image
-        .oci
         .digest()
-        .or(image.oci.tag())
+        .or(image.tag())
         .unwrap_or("latest")
         .to_string();
     let (top_bytes, top_digest) = registry

@@ -1,19 +1,40 @@
 //! Image references and platforms: what a pull is asked for, normalised as containerd does.
 //!
-//! References follow the docker/distribution grammar (parsed by `oci_client::Reference`);
-//! Docker Hub short names are expanded: `busybox` → `docker.io/library/busybox:latest`,
-//! `foo/bar` → `docker.io/foo/bar:latest`; a reference with neither tag nor digest gets
+//! References follow docker/distribution's grammar, checked by hand rather than with its
+//! regular expression (whose Unicode `\w` made the regex crate build an automaton of about
+//! 15 MB, kept for the daemon's life; Go's `\w`, and so containerd's, is ASCII):
+//!
+//! ```text
+//! reference := name [ ":" tag ] [ "@" digest ]
+//! name      := [ domain "/" ] path
+//! domain    := component ( "." component )* [ ":" port ]   component: [A-Za-z0-9] or
+//!                                                           [A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9]
+//! path      := path-component ( "/" path-component )*
+//! path-component := [a-z0-9]+ ( ( "." | "_" | "__" | "-"+ ) [a-z0-9]+ )*
+//! tag       := [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}
+//! digest    := algorithm ":" hex, sha256 (64 hex), sha384 (96) or sha512 (128), lower case
+//! ```
+//!
+//! Docker Hub short names are expanded as docker/distribution's `splitDockerDomain` does:
+//! `busybox` → `docker.io/library/busybox:latest`, `foo/bar` → `docker.io/foo/bar:latest`; a
+//! first component is a host if it has a `.` or a `:`, is `localhost`, or has upper case
+//! letters (repository names are lower case). A reference with neither tag nor digest gets
 //! `:latest`. The normalised string is the image record's name.
 
-use oci_client::Reference;
-
 use super::Error;
+
+/// The longest repository (after normalisation), as docker/distribution allows.
+const MAX_REPOSITORY: usize = 255;
+/// The longest tag.
+const MAX_TAG: usize = 128;
 
 /// A parsed, normalised reference.
 #[derive(Debug, Clone)]
 pub struct ImageRef {
-    /// What the registry client resolves (tag or digest, registry, repository).
-    pub oci: Reference,
+    registry: String,
+    repository: String,
+    tag: Option<String>,
+    digest: Option<String>,
     /// The normalised name: `docker.io/library/busybox:latest`, `host:5000/x@sha256:…`.
     pub name: String,
 }
@@ -23,54 +44,185 @@ impl ImageRef {
     /// the hosts directory, the insecure list and the `containerd.io/distribution.source.<host>`
     /// label.
     pub fn host(&self) -> &str {
-        self.oci.registry()
+        &self.registry
     }
 
     /// The host the requests go to (`index.docker.io` for `docker.io`).
     pub fn endpoint(&self) -> &str {
-        self.oci.resolve_registry()
+        match self.registry.as_str() {
+            "docker.io" => "index.docker.io",
+            r => r,
+        }
     }
 
     pub fn repository(&self) -> &str {
-        self.oci.repository()
+        &self.repository
+    }
+
+    pub fn tag(&self) -> Option<&str> {
+        self.tag.as_deref()
+    }
+
+    pub fn digest(&self) -> Option<&str> {
+        self.digest.as_deref()
     }
 }
 
-/// Parses and normalises `s`. InvalidArgument naming `s` if it is not a reference.
+/// Parses and normalises `s`. InvalidArgument naming `s`, and what is wrong with it, if it is
+/// not a reference.
 pub fn parse(s: &str) -> Result<ImageRef, Error> {
-    let bad = |reason: String| Error::BadReference {
+    let bad = |reason: &str| Error::BadReference {
         reference: s.to_string(),
-        reason,
+        reason: reason.to_string(),
     };
     if s.trim() != s || s.is_empty() {
-        return Err(bad("empty or surrounded by white space".into()));
+        return Err(bad("empty or surrounded by white space"));
     }
     // `scheme://` is a URL, not a reference (the grammar would read `scheme` as a host).
     if s.contains("://") {
-        return Err(bad("a reference has no URL scheme".into()));
+        return Err(bad("a reference has no URL scheme"));
     }
-    let mut oci: Reference = s.parse().map_err(|e| bad(format!("{e}")))?;
-    // docker/distribution's splitDockerDomain also takes a first component with upper-case
-    // letters for a host (repository names are lower case, host names are not); oci-spec's
-    // port of it does not, and named `UPPER/x` `docker.io/UPPER/x:latest`, which no client
-    // parses back.
-    if let Some((first, _)) = s.split_once('/')
-        && first.bytes().any(|b| b.is_ascii_uppercase())
-        && !first.contains(['.', ':'])
-        && first != "localhost"
-        && let Some(repository) = oci.repository().strip_prefix(&format!("{first}/"))
-    {
-        let (registry, repository) = (first.to_string(), repository.to_string());
-        oci = match (oci.tag(), oci.digest()) {
-            (Some(t), Some(d)) => {
-                Reference::with_tag_and_digest(registry, repository, t.into(), d.into())
-            }
-            (None, Some(d)) => Reference::with_digest(registry, repository, d.into()),
-            (t, None) => Reference::with_tag(registry, repository, t.unwrap_or("latest").into()),
+    let (rest, digest) = match s.split_once('@') {
+        Some((rest, d)) => (rest, Some(check_digest(d).map_err(bad)?)),
+        None => (s, None),
+    };
+    // A `:` after the last `/` starts the tag; one before it belongs to the host's port.
+    let (name, tag) = match rest.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name, Some(tag)),
+        _ => (rest, None),
+    };
+    if let Some(tag) = tag {
+        let first_ok = tag
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !first_ok
+            || tag.len() > MAX_TAG
+            || !tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        {
+            return Err(bad(
+                "a tag is 1 to 128 of A-Z a-z 0-9 _ . -, not starting with . or -",
+            ));
+        }
+    }
+    let (registry, repository) = split_name(name).map_err(bad)?;
+    if repository.len() > MAX_REPOSITORY {
+        return Err(bad("the repository name is longer than 255 characters"));
+    }
+    let tag = match (tag, digest) {
+        (None, None) => Some("latest"),
+        (t, _) => t,
+    };
+    let mut full = format!("{registry}/{repository}");
+    if let Some(t) = tag {
+        full = format!("{full}:{t}");
+    }
+    if let Some(d) = digest {
+        full = format!("{full}@{d}");
+    }
+    Ok(ImageRef {
+        registry,
+        repository,
+        tag: tag.map(str::to_string),
+        digest: digest.map(str::to_string),
+        name: full,
+    })
+}
+
+/// A digest of a supported algorithm, with its hex in lower case and of the algorithm's length.
+fn check_digest(d: &str) -> Result<&str, &'static str> {
+    let Some((algorithm, hex)) = d.split_once(':') else {
+        return Err("a digest is algorithm:hex");
+    };
+    let want = match algorithm {
+        "sha256" => 64,
+        "sha384" => 96,
+        "sha512" => 128,
+        _ => return Err("the digest's algorithm is not sha256, sha384 or sha512"),
+    };
+    if hex.len() != want || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err("the digest's hex is not of lower-case hex digits of its algorithm's length");
+    }
+    Ok(d)
+}
+
+/// Checks a name and splits it into registry and repository as `splitDockerDomain` does.
+fn split_name(name: &str) -> Result<(String, String), &'static str> {
+    let path = |p: &str| p.split('/').all(is_path_component);
+    // The grammar's optional domain: the name is a path, or a domain and a path.
+    let valid = path(name)
+        || name
+            .split_once('/')
+            .is_some_and(|(first, rest)| is_domain(first) && path(rest));
+    if !valid {
+        return Err(
+            "a name is [host[:port]/]path, the path of lower-case components of a-z \
+                    0-9 joined by . _ __ or dashes, separated by /",
+        );
+    }
+    let (registry, repository) = match name.split_once('/') {
+        Some((first, rest))
+            if first.contains(['.', ':'])
+                || first == "localhost"
+                || first.bytes().any(|b| b.is_ascii_uppercase()) =>
+        {
+            (first, rest)
+        }
+        _ => ("docker.io", name),
+    };
+    Ok(match registry {
+        "docker.io" | "index.docker.io" if !repository.contains('/') => {
+            ("docker.io".into(), format!("library/{repository}"))
+        }
+        "index.docker.io" => ("docker.io".into(), repository.to_string()),
+        r => (r.to_string(), repository.to_string()),
+    })
+}
+
+/// `host[:port]`: dot-separated components of letters, digits and inner dashes.
+fn is_domain(s: &str) -> bool {
+    let (host, port) = match s.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    };
+    let component = |c: &str| {
+        !c.is_empty()
+            && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !c.starts_with('-')
+            && !c.ends_with('-')
+    };
+    host.split('.').all(component)
+        && port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `[a-z0-9]+` runs joined by `.`, `_`, `__` or any number of `-`.
+fn is_path_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let ok = match &b[start..i] {
+            b"." | b"_" | b"__" => true,
+            sep => sep.iter().all(|&x| x == b'-'),
         };
+        if !ok {
+            return false;
+        }
     }
-    let name = oci.whole();
-    Ok(ImageRef { oci, name })
+    true
 }
 
 /// An `os/arch[/variant]` platform.
@@ -239,7 +391,30 @@ mod tests {
             ("docker.io", "index.docker.io", "library/busybox")
         );
         let r = parse(&format!("host:5000/x@sha256:{}", "a".repeat(64))).unwrap();
-        assert_eq!((r.host(), r.oci.tag()), ("host:5000", None));
+        assert_eq!((r.host(), r.tag()), ("host:5000", None));
+    }
+
+    /// Cases where the grammar alone decides: a first component that is no host name but is
+    /// a repository component is still a registry for `splitDockerDomain` if it has a dot.
+    #[test]
+    fn names_split_as_docker_distribution_does() {
+        for (given, name) in [
+            ("a_b.c/x", "a_b.c/x:latest"),
+            ("a-b/x", "docker.io/a-b/x:latest"),
+            ("localhost:5000", "docker.io/library/localhost:5000"),
+            ("a---b__c_d/f:T_1.-x", "docker.io/a---b__c_d/f:T_1.-x"),
+            (
+                &format!("h.io/x:v@sha512:{}", "e".repeat(128)),
+                &format!("h.io/x:v@sha512:{}", "e".repeat(128)),
+            ),
+            (
+                &format!("x:{}", "t".repeat(128)),
+                &format!("docker.io/library/x:{}", "t".repeat(128)),
+            ),
+        ] {
+            let r = parse(given).unwrap_or_else(|e| panic!("{given}: {e}"));
+            assert_eq!(r.name, name, "{given}");
+        }
     }
 
     #[test]
@@ -253,6 +428,18 @@ mod tests {
             "x:",
             "host:5000/x@sha256:abc",
             "x@md5:0123",
+            // Go's `\w`, so containerd's, is ASCII.
+            "x:caf\u{e9}",
+            "x:.a",
+            "x:-a",
+            &format!("x:{}", "t".repeat(129)),
+            // containerd's digests are lower-case hex.
+            &format!("x@sha256:{}", "A".repeat(64)),
+            "a_b/x:y@sha256:",
+            "-a.io/x",
+            "a.io:/x",
+            "a.io:5x/x",
+            &format!("a/{}", "b".repeat(254)),
         ] {
             let e = parse(bad).unwrap_err();
             assert_eq!(e.code(), protocol::Code::InvalidArgument, "{bad}");
