@@ -181,6 +181,7 @@ impl Sandbox {
                 .remove("case")
                 .unwrap_or_else(|e| panic!("removing the snapshot of a failed apply: {e}"));
         }
+        self.sn.settle();
         let mut keys = Vec::new();
         self.sn
             .walk(&[], &mut |info| {

@@ -37,8 +37,9 @@
 //!   ([`Driver::recreatable`]: overlay's active and view snapshots, two empty directories);
 //!   a power loss that takes such a directory leaves a record without one, and open makes it
 //!   again.
-//! - remove: delete the record first, then rename `<id>` to `removed-<id>`, then delete the
-//!   tree. A crash leaves a directory without record, or a `removed-` directory.
+//! - remove: delete the record first, then rename `<id>` to `removed-<id>`, and answer; a
+//!   thread of the store deletes the tree. A crash leaves a directory without record, or a
+//!   `removed-` directory.
 //! - open reconciles both directions: records whose directory is missing are dropped (with
 //!   their descendants, which cannot work without them), unless the driver can make it
 //!   again; directories no record names are
@@ -232,6 +233,94 @@ pub(crate) struct Engine<D> {
     /// their directories for orphans.
     inflight: Mutex<HashSet<u64>>,
     failpoint: Option<Failpoint>,
+    /// Deletes the trees of removed snapshots after the removal has answered.
+    sweeper: Sweeper,
+}
+
+/// Deletes the trees of removed snapshots, already renamed to `removed-<id>`, on a thread of
+/// its own, in the order given: a removal answers once its record is gone and its directory
+/// is out of the way, and deleting a container's upper directory (a millisecond for an empty
+/// one, more for one the container filled) is not on its caller's path. What a crash or a
+/// shutdown leaves undeleted, open's reconcile deletes (it removes every `removed-*`).
+struct Sweeper {
+    queue: Option<std::sync::mpsc::Sender<Sweep>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+enum Sweep {
+    Tree(PathBuf),
+    /// Answered once every tree queued before it is deleted.
+    Barrier(std::sync::mpsc::Sender<()>),
+}
+
+impl Sweeper {
+    fn start() -> Sweeper {
+        let (queue, jobs) = std::sync::mpsc::channel::<Sweep>();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-sweep".into())
+            .spawn(move || {
+                for job in jobs {
+                    match job {
+                        Sweep::Tree(tree) => delete_removed(&tree),
+                        Sweep::Barrier(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            });
+        match spawned {
+            Ok(thread) => Sweeper {
+                queue: Some(queue),
+                thread: Some(thread),
+            },
+            Err(e) => {
+                log::warn!("snapshotter: no thread to delete removed trees ({e}); deleting inline");
+                Sweeper {
+                    queue: None,
+                    thread: None,
+                }
+            }
+        }
+    }
+
+    fn sweep(&self, tree: PathBuf) {
+        let job = match &self.queue {
+            Some(q) => match q.send(Sweep::Tree(tree)) {
+                Ok(()) => return,
+                Err(std::sync::mpsc::SendError(job)) => job,
+            },
+            None => Sweep::Tree(tree),
+        };
+        if let Sweep::Tree(tree) = job {
+            delete_removed(&tree);
+        }
+    }
+
+    /// Waits until every tree queued so far is deleted.
+    fn settle(&self) {
+        let (done, wait) = std::sync::mpsc::channel();
+        if let Some(q) = &self.queue
+            && q.send(Sweep::Barrier(done)).is_ok()
+        {
+            let _ = wait.recv();
+        }
+    }
+}
+
+fn delete_removed(tree: &Path) {
+    if let Err(e) = remove_tree(tree) {
+        log::warn!("snapshotter: {e}; the next start or cleanup will retry");
+    }
+}
+
+impl Drop for Sweeper {
+    /// Finishes what is queued, so that whoever closed the store finds no tree being deleted.
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl<D: Driver> Engine<D> {
@@ -295,10 +384,17 @@ impl<D: Driver> Engine<D> {
             driver,
             inflight: Mutex::new(HashSet::new()),
             failpoint: opts.failpoint.clone(),
+            sweeper: Sweeper::start(),
         };
         engine.init_schema()?;
         engine.reconcile()?;
         Ok(engine)
+    }
+
+    /// Waits until the trees of the snapshots removed so far are deleted (they are deleted
+    /// after their removal answers).
+    pub(crate) fn settle(&self) {
+        self.sweeper.settle()
     }
 
     fn init_schema(&self) -> Result<()> {
@@ -902,11 +998,10 @@ impl<D: Driver> Engine<D> {
                 return Ok(());
             }
         }
-        fsync_dir(&self.snapshots)?;
+        // Not synced: with the record gone, `<id>` and `removed-<id>` are both orphans that
+        // reconcile deletes, whichever of them a power loss leaves.
         self.fail("remove:renamed");
-        if let Err(e) = remove_tree(&removed) {
-            log::warn!("snapshotter: removed {key:?}; {e}; cleanup will retry");
-        }
+        self.sweeper.sweep(removed);
         Ok(())
     }
 
@@ -1160,6 +1255,9 @@ macro_rules! delegate_snapshotter {
             }
             fn cleanup(&self) -> $crate::Result<()> {
                 self.engine.cleanup()
+            }
+            fn settle(&self) {
+                self.engine.settle()
             }
             $($extra)?
         }

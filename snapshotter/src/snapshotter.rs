@@ -183,6 +183,11 @@ pub trait Snapshotter: Send + Sync {
     /// Reclaims disk space left by removed snapshots and interrupted operations.
     fn cleanup(&self) -> Result<()>;
 
+    /// Waits until the disk space of the snapshots removed so far is given back, for a
+    /// backend that deletes their trees after [`Snapshotter::remove`] has answered (the
+    /// default: one that deletes them before).
+    fn settle(&self) {}
+
     /// The staging side of a backend that can take layers extracted before their parents
     /// exist ([`crate::staging`]); `None` (the default) for one that cannot, whose layers are
     /// then applied one after the other on prepared snapshots.

@@ -165,8 +165,10 @@ pub fn layer(sn: &dyn Snapshotter, name: &str, parent: Option<&str>, files: &[(&
     sn.commit(name, &key, Labels::new()).unwrap();
 }
 
-/// Every directory under `<root>/snapshots` belongs to a snapshot (no leaks).
+/// Every directory under `<root>/snapshots` belongs to a snapshot (no leaks), once the trees
+/// of removed snapshots, deleted after their removal answered, are gone.
 pub fn assert_no_orphans(env: &Env) {
+    env.sn.settle();
     let dir = env.root().join("snapshots");
     let Ok(entries) = fs::read_dir(&dir) else {
         return;
@@ -395,6 +397,28 @@ pub fn remove_rules(open: &Opener) {
     assert_no_orphans(&env);
     // Keys are reusable after removal.
     sn.prepare("c", None, Labels::new()).unwrap();
+}
+
+/// A removal answers before its tree may be deleted: `settle` waits for the deletion, and
+/// closing the snapshotter finishes every deletion still queued.
+pub fn removed_trees_are_deleted(open: &Opener) {
+    let mut env = Env::new(open);
+    let files: Vec<(String, &str)> = (0..500).map(|i| (format!("d/f{i}"), "x")).collect();
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+    layer(&*env.sn, "big1", None, &files);
+    layer(&*env.sn, "big2", None, &files);
+    let entries = |env: &Env| -> Vec<String> {
+        fs::read_dir(env.root().join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    env.sn.remove("big1").unwrap();
+    env.sn.settle();
+    assert_eq!(entries(&env).len(), 1, "after settle: {:?}", entries(&env));
+    env.sn.remove("big2").unwrap();
+    env.sn = Box::new(Closed);
+    assert!(entries(&env).is_empty(), "after close: {:?}", entries(&env));
 }
 
 /// commit refuses views, committed snapshots, unknown keys and taken names.
@@ -650,7 +674,7 @@ macro_rules! conformance_tests {
     ($open:expr) => {
         $crate::conformance_tests!(@each $open;
             prepare_commit_chain, mount_shapes, stat_update, walk_filters, remove_rules,
-            commit_rules, key_and_parent_rules, usage_numbers, reopen_keeps_state,
+            removed_trees_are_deleted, commit_rules, key_and_parent_rules, usage_numbers, reopen_keeps_state,
             cleanup_reclaims, concurrent_use, mount_and_use);
     };
     (@each $open:expr; $($name:ident),* $(,)?) => {

@@ -187,6 +187,7 @@ fn assert_consistent(sn: &dyn Snapshotter, root: &Path) {
     assert_eq!(fs::read_to_string(dir.join("etc/base")).unwrap(), "B");
     assert_eq!(fs::read_to_string(dir.join("bin/tool")).unwrap(), "T");
     sn.remove("check-view").unwrap();
+    sn.settle();
 
     // Every record has its directory and every directory its record.
     let snaps = root.join("snapshots");

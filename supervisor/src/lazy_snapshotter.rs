@@ -103,6 +103,12 @@ impl Snapshotter for LazySnapshotter {
             Some(s) => s?.cleanup(),
         }
     }
+
+    fn settle(&self) {
+        if let Some(Ok(s)) = self.if_used() {
+            s.settle()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -541,6 +541,9 @@ fn reset(h: &Harness) {
             .expect("abort an ingest");
     }
     crate::gc::collect(&h.daemon, std::time::SystemTime::now()).expect("gc");
+    for sn in h.daemon.snapshotters.values() {
+        sn.settle();
+    }
     let now = state(h);
     assert!(
         now == h.baseline,
