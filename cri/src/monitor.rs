@@ -1,5 +1,6 @@
 //! Exits and OOM kills, learned from corrald: a subscription to its `/tasks/exit` and
-//! `/tasks/oom` events in our namespace, and after every (re)subscription a reconciliation
+//! `/tasks/oom` events in our namespace (and to its `/images/*` events, which only tell
+//! [`crate::image`] that its kept list is out of date), and after every (re)subscription a reconciliation
 //! against the tasks corrald lists, so an exit that happened while corrald or we were down, or
 //! while the stream was broken, is found by asking rather than by trusting events.
 //!
@@ -48,10 +49,16 @@ pub async fn run(cri: Arc<Cri>) {
 
 async fn follow(cri: &Cri) -> Result<()> {
     let ns = &cri.cfg.namespace;
-    let filters = ["/tasks/exit", "/tasks/oom"]
-        .iter()
-        .map(|t| format!("namespace=={ns:?},topic=={t:?}"))
-        .collect();
+    let filters = [
+        "/tasks/exit",
+        "/tasks/oom",
+        "/images/create",
+        "/images/update",
+        "/images/delete",
+    ]
+    .iter()
+    .map(|t| format!("namespace=={ns:?},topic=={t:?}"))
+    .collect();
     let mut stream = cri
         .corrald
         .client()
@@ -59,9 +66,15 @@ async fn follow(cri: &Cri) -> Result<()> {
         .subscribe(cri.corrald.client().req(SubscribeRequest { filters }))
         .await?
         .into_inner();
+    // From here until the stream ends, image changes reach us (see `crate::image`).
+    let _following = Following::start(cri);
     // Subscribed first, then asked: an exit is either in the list or in the stream.
     reconcile(cri).await?;
     while let Some(envelope) = stream.message().await? {
+        if envelope.topic.starts_with("/images/") {
+            cri.images.changed();
+            continue;
+        }
         let Some(event) = envelope.event else {
             continue;
         };
@@ -84,6 +97,23 @@ async fn follow(cri: &Cri) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// While alive, corrald's image events reach [`crate::image::Images`]; its drop, when the
+/// stream ends or fails, says they no longer do.
+struct Following<'a>(&'a Cri);
+
+impl<'a> Following<'a> {
+    fn start(cri: &'a Cri) -> Following<'a> {
+        cri.images.following_events(true);
+        Following(cri)
+    }
+}
+
+impl Drop for Following<'_> {
+    fn drop(&mut self) {
+        self.0.images.following_events(false);
+    }
 }
 
 async fn on_exit(cri: &Cri, id: &str, exit: Exit) -> Result<()> {

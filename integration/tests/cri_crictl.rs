@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use integration::{ContainerdCri, CriNode, CriOptions, require_root, wait_until};
+use integration::{ContainerdCri, CriNode, CriOptions, IMAGE_REF, require_root, wait_until};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
@@ -280,6 +280,45 @@ fn bad_requests_get_clear_errors() {
     );
     c.ok(&["stopp", &pod]);
     c.ok(&["rmp", &pod]);
+}
+
+/// corral-cri keeps the image list between calls; images another client of corrald adds or
+/// removes in `k8s.io` still show (corrald's image events tell it), and so do its own pulls'
+/// and removals.
+#[test]
+fn images_changed_by_another_client_show_up() {
+    if !require_root() {
+        return;
+    }
+    let node = CriNode::start();
+    let c = node.crictl();
+    let ctr = node.corrald().ctr_in("k8s.io");
+    let tag = "docker.io/library/busybox:another-client";
+    let listed = |c: &integration::Crictl| c.ok(&["images", "-o", "json"]);
+    assert!(listed(&c).contains(IMAGE_REF), "{}", listed(&c));
+    assert!(!listed(&c).contains(tag));
+
+    ctr.ok(&["images", "tag", IMAGE_REF, tag]);
+    wait_until("crictl to list the tag ctr made", T, || {
+        listed(&c).contains(tag).then_some(())
+    });
+    let inspected = c.ok(&["inspecti", tag]);
+    assert!(inspected.contains(tag), "{inspected}");
+
+    ctr.ok(&["images", "rm", tag]);
+    wait_until("crictl to stop listing the tag ctr removed", T, || {
+        (!listed(&c).contains(tag)).then_some(())
+    });
+    let out = c.run(&["inspecti", tag]);
+    assert!(!out.success(), "{}", out.describe());
+
+    // Our own removal shows at once, with no event to wait for.
+    ctr.ok(&["images", "tag", IMAGE_REF, tag]);
+    wait_until("crictl to list the tag again", T, || {
+        listed(&c).contains(tag).then_some(())
+    });
+    c.ok(&["rmi", tag]);
+    assert!(!listed(&c).contains(tag), "{}", listed(&c));
 }
 
 /// The reference node the benchmark compares with (containerd 1.6's own CRI plugin, set up by

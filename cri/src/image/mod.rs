@@ -14,10 +14,20 @@
 //! Resolving reads blobs from corrald's content store; the result is cached by the record's
 //! target digest, which is immutable, so a cache entry is never stale (a retagged name points
 //! at another target). Pulls go through corrald's Transfer service, which also unpacks.
+//!
+//! The list of images (what ListImages, ImageStatus and every lookup by reference read) is
+//! kept between calls, as containerd's CRI keeps its image store, while corrald's image events
+//! reach us ([`crate::monitor`] follows them): it is read again after any `/images/*` event in
+//! our namespace, after a pull or removal of ours, and whenever the event stream (re)starts,
+//! and is not kept at all while the stream is down. A list read while something changed is
+//! answered but not kept (a generation counter tells). So a change made by another client of
+//! corrald (`ctr -n k8s.io images import`) shows as soon as its event arrives, and one of ours
+//! at once.
 
 mod etc;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use protocol::grpc::containerd::services::images::v1 as images;
@@ -113,6 +123,12 @@ pub struct Images {
     corrald: Corrald,
     resolved: Mutex<HashMap<String, Resolved>>,
     etc: Mutex<HashMap<String, Arc<ImageEtc>>>,
+    /// The list last read, with the generation it was read in (see the module doc).
+    listed: Mutex<Option<(u64, Arc<Vec<Image>>)>>,
+    /// Moves on whenever the images may have changed.
+    generation: AtomicU64,
+    /// Whether corrald's image events reach us: only then is a list kept.
+    following: AtomicBool,
 }
 
 impl Images {
@@ -121,11 +137,46 @@ impl Images {
             corrald,
             resolved: Mutex::new(HashMap::new()),
             etc: Mutex::new(HashMap::new()),
+            listed: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            following: AtomicBool::new(false),
         }
     }
 
-    /// Every image, grouped by id, names sorted.
-    async fn all(&self) -> Result<Vec<Image>> {
+    /// The images may have changed: the next lookup reads them again.
+    pub fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether corrald's image events reach us (the event stream is up); either way, what was
+    /// read before may be out of date.
+    pub fn following_events(&self, yes: bool) {
+        self.following.store(yes, Ordering::SeqCst);
+        self.changed();
+    }
+
+    /// Every image, grouped by id, names sorted: the kept list if nothing may have changed since
+    /// it was read, else read from corrald.
+    async fn all(&self) -> Result<Arc<Vec<Image>>> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        if self.following.load(Ordering::SeqCst)
+            && let Some((g, list)) = &*self.listed.lock().unwrap()
+            && *g == generation
+        {
+            return Ok(list.clone());
+        }
+        let list = Arc::new(self.read_all().await?);
+        // Kept only if no change was signalled while reading (nor the stream lost).
+        if self.following.load(Ordering::SeqCst)
+            && self.generation.load(Ordering::SeqCst) == generation
+        {
+            *self.listed.lock().unwrap() = Some((generation, list.clone()));
+        }
+        Ok(list)
+    }
+
+    /// Every image as corrald has them now.
+    async fn read_all(&self) -> Result<Vec<Image>> {
         let records = self
             .corrald
             .client()
@@ -269,7 +320,7 @@ impl Images {
             return Err(Error::invalid("the image reference is empty"));
         }
         let all = self.all().await?;
-        Ok(find(all, reference))
+        Ok(find(&all, reference))
     }
 
     /// The local image, pulled first if missing.
@@ -289,6 +340,8 @@ impl Images {
                 "image {reference} not found (an image id cannot be pulled)"
             )));
         }
+        // Whatever the outcome, records may have been written.
+        let _changed = Changed(self);
         let client = self.corrald.client();
         let req = transfer::PullRequest {
             reference: reference.to_string(),
@@ -332,12 +385,10 @@ impl Images {
             .filter(|s| !s.is_empty());
         let all = self.all().await?;
         let images = match wanted {
-            Some(w) => find(all, &w).into_iter().collect(),
-            None => all,
+            Some(w) => find(&all, &w).iter().map(to_cri).collect(),
+            None => all.iter().map(to_cri).collect(),
         };
-        Ok(ListImagesResponse {
-            images: images.iter().map(to_cri).collect(),
-        })
+        Ok(ListImagesResponse { images })
     }
 
     pub async fn image_status(&self, r: ImageStatusRequest) -> Result<ImageStatusResponse> {
@@ -379,6 +430,8 @@ impl Images {
         let Some(img) = self.get(&reference).await? else {
             return Ok(RemoveImageResponse {});
         };
+        // Whatever the outcome, records may have been deleted.
+        let _changed = Changed(self);
         let client = self.corrald.client();
         let records = client
             .images()
@@ -475,6 +528,16 @@ impl Images {
     }
 }
 
+/// Signals [`Images::changed`] when dropped: at the end of a call that may have changed the
+/// records, however it ends.
+struct Changed<'a>(&'a Images);
+
+impl Drop for Changed<'_> {
+    fn drop(&mut self) {
+        self.0.changed();
+    }
+}
+
 fn spec_ref(spec: Option<&ImageSpec>) -> Result<String> {
     spec.map(|s| s.image.trim().to_string())
         .filter(|s| !s.is_empty())
@@ -503,7 +566,7 @@ fn looks_like_id(reference: &str) -> bool {
 
 /// The image a reference names: an id (`sha256:<hex>`, or a unique hex prefix), a digest
 /// reference, or a name (normalised Docker Hub style).
-fn find(all: Vec<Image>, reference: &str) -> Option<Image> {
+fn find(all: &[Image], reference: &str) -> Option<Image> {
     let full = protocol::image::normalize(reference);
     if let Some(i) = all.iter().find(|i| {
         i.id == reference
@@ -577,19 +640,16 @@ mod tests {
             img(&a, &["docker.io/library/busybox:latest"]),
             img(&b, &["registry.k8s.io/pause:3.10"]),
         ];
-        assert_eq!(find(all.clone(), "busybox").unwrap().id, a);
-        assert_eq!(find(all.clone(), "busybox:latest").unwrap().id, a);
-        assert_eq!(
-            find(all.clone(), "registry.k8s.io/pause:3.10").unwrap().id,
-            b
-        );
-        assert_eq!(find(all.clone(), &b).unwrap().id, b);
-        assert_eq!(find(all.clone(), "abb").unwrap().id, b);
-        assert!(find(all.clone(), "a").is_none(), "too short a prefix");
-        assert!(find(all.clone(), "ab").is_none(), "too short a prefix");
-        assert!(find(all.clone(), "busybox:1.0").is_none());
+        assert_eq!(find(&all, "busybox").unwrap().id, a);
+        assert_eq!(find(&all, "busybox:latest").unwrap().id, a);
+        assert_eq!(find(&all, "registry.k8s.io/pause:3.10").unwrap().id, b);
+        assert_eq!(find(&all, &b).unwrap().id, b);
+        assert_eq!(find(&all, "abb").unwrap().id, b);
+        assert!(find(&all, "a").is_none(), "too short a prefix");
+        assert!(find(&all, "ab").is_none(), "too short a prefix");
+        assert!(find(&all, "busybox:1.0").is_none());
         let by_digest = format!("busybox@sha256:{}", "d".repeat(64));
-        assert!(find(all, &by_digest).is_some());
+        assert!(find(&all, &by_digest).is_some());
     }
 
     #[test]
