@@ -28,7 +28,7 @@
 //! a process crash exactly, and after a power loss any torn tail is caught by the digest check at
 //! commit (the client then truncates and restarts), never stored. Its directory and metadata
 //! files are written by rename (whole or not at all to any process, and after a process crash)
-//! but not synced, as containerd's are not: syncing them cost eight fsyncs per blob, a quarter of
+//! but not synced, as containerd's are not: syncing them cost nine fsyncs per blob, a quarter of
 //! a small image's pull. After a power loss an ingest whose `ref` does not hash to its directory's
 //! name, or whose `startedat`, `total` or `expected` is torn, is damaged: it reads as not
 //! initialised, and the next writer of its ref starts it over. What a commit stores is checked
