@@ -110,7 +110,15 @@ impl Endpoint {
         let client = if own_tls {
             Self::own_client(&config, bad)?
         } else {
-            shared_client().map_err(|e| bad(Code::Internal, error_chain(&e)))?
+            shared_client().map_err(|e| {
+                bad(
+                    Code::Internal,
+                    format!(
+                        "no HTTP client with the system's root certificates: {}",
+                        error_chain(&e)
+                    ),
+                )
+            })?
         };
         let mut headers = HeaderMap::new();
         for (n, v) in &config.headers {
