@@ -283,17 +283,14 @@ impl Sweeper {
         }
     }
 
+    /// Queues `tree`; deletes it here if there is no thread to take it.
     fn sweep(&self, tree: PathBuf) {
-        let job = match &self.queue {
-            Some(q) => match q.send(Sweep::Tree(tree)) {
-                Ok(()) => return,
-                Err(std::sync::mpsc::SendError(job)) => job,
-            },
-            None => Sweep::Tree(tree),
-        };
-        if let Sweep::Tree(tree) = job {
-            delete_removed(&tree);
+        if let Some(q) = &self.queue
+            && q.send(Sweep::Tree(tree.clone())).is_ok()
+        {
+            return;
         }
+        delete_removed(&tree);
     }
 
     /// Waits until every tree queued so far is deleted.
