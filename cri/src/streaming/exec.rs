@@ -152,9 +152,37 @@ pub(super) async fn serve(cri: Arc<Cri>, r: ExecRequest, streams: RemoteCommand)
 
 /// Our ends of an exec's FIFOs.
 struct Pipes {
-    stdin: Option<pipe::Sender>,
+    stdin: Option<Stdin>,
     stdout: Option<pipe::Receiver>,
     stderr: Option<pipe::Receiver>,
+}
+
+/// Our end of the process's stdin FIFO.
+enum Stdin {
+    Open(pipe::Sender),
+    /// The shim has not opened the FIFO for reading yet.
+    NoReaderYet(PathBuf),
+}
+
+impl Stdin {
+    /// Our end, once the shim reads the FIFO. Waits as long as the session lasts: the
+    /// session's end (the process's exit, the client gone) aborts the wait.
+    async fn open(self) -> std::io::Result<pipe::Sender> {
+        let path = match self {
+            Stdin::Open(s) => return Ok(s),
+            Stdin::NoReaderYet(p) => p,
+        };
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match pipe::OpenOptions::new().open_sender(&path) {
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                r => return r,
+            }
+        }
+    }
 }
 
 /// Creates the FIFOs and the process, and starts it.
@@ -232,13 +260,15 @@ async fn start(cri: &Cri, r: &ExecRequest, exec_id: &str, dir: &Path) -> Result<
         })
         .await?;
     cri.corrald.start(id, exec_id).await?;
-    // The shim opens the process's stdio at Start, and keeps a writer of its own on stdin
-    // until CloseIO, so nothing the client sends is lost by opening ours only now. No reader
-    // left (ENXIO): the process is gone already, and so is the point of its stdin.
+    // The shim keeps a writer of its own on stdin until CloseIO, so nothing the client sends
+    // is lost by opening ours only now. Its reader may not be there yet (ENXIO):
+    // containerd's shim opens an exec's FIFOs in goroutines that may run after Start has
+    // answered. Then the copy waits for it.
     let stdin = if r.stdin {
-        match pipe::OpenOptions::new().open_sender(dir.join("stdin")) {
-            Ok(s) => Some(s),
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => None,
+        let path = dir.join("stdin");
+        match pipe::OpenOptions::new().open_sender(&path) {
+            Ok(s) => Some(Stdin::Open(s)),
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Some(Stdin::NoReaderYet(path)),
             Err(e) => {
                 // Started, but without the stdin the client asked for: not to be left running.
                 let _ = cri.corrald.kill(id, exec_id, SIGKILL, false).await;
@@ -279,17 +309,15 @@ async fn cleanup(cri: &Cri, id: &str, exec_id: &str, dir: &Path, kill: bool) {
 
 /// Client stdin → the process's stdin FIFO; at the client's end of stdin, the FIFO is
 /// closed and so is the process's stdin (CloseIO drops the shim's own writer).
-async fn copy_stdin(
-    cri: Arc<Cri>,
-    id: String,
-    exec_id: String,
-    mut client: Reader,
-    mut fifo: pipe::Sender,
-) {
-    if let Err(e) = pump(&mut client, &mut fifo).await {
-        log::debug!("container {id}: exec {exec_id}: stdin: {e}");
+async fn copy_stdin(cri: Arc<Cri>, id: String, exec_id: String, mut client: Reader, fifo: Stdin) {
+    match fifo.open().await {
+        Ok(mut fifo) => {
+            if let Err(e) = pump(&mut client, &mut fifo).await {
+                log::debug!("container {id}: exec {exec_id}: stdin: {e}");
+            }
+        }
+        Err(e) => log::warn!("container {id}: exec {exec_id}: open stdin FIFO: {e}"),
     }
-    drop(fifo);
     if let Err(e) = cri.corrald.close_stdin(&id, &exec_id).await {
         log::debug!("container {id}: exec {exec_id}: {e}");
     }
@@ -347,5 +375,44 @@ where
         to.write_all(&buf[..n]).await?;
         to.flush().await?;
         total += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    /// containerd's shim may open an exec's stdin FIFO for reading only after Start has
+    /// answered. Our end waits for it instead of taking the process as gone.
+    #[tokio::test]
+    async fn stdin_waits_for_the_shims_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdin");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let no_reader = pipe::OpenOptions::new().open_sender(&path).unwrap_err();
+        assert_eq!(no_reader.raw_os_error(), Some(libc::ENXIO));
+
+        let ours = tokio::spawn(Stdin::NoReaderYet(path.clone()).open());
+        // One turn for our end (this runtime has one thread): it finds no reader and waits.
+        tokio::task::yield_now().await;
+        assert!(!ours.is_finished());
+        // The shim's reader, opened now; non-blocking, as a FIFO without a writer needs.
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .unwrap();
+        let mut sender = tokio::time::timeout(Duration::from_secs(30), ours)
+            .await
+            .expect("our end never opened")
+            .unwrap()
+            .unwrap();
+        sender.write_all(b"typed").await.unwrap();
+        drop(sender);
+        let mut got = String::new();
+        reader.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "typed");
     }
 }
