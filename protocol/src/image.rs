@@ -183,6 +183,15 @@ pub fn pick_manifest<'a>(index: &'a Index, platform: &Platform) -> Option<&'a De
     })
 }
 
+/// Whether `first`, the part of a reference's name before its first `/`, is a registry host
+/// rather than a repository component: docker/distribution's `splitDockerDomain` rule. It has
+/// a `.` or a `:`, is `localhost`, or has upper-case letters (repository names are lower case).
+pub fn names_a_host(first: &str) -> bool {
+    first.contains(['.', ':'])
+        || first == "localhost"
+        || first.bytes().any(|b| b.is_ascii_uppercase())
+}
+
 /// Docker Hub style normalisation, as the daemon's pull does it: `busybox` →
 /// `docker.io/library/busybox:latest`, `me/app` → `docker.io/me/app:latest`.
 pub fn normalize(reference: &str) -> String {
@@ -190,13 +199,9 @@ pub fn normalize(reference: &str) -> String {
         Some((n, d)) => (n, Some(d)),
         None => (reference, None),
     };
-    let first = name.split('/').next().unwrap_or("");
-    // docker/distribution's rule, upper case included (repository names are lower case).
-    let has_domain = name.contains('/')
-        && (first.contains('.')
-            || first.contains(':')
-            || first == "localhost"
-            || first.bytes().any(|b| b.is_ascii_uppercase()));
+    let has_domain = name
+        .split_once('/')
+        .is_some_and(|(first, _)| names_a_host(first));
     let mut full = if has_domain {
         name.to_string()
     } else if name.contains('/') {

@@ -163,13 +163,7 @@ fn split_name(name: &str) -> Result<(String, String), &'static str> {
         );
     }
     let (registry, repository) = match name.split_once('/') {
-        Some((first, rest))
-            if first.contains(['.', ':'])
-                || first == "localhost"
-                || first.bytes().any(|b| b.is_ascii_uppercase()) =>
-        {
-            (first, rest)
-        }
+        Some((first, rest)) if protocol::image::names_a_host(first) => (first, rest),
         _ => ("docker.io", name),
     };
     Ok(match registry {
